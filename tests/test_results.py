@@ -1,0 +1,47 @@
+"""Cached experiments: registration, running with provenance, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from unveiled import results
+
+
+@results.experiment("tiny_table", "a two-row table for the tests")
+def _tiny_table() -> pd.DataFrame:
+    return pd.DataFrame({"bits": [4, 8], "ppl": [5.0, 4.9]})
+
+
+def test_experiments_register_under_their_module_name():
+    name = f"{__name__}.tiny_table".removeprefix("unveiled.")
+    assert name in results.registered()
+
+
+def test_run_writes_table_and_provenance(tmp_path):
+    name = f"{__name__}.tiny_table"
+    df = results.run(name, tmp_path)
+    assert list(df["bits"]) == [4, 8]
+    assert pd.read_csv(tmp_path / f"{name}.csv").equals(df)
+    meta = json.loads((tmp_path / f"{name}.json").read_text())
+    assert meta["command"] == f"python -m unveiled.results run {name}"
+    assert meta["rows"] == 2 and "cores" in meta["machine"] and "numpy" in meta["versions"]
+
+
+def test_unknown_names_are_explained():
+    with pytest.raises(ValueError, match="unknown experiment"):
+        results.run("quant.no_such_experiment")
+    with pytest.raises(ValueError, match="unknown cached result"):
+        results.cached("no_such_table")
+    with pytest.raises(TypeError):
+        results.cached(3)
+
+
+def test_every_cached_table_has_provenance():
+    for name in [f[len("results/"):-4] for f in results.list_data_files()
+                 if f.startswith("results/") and f.endswith(".csv")]:
+        meta = results.provenance(name)
+        assert {"command", "machine", "versions", "date"} <= set(meta), name
+        assert len(results.cached(name)) == meta["rows"]
