@@ -1,0 +1,447 @@
+"""Operator inventory and cost formulas: the FLOPs and bytes of every operator of one forward pass.
+
+Two accounting conventions share this module. ``"exact"`` counts from first principles (2 FLOPs per
+multiply-accumulate, GQA everywhere, SwiGLU on the intermediate width, residual adds reading both operands,
+FlashAttention never writing the score matrix, ...). ``"paper"`` follows the rules of LLM-Viewer at commit
+472f71f (July 2024), the tool behind the survey's tables and figures [Yuan et al. 2024], quirks included, so
+that the survey's numbers are reproduced exactly; ``"paper-2024-03"`` is the same with the March 2024
+FlashAttention formula that under-counted K/V loads (it produced the survey's Fig. 16).
+
+Every formula is written with NumPy operations, so the same code evaluates one configuration (scalars) or a
+whole grid (broadcast arrays) in one pass: that is what makes :func:`unveiled.sweep` fast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validate import check_choice
+from ..hardware import Device
+from .configs import ModelSpec
+
+__all__ = [
+    "BITS",
+    "CONVENTIONS",
+    "STAGES",
+    "Op",
+    "Setting",
+    "attention_cost",
+    "check_bits",
+    "flash_tile",
+    "linear_cost",
+]
+
+#: Bit widths accepted for weights, activations and the KV cache.
+BITS = (1, 2, 3, 4, 5, 6, 8, 16, 32)
+CONVENTIONS = ("exact", "paper", "paper-2024-03")
+STAGES = ("prefill", "decode")
+LOGITS = ("last", "all")
+
+#: Operations per element of the elementwise operators (exact convention).
+ACT_OPS = {"silu": 4, "gelu": 8, "relu": 1}  # silu: neg, exp, add, div; gelu (tanh form): ~8
+NORM_OPS = {"rms": 4, "layer": 7}  # rms: square, sum, scale, weight; layer: + mean, subtract, bias
+SOFTMAX_OPS = 5  # max, subtract, exp, sum, divide
+ROPE_OPS = 3  # x·cos + rotate(x)·sin
+LOGIT_BYTES = 4  # samplers read fp32 logits
+
+
+def check_bits(name: str, value) -> int:
+    """Check one bit width (an int in :data:`BITS`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, one of {BITS}, got {type(value).__name__} {value!r}")
+    if int(value) not in BITS:
+        raise ValueError(f"{name}={value} is not a supported bit width; accepted: {BITS}")
+    return int(value)
+
+
+@dataclass
+class Setting:
+    """One configuration (or a broadcast grid of them) to evaluate. Bits and sizes may be NumPy arrays."""
+
+    stage: str
+    batch: object
+    seq_len: object
+    w_bits: object
+    a_bits: object
+    kv_bits: object
+    flash_attention: bool = False
+    conventions: str = "exact"
+    logits: str = "last"
+    group_size: int | None = None
+    head_bits: int | None = None
+
+
+@dataclass
+class Op:
+    """One operator kind: per-instance FLOPs and bytes (split by tensor class), and how often it runs.
+
+    ``kind`` selects the compute peak: ``"gemm"`` (weights × activations), ``"attention"`` (activations ×
+    KV) or ``"elementwise"``; ``bits`` are the operand bit widths that decide the data type it runs in.
+    """
+
+    name: str
+    count: int
+    flops: object
+    load_weight: object = 0.0
+    load_act: object = 0.0
+    store_act: object = 0.0
+    load_kv: object = 0.0
+    store_kv: object = 0.0
+    kind: str = "elementwise"
+    bits: tuple = (16, 16)
+
+    @property
+    def bytes(self):
+        return self.load_weight + self.load_act + self.store_act + self.load_kv + self.store_kv
+
+
+# ---- building blocks (public ones are used by the chapter's lab) --------------------------------------
+def linear_cost(tokens, in_features, out_features, w_bytes=2.0, a_bytes=2.0, bias: bool = False) -> tuple:
+    """FLOPs and bytes of a linear layer applied to ``tokens`` rows: ``(flops, bytes)``.
+
+    ``2·tokens·in·out`` FLOPs (a multiply-accumulate is 2 operations); bytes read the weight once, read the
+    input and write the output (compulsory traffic). A bias adds ``tokens·out`` FLOPs and ``out`` 16-bit
+    values. Introduced in Chapter 2.
+    """
+    op = _linear("linear", 1, tokens, in_features, out_features, w_bytes, a_bytes, bias, 2.0, (16, 16))
+    return op.flops, op.bytes
+
+
+def _linear(name, count, N, fin, fout, wb, ab, bias, hp_bytes, bits, out_kv_bytes=None, kind="gemm") -> Op:
+    flops = 2.0 * N * fin * fout
+    lw = fin * fout * wb
+    if bias:
+        flops = flops + N * fout
+        lw = lw + fout * hp_bytes
+    op = Op(name, count, flops, load_weight=lw, load_act=N * fin * ab, kind=kind, bits=bits)
+    if out_kv_bytes is None:
+        op.store_act = N * fout * ab
+    else:
+        op.store_kv = N * fout * out_kv_bytes
+    return op
+
+
+def _elementwise(name, count, elements, ops_per_element, ab, reads=1, writes=1, weight=0.0) -> Op:
+    return Op(name, count, ops_per_element * elements, load_weight=weight, load_act=reads * elements * ab,
+              store_act=writes * elements * ab)
+
+
+def flash_tile(device: Device | None, head_dim: int, a_bytes: float = 2.0, kv_bytes: float = 2.0) -> int:
+    """Query/key tile size of a FlashAttention kernel on ``device`` [Dao 2023].
+
+    The kernel keeps one query tile and one key and one value tile in the shared memory of a streaming
+    multiprocessor, so ``tile·d·(a_bytes + 2·kv_bytes)`` must fit in it; the tile is the largest power of two
+    that fits, between 16 and 128 (FlashAttention-2's largest). Without a per-SM figure it is 128.
+    Introduced in Chapter 2.
+    """
+    smem = getattr(device, "smem_per_sm_bytes", None) if device is not None else None
+    if not smem:
+        return 128
+    fit = smem / (head_dim * (a_bytes + 2 * kv_bytes))
+    tile = 16
+    while tile * 2 <= min(fit, 128):
+        tile *= 2
+    return tile
+
+
+def _causal_tiles(s, tile: int, window: int | None):
+    """Key columns loaded (summed over query tiles) and score elements computed by causal tiled attention.
+
+    Query tile i (rows i·b .. i·b+b-1) needs key tiles from its window start to itself: min(i, c) + 1 of
+    them with c = ceil((W-1)/b) (c = ∞ without a window). Summed in closed form so that ``s`` may be an array.
+    """
+    s = np.asarray(s, dtype=float)
+    b = float(tile)
+    m = np.ceil(s / b)
+    r_last = s - (m - 1) * b
+    n = m - 1  # full query tiles
+    if window is None:
+        f = n * (n - 1) / 2
+        blocks_last = m
+    else:
+        c = math.ceil((window - 1) / b)
+        f = np.where(n <= c + 1, n * (n - 1) / 2, c * (c + 1) / 2 + c * (n - 1 - c))
+        blocks_last = np.minimum(m - 1, c) + 1
+    cols_last = (blocks_last - 1) * b + r_last
+    cols = b * (n + f) + cols_last
+    elements = b * b * (n + f) + r_last * cols_last
+    return cols, elements
+
+
+def attention_cost(batch, query_len, key_len, num_heads, num_kv_heads, head_dim, v_head_dim=None,
+                   act_bytes=2.0, kv_bytes=2.0, flash: bool = False, causal: bool = False, tile: int = 128,
+                   window: int | None = None, shared_kv: bool = False) -> dict[str, tuple]:
+    """FLOPs and bytes of attention, per operator: ``{"qk_matmul": (flops, bytes), "softmax": ..., ...}``.
+
+    Naive attention (``flash=False``, as eager PyTorch runs it) is three operators that materialise the
+    ``query_len × key_len`` score matrix of every head: ``qk_matmul`` reads Q (query heads) and K (key/value
+    heads, so GQA reads K/V once per group) and writes the scores; ``softmax`` reads and writes them;
+    ``sv_matmul`` reads them and V and writes the output. ``flash=True`` gives one ``fused_attention``
+    operator that never writes the scores, writes the output once, re-reads K/V once per query tile and,
+    when ``causal``, skips the tiles above the diagonal (and outside a sliding ``window``)
+    [Dao et al. 2022; Dao 2023]. ``kv_bytes`` is the size of the K/V elements it reads (the cache's in decode,
+    the activations' in prefill). Introduced in Chapter 2.
+    """
+    ops = _attention_ops(1, batch, query_len, key_len, num_heads, num_kv_heads, head_dim,
+                         v_head_dim or head_dim, act_bytes, kv_bytes, flash, causal, tile, window, shared_kv,
+                         (16, 16))
+    return {op.name: (op.flops, op.bytes) for op in ops}
+
+
+def _attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, flash, causal, tile, window, shared_kv, bits):
+    if flash:
+        if causal:
+            cols, elements = _causal_tiles(q, tile, window)
+        else:
+            cols, elements = k, q * k
+        kv_width = d if shared_kv else d + dv
+        return [Op("fused_attention", count, B * H * elements * (2 * d + 2 * dv + SOFTMAX_OPS),
+                   load_act=B * H * q * d * ab, store_act=B * H * q * dv * ab,
+                   load_kv=B * K * cols * kv_width * kvb, kind="attention", bits=bits)]
+    scores = B * H * q * k
+    return [
+        Op("qk_matmul", count, 2.0 * scores * d, load_act=B * H * q * d * ab, store_act=scores * ab,
+           load_kv=B * K * k * d * kvb, kind="attention", bits=bits),
+        Op("softmax", count, SOFTMAX_OPS * scores, load_act=scores * ab, store_act=scores * ab),
+        Op("sv_matmul", count, 2.0 * scores * dv, load_act=scores * ab, store_act=B * H * q * dv * ab,
+           load_kv=B * K * k * (0 if shared_kv else dv) * kvb, kind="attention", bits=bits),
+    ]
+
+
+# ---- exact convention ----------------------------------------------------------------------------------
+def exact_ops(spec: ModelSpec, st: Setting, device: Device | None) -> list[Op]:
+    """The operators of one forward pass under the ``exact`` convention (see the module docstring)."""
+    B = st.batch
+    wb_bits, ab_bits, kv_bits = st.w_bits, st.a_bits, st.kv_bits
+    ab, kvb = ab_bits / 8.0, kv_bits / 8.0
+    wb = wb_bits / 8.0
+    if st.group_size:
+        # an fp16 scale and an fp16 zero point per group of quantized weights
+        wb = np.where(np.asarray(wb_bits) < 16, wb + 4.0 / st.group_size, wb)
+    hp = np.maximum(wb_bits, 16) / 8.0  # norms, biases, routers stay in 16 bits (or wider)
+    head = hp if st.head_bits is None else st.head_bits / 8.0
+    head_bits = np.maximum(wb_bits, 16) if st.head_bits is None else st.head_bits
+    prefill = st.stage == "prefill"
+    T = st.seq_len if prefill else 1
+    N = B * T
+    h, n, V = spec.hidden_size, spec.num_layers, spec.vocab_size
+    nd, nm = spec.num_dense_layers, spec.num_moe_layers
+    wbits = (wb_bits, ab_bits)
+    hpbits = (16, ab_bits)
+    ops: list[Op] = []
+
+    # embeddings
+    emb_w = spec.embed_proj_dim or h
+    ops.append(Op("embed_tokens", 1, N * emb_w if spec.embed_scale else 0.0, load_weight=N * emb_w * head,
+                  store_act=N * emb_w * ab))
+    if spec.embed_proj_dim:
+        ops.append(_linear("project_in", 1, N, emb_w, h, wb, ab, False, hp, wbits))
+    if spec.positions == "learned":
+        ops.append(Op("embed_positions", 1, N * h, load_weight=N * h * head, load_act=N * h * ab,
+                      store_act=N * h * ab))
+
+    norm_ops = NORM_OPS[spec.norm] + (1 if spec.embed_scale else 0)  # Gemma scales by (1 + weight)
+    norm_w = (2 if spec.norm == "layer" else 1) * h * hp
+    ops.append(_elementwise("attn_norm", n, N * h, norm_ops, ab, weight=norm_w))
+
+    # attention
+    if prefill:
+        q_len, k_len = st.seq_len, st.seq_len
+    else:
+        # the new token's keys and values are appended first, so it attends to all seq_len cached tokens
+        q_len = 1
+        k_len = st.seq_len if spec.sliding_window is None else np.minimum(st.seq_len, spec.sliding_window)
+    tile_bits = flash_tile(device, spec.head_dim if not spec.is_mla else spec.kv_lora_rank + spec.qk_rope_head_dim,
+                           float(np.max(ab)), float(np.max(kvb if not prefill else ab)))
+    attn_bits = (ab_bits, ab_bits if prefill else kv_bits)
+    attn_kv_bytes = ab if prefill else kvb
+    if spec.is_mla:
+        ops += _mla_ops(spec, st, N, B, q_len, k_len, wb, ab, kvb, hp, wbits, attn_bits, attn_kv_bytes, tile_bits)
+    else:
+        H, K, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
+        qo, kvw = H * d, K * d
+        ops.append(_linear("q_proj", n, N, h, qo, wb, ab, spec.qkv_bias, hp, wbits))
+        ops.append(_linear("k_proj", n, N, h, kvw, wb, ab, spec.qkv_bias, hp, wbits))
+        ops.append(_linear("v_proj", n, N, h, kvw, wb, ab, spec.qkv_bias, hp, wbits))
+        if spec.qk_norm:
+            ops.append(_elementwise("qk_norm", n, N * (H + K) * d, NORM_OPS["rms"], ab, weight=2 * d * hp))
+        if spec.positions == "rope":
+            rot = N * (H + K) * d
+            op = _elementwise("rope", n, rot, ROPE_OPS, ab)
+            op.load_act = op.load_act + 2 * N * d * ab  # the cos and sin tables
+            ops.append(op)
+        ops.append(Op("kv_store", n, 0.0, load_act=N * 2 * kvw * ab, store_kv=N * 2 * kvw * kvb))
+        ops += _attention_ops(n, B, q_len, k_len, H, K, d, d, ab, attn_kv_bytes, st.flash_attention,
+                              prefill, tile_bits, spec.sliding_window, False, attn_bits)
+        ops.append(_linear("o_proj", n, N, qo, h, wb, ab, spec.o_bias, hp, wbits))
+    ops.append(_elementwise("attn_add", n, N * h, 1, ab, reads=2))
+    ops.append(_elementwise("mlp_norm", n, N * h, norm_ops, ab, weight=norm_w))
+
+    # MLP
+    act_ops = ACT_OPS.get(spec.activation, ACT_OPS["gelu"])
+    if nd:
+        inter = spec.intermediate_size
+        if spec.mlp == "gated":
+            ops.append(_linear("gate_proj", nd, N, h, inter, wb, ab, spec.mlp_bias, hp, wbits))
+            ops.append(_linear("up_proj", nd, N, h, inter, wb, ab, spec.mlp_bias, hp, wbits))
+            ops.append(_elementwise("mlp_act", nd, N * inter, act_ops + 1, ab, reads=2))
+            ops.append(_linear("down_proj", nd, N, inter, h, wb, ab, spec.mlp_bias, hp, wbits))
+        else:
+            ops.append(_linear("fc1", nd, N, h, inter, wb, ab, spec.mlp_bias, hp, wbits))
+            ops.append(_elementwise("mlp_act", nd, N * inter, act_ops, ab))
+            ops.append(_linear("fc2", nd, N, inter, h, wb, ab, spec.mlp_bias, hp, wbits))
+    if nm:
+        ops += _moe_ops(spec, N, nm, wb, ab, hp, wbits, hpbits, act_ops)
+    ops.append(_elementwise("mlp_add", n, N * h, 1, ab, reads=2))
+
+    # head
+    if spec.final_norm:
+        ops.append(_elementwise("final_norm", 1, N * h, norm_ops, ab, weight=norm_w))
+    if spec.embed_proj_dim:
+        ops.append(_linear("project_out", 1, N, h, emb_w, wb, ab, False, hp, wbits))
+    P = N if (prefill and st.logits == "all") else B
+    lm = _linear("lm_head", 1, P, emb_w, V, head, ab, False, hp, (head_bits, ab_bits))
+    lm.store_act = P * V * LOGIT_BYTES
+    ops.append(lm)
+    return ops
+
+
+def _moe_ops(spec: ModelSpec, N, nm, wb, ab, hp, wbits, hpbits, act_ops) -> list[Op]:
+    h, E, k, Ie = spec.hidden_size, spec.num_experts, spec.experts_per_token, spec.expert_intermediate_size
+    P = N * k  # token-expert pairs
+    # distinct experts a batch of N tokens touches under uniform routing: E·(1 − (1 − k/E)^N)
+    touched = E * (1.0 - np.power(1.0 - k / E, N))
+    ops = [_linear("router", nm, N, h, E, hp, ab, spec.router_bias, hp, hpbits)]
+    for nm_ in ("experts.gate_proj", "experts.up_proj"):
+        ops.append(Op(nm_, nm, 2.0 * P * h * Ie, load_weight=touched * h * Ie * wb, load_act=P * h * ab,
+                      store_act=P * Ie * ab, kind="gemm", bits=wbits))
+    ops.append(_elementwise("experts.act", nm, P * Ie, act_ops + 1, ab, reads=2))
+    ops.append(Op("experts.down_proj", nm, 2.0 * P * Ie * h, load_weight=touched * Ie * h * wb,
+                  load_act=P * Ie * ab, store_act=P * h * ab, kind="gemm", bits=wbits))
+    combine_flops, combine_reads = 2.0 * P * h, P * h * ab
+    Is = spec.shared_expert_intermediate_size
+    if Is:
+        ops.append(_linear("shared_expert.gate_proj", nm, N, h, Is, wb, ab, False, hp, wbits))
+        ops.append(_linear("shared_expert.up_proj", nm, N, h, Is, wb, ab, False, hp, wbits))
+        ops.append(_elementwise("shared_expert.act", nm, N * Is, act_ops + 1, ab, reads=2))
+        ops.append(_linear("shared_expert.down_proj", nm, N, Is, h, wb, ab, False, hp, wbits))
+        combine_flops = combine_flops + N * h
+        combine_reads = combine_reads + N * h * ab
+        if spec.shared_expert_gate:
+            ops.append(_linear("shared_expert_gate", nm, N, h, 1, hp, ab, False, hp, hpbits))
+            combine_flops = combine_flops + N * h
+    ops.append(Op("moe_combine", nm, combine_flops, load_act=combine_reads, store_act=N * h * ab))
+    return ops
+
+
+def _mla_ops(spec, st, N, B, q_len, k_len, wb, ab, kvb, hp, wbits, attn_bits, attn_kv_bytes, tile) -> list[Op]:
+    """Multi-head latent attention [DeepSeek-AI 2024]: prefill decompresses K/V; decode absorbs the
+    up-projections into the query and the output and attends over the latent cache (as FlashMLA does)."""
+    h, n, H = spec.hidden_size, spec.num_layers, spec.num_heads
+    dn, dr, dv, r, rq = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim, spec.kv_lora_rank, spec.q_lora_rank
+    bias = spec.qkv_bias
+    ops: list[Op] = []
+    if rq:
+        ops.append(_linear("q_a_proj", n, N, h, rq, wb, ab, bias, hp, wbits))
+        ops.append(_linear("q_b_proj", n, N, rq, H * (dn + dr), wb, ab, False, hp, wbits))
+    else:
+        ops.append(_linear("q_proj", n, N, h, H * (dn + dr), wb, ab, False, hp, wbits))
+    ops.append(_linear("kv_a_proj_with_mqa", n, N, h, r + dr, wb, ab, bias, hp, wbits))
+    ops.append(_elementwise("latent_norm", n, N * (r + (rq or 0)), NORM_OPS["rms"], ab, weight=(r + (rq or 0)) * hp))
+    rope = _elementwise("rope", n, N * (H + 1) * dr, ROPE_OPS, ab)
+    rope.load_act = rope.load_act + 2 * N * dr * ab
+    ops.append(rope)
+    ops.append(Op("kv_store", n, 0.0, load_act=N * (r + dr) * ab, store_kv=N * (r + dr) * kvb))
+    if st.stage == "prefill":
+        ops.append(_linear("kv_b_proj", n, N, r, H * (dn + dv), wb, ab, False, hp, wbits))
+        ops += _attention_ops(n, B, q_len, k_len, H, H, dn + dr, dv, ab, attn_kv_bytes, st.flash_attention,
+                              True, tile, None, False, attn_bits)
+        ops.append(_linear("o_proj", n, N, H * dv, h, wb, ab, False, hp, wbits))
+    else:
+        # W_UK absorbed into the query (per head dn → r) and W_UV into the output (per head r → dv)
+        ops.append(Op("q_absorb", n, 2.0 * N * H * dn * r, load_weight=H * dn * r * wb, load_act=N * H * dn * ab,
+                      store_act=N * H * r * ab, kind="gemm", bits=wbits))
+        ops += _attention_ops(n, B, q_len, k_len, H, 1, r + dr, r, ab, attn_kv_bytes, st.flash_attention,
+                              False, tile, None, True, attn_bits)
+        ops.append(Op("o_absorb", n, 2.0 * N * H * r * dv, load_weight=H * r * dv * wb, load_act=N * H * r * ab,
+                      store_act=N * H * dv * ab, kind="gemm", bits=wbits))
+        ops.append(_linear("o_proj", n, N, H * dv, h, wb, ab, False, hp, wbits))
+    return ops
+
+
+# ---- paper convention (LLM-Viewer) ---------------------------------------------------------------------
+def paper_ops(spec: ModelSpec, st: Setting, device: Device | None) -> list[Op]:
+    """The operators of LLM-Viewer's ``analyze`` for one stage (commit 472f71f; ``paper-2024-03``: 94ab17b).
+
+    Faithful to the tool: linear shapes from h, I and K/H (a plain MLP still gets a ``gate_proj``, experts are
+    ignored), head size h/H, residual adds reading one operand, ``mlp_act`` sized with h, norms at 7 ops per
+    element without their weight, and an ``lm_head`` of B·h·V operations (no factor 2) on a single position.
+    """
+    if spec.is_mla:
+        raise ValueError(
+            f"{spec.name} uses multi-head latent attention, which LLM-Viewer does not model; "
+            "use conventions='exact'"
+        )
+    B, L = st.batch, st.seq_len
+    wb, ab, kvb = st.w_bits / 8.0, st.a_bits / 8.0, st.kv_bits / 8.0
+    h, H, K, n, inter, V = (spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.num_layers,
+                        spec.intermediate_size, spec.vocab_size)
+    kvw = h * K / H
+    d = h // H
+    prefill = st.stage == "prefill"
+    T = L if prefill else 1
+    ops: list[Op] = []
+    for name, ic, oc in (("q_proj", h, h), ("k_proj", h, kvw), ("v_proj", h, kvw), ("o_proj", h, h),
+                         ("gate_proj", h, inter), ("up_proj", h, inter), ("down_proj", inter, h)):
+        is_kv = name in ("k_proj", "v_proj")
+        ops.append(Op(name, n, 2.0 * ic * oc * B * T, load_weight=ic * oc * wb, load_act=ic * B * T * ab,
+                      store_act=0.0 if is_kv else oc * B * T * ab, store_kv=oc * B * T * kvb if is_kv else 0.0,
+                      kind="gemm"))
+    q = L if prefill else 1
+    qk = 2.0 * q * L * d * H * B
+    sv = 2.0 * q * L * d * H * B
+    sm = 5.0 * B * H * q * L
+    if st.flash_attention:
+        onchip = getattr(device, "onchip_bytes", None)
+        block = d if not onchip else min(math.ceil(onchip / (float(np.max(kvb)) * d)), d)
+        n_blocks = np.ceil(L / block) if prefill else 1.0
+        kv_factor = 1.0 if st.conventions == "paper-2024-03" else 2.0
+        ops.append(Op("fused_attention", n, qk + sv + sm, load_act=q * d * B * H * ab,
+                      store_act=2.0 * q * L * B * H * ab, load_kv=n_blocks * L * d * B * H * kvb * kv_factor,
+                      kind="attention"))
+    elif prefill:
+        ops += [
+            Op("qk_matmul", n, qk, load_act=L * d * B * K * ab, store_act=L * L * B * H * ab,
+               load_kv=L * d * B * K * kvb, kind="attention"),
+            Op("sv_matmul", n, sv, load_act=L * L * B * H * ab, store_act=L * d * B * H * ab,
+               load_kv=L * d * B * K * kvb, kind="attention"),
+            Op("softmax", n, sm, load_act=B * H * L * L * ab, store_act=B * H * L * L * ab),
+        ]
+    else:
+        ops += [
+            Op("qk_matmul", n, qk, load_act=d * B * H * ab, store_act=L * B * H * ab,
+               load_kv=L * d * B * K * kvb, kind="attention"),
+            Op("sv_matmul", n, sv, load_act=L * B * H * ab, store_act=d * B * H * ab,
+               load_kv=L * d * B * K * kvb, kind="attention"),
+            Op("softmax", n, sm, load_act=B * H * L * ab, store_act=B * H * L * ab),
+        ]
+    Nh = B * h * T
+    for name in ("attn_norm", "mlp_norm"):
+        ops.append(Op(name, n, 7.0 * Nh, load_act=Nh * ab, store_act=Nh * ab))
+    for name in ("attn_add", "mlp_add"):
+        ops.append(Op(name, n, 1.0 * Nh, load_act=Nh * ab, store_act=Nh * ab))
+    ops.append(Op("mlp_act", n, 2.0 * Nh, load_act=2.0 * Nh * ab, store_act=Nh * ab))
+    ops.append(Op("lm_head", 1, 1.0 * B * h * V, load_weight=h * V * wb, load_act=h * ab, store_act=V * ab,
+                  kind="gemm"))
+    return ops
+
+
+def build_ops(spec: ModelSpec, st: Setting, device: Device | None) -> list[Op]:
+    """Dispatch on the convention."""
+    check_choice("conventions", st.conventions, CONVENTIONS)
+    if st.conventions == "exact":
+        return exact_ops(spec, st, device)
+    return paper_ops(spec, st, device)
