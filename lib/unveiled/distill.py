@@ -1,0 +1,976 @@
+"""Knowledge distillation: train a small student to imitate a large teacher, then read the gain on the roofline.
+
+A student q_θ learns from a teacher p through a divergence between their next-token distributions at every
+position [Hinton et al. 2015]. Which divergence matters: the **forward KL** KL(p‖q) (word-level KD
+[Kim & Rush 2016]) makes the student cover every token the teacher likes (*mode covering*); the **reverse
+KL** KL(q‖p) (MiniLLM [Gu et al. 2024]) makes it put its mass where the teacher is sure (*mode seeking*);
+the **generalized Jensen-Shannon divergence** JSD_β of GKD [Agarwal et al. 2024] interpolates between them;
+the **total variation** TV(p, q) is what speculative decoding's acceptance rate measures (α = 1 − TV), so
+DistillSpec [Zhou et al. 2024] uses it to train better drafts.
+
+Conventions (the tests check each of them):
+
+* Every loss takes ``student_logits`` and the teacher's logits ``[..., V]`` (or a cached top-k summary, see
+  below), divides both by the temperature τ, and multiplies the divergence by τ², Hinton's factor that keeps
+  the gradient's size independent of τ. ``reduction="mean"`` averages over positions (optionally masked).
+* **Generalized JSD.** With the mixture M = βp + (1 − β)q, JSD_β = β KL(p‖M) + (1 − β) KL(q‖M) (GKD's and
+  TRL's convention: β weighs the teacher). Its value vanishes at both ends (JSD_0 = JSD_1 = 0), yet
+  JSD_β/β → KL(p‖q) as β → 0 and JSD_β/(1 − β) → KL(q‖p) as β → 1. The book therefore defines the *scaled*
+  divergence JSD_β / (β(1 − β)) (``scaled=True``, the default): continuous on [0, 1], equal to the forward KL
+  at β = 0, to the reverse KL at β = 1 and to 4·JSD at β = ½. ``scaled=False`` returns the raw JSD_β,
+  bounded by the binary entropy h(β) ≤ ln 2.
+* **Cached top-k teacher.** :func:`topk_targets` keeps the teacher's k most likely tokens plus one bucket
+  holding the rest of the vocabulary's mass. The student's distribution is coarsened to the same k + 1
+  buckets, so every divergence is computed exactly on the coarsened pair. By the data-processing
+  inequality the coarsened divergence never exceeds the full one, and it equals it when k = V.
+
+The training loop (:func:`distill`) is seeded and counted in steps. Its batches come from a fixed list of
+windows and a seeded schedule known in advance, so the teacher's top-k can be computed once for exactly the
+windows the run will see (:func:`build_teacher_cache`) and reused by every student, loss and rerun: a
+distillation step then costs about as much as a plain one. Sequence-level (black-box) distillation trains on
+the teacher's samples (:func:`teacher_samples`); on-policy distillation (``on_policy_fraction`` > 0) scores
+the student's own samples with the teacher. Introduced in Chapter 4.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ._validate import check_choice, check_int, check_number, unknown_name
+from .results import experiment
+
+__all__ = [
+    "LOSSES",
+    "DistillResult",
+    "DistillSettings",
+    "TeacherCache",
+    "TopKTargets",
+    "acceptance_rate",
+    "batch_schedule",
+    "bimodal_fit",
+    "build_teacher_cache",
+    "distill",
+    "distillation_loss",
+    "expected_acceptance",
+    "expected_tokens_per_call",
+    "forward_kl",
+    "generalized_jsd",
+    "measure_decode",
+    "reverse_kl",
+    "teacher_samples",
+    "text_windows",
+    "topk_targets",
+    "total_variation",
+]
+
+#: The divergences :func:`distillation_loss` and :func:`distill` accept, by name.
+LOSSES = ("forward_kl", "reverse_kl", "jsd", "tv")
+
+# Finite stand-in for log(0) in the tail bucket when the top-k already covers the whole vocabulary: exp of it
+# is exactly 0 in float32/64, and unlike -inf it keeps gradients free of NaN.
+_LOG_ZERO = -1e9
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_temperature(temperature: float) -> float:
+    temperature = check_number("temperature", temperature)
+    if temperature <= 0:
+        raise ValueError(
+            f"temperature must be > 0 (it divides the logits), got {temperature}; use 1.0 for the plain softmax"
+        )
+    return temperature
+
+
+def _check_logits(name: str, logits: object) -> torch.Tensor:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of logits [..., vocab], got {type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor of logits, got dtype {logits.dtype}")
+    if logits.dim() < 1 or logits.shape[-1] < 2:
+        raise ValueError(f"{name} must have a vocabulary axis of at least 2 entries last, got {tuple(logits.shape)}")
+    if torch.isnan(logits).any() or torch.isposinf(logits).any():
+        raise ValueError(f"{name} holds NaN or +inf values; logits must be finite (or -inf for impossible tokens)")
+    return logits
+
+
+def _check_pair(student_logits: object, teacher_logits: object) -> None:
+    s = _check_logits("student_logits", student_logits)
+    t = _check_logits("teacher_logits", teacher_logits)
+    if s.shape[-1] != t.shape[-1]:
+        raise ValueError(
+            f"vocabulary mismatch: the student has {s.shape[-1]} tokens, the teacher {t.shape[-1]}. Token-level "
+            "(white-box) distillation compares distributions over one shared vocabulary; with different "
+            "tokenizers use sequence-level distillation on the teacher's text instead (teacher_samples)"
+        )
+    if s.shape != t.shape:
+        raise ValueError(
+            f"shape mismatch: student_logits {tuple(s.shape)} vs teacher_logits {tuple(t.shape)}; both must be "
+            "[..., vocab] for the same positions"
+        )
+
+
+def _reduce(per_position: torch.Tensor, mask: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.shape != per_position.shape:
+            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"mask must be a tensor of shape {tuple(per_position.shape)} (one per position), got {got}")
+        mask = mask.to(per_position.dtype)
+        per_position = per_position * mask
+    if reduction == "none":
+        return per_position
+    if reduction == "sum":
+        return per_position.sum()
+    count = per_position.numel() if mask is None else mask.sum()
+    if float(count) == 0:
+        raise ValueError("the mask selects no position: nothing to average")
+    return per_position.sum() / count
+
+
+# --------------------------------------------------------------------------------------------------
+# Divergences on log-probabilities (last axis = categories)
+# --------------------------------------------------------------------------------------------------
+
+
+def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """KL(a‖b) per position from log-probabilities; terms where a = 0 contribute 0."""
+    a = log_a.exp()
+    terms = torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a))
+    return terms.sum(-1)
+
+
+def _gjsd(log_p: torch.Tensor, log_q: torch.Tensor, beta: float, scaled: bool) -> torch.Tensor:
+    if beta == 0.0:
+        return _kl(log_p, log_q) if scaled else torch.zeros(log_p.shape[:-1], dtype=log_p.dtype)
+    if beta == 1.0:
+        return _kl(log_q, log_p) if scaled else torch.zeros(log_p.shape[:-1], dtype=log_p.dtype)
+    # Mix probabilities, not log-probabilities (mixing logs was a real bug in early GKD code: TRL #2202).
+    log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log1p(-beta)]), dim=0)
+    jsd = beta * _kl(log_p, log_m) + (1 - beta) * _kl(log_q, log_m)
+    return jsd / (beta * (1 - beta)) if scaled else jsd
+
+
+def _tv(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cached top-k teacher targets
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TopKTargets:
+    """A teacher's next-token distribution summarised by its top ``k`` tokens plus one "rest" bucket.
+
+    ``indices`` ``[..., k]`` are token ids; ``log_probs`` ``[..., k + 1]`` their log-probabilities at
+    ``temperature``, the last entry being the log of the mass of every other token. This is what a
+    distillation run stores instead of ``V`` logits per position (k + 1 numbers instead of V).
+    Introduced in Chapter 4.
+    """
+
+    indices: torch.Tensor
+    log_probs: torch.Tensor
+    temperature: float
+    vocab_size: int
+
+    @property
+    def k(self) -> int:
+        return self.indices.shape[-1]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The positions' shape (without the k axis)."""
+        return tuple(self.indices.shape[:-1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the summary (ids and log-probabilities)."""
+        return self.indices.numel() * self.indices.element_size() + self.log_probs.numel() * self.log_probs.element_size()
+
+    def __getitem__(self, idx) -> TopKTargets:
+        return TopKTargets(self.indices[idx], self.log_probs[idx], self.temperature, self.vocab_size)
+
+
+def topk_targets(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0) -> TopKTargets:
+    """Summarise teacher logits ``[..., V]`` by their top ``k`` tokens and one bucket for the rest.
+
+    The log-probabilities are taken at ``temperature`` over the full vocabulary before truncation, so the
+    k + 1 buckets hold exactly the teacher's probability mass. Storing them instead of the logits is how large
+    teachers are distilled offline (a cache of sparse teacher outputs). Introduced in Chapter 4.
+    """
+    teacher_logits = _check_logits("teacher_logits", teacher_logits)
+    temperature = _check_temperature(temperature)
+    v = teacher_logits.shape[-1]
+    k = check_int("k", k, minimum=1, maximum=v)
+    log_p = torch.log_softmax(teacher_logits.detach().to(_float_dtype(teacher_logits)) / temperature, dim=-1)
+    top, idx = torch.topk(log_p, k, dim=-1)
+    tail = _tail_log_mass(log_p, idx)
+    index_dtype = torch.int16 if v <= 32_767 else torch.int32
+    return TopKTargets(idx.to(index_dtype), torch.cat([top, tail[..., None]], -1), temperature, v)
+
+
+def _float_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; half precisions are upcast to float32 for the softmax."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _tail_log_mass(log_probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """log Σ of exp(log_probs) outside the ids ``idx`` (the "rest" bucket), computed without cancellation."""
+    outside = log_probs.scatter(-1, idx.long(), _LOG_ZERO)
+    if idx.shape[-1] == log_probs.shape[-1]:
+        return torch.full(log_probs.shape[:-1], _LOG_ZERO, dtype=log_probs.dtype)
+    return torch.logsumexp(outside, dim=-1).clamp_min(_LOG_ZERO)
+
+
+def _coarsen(logits: torch.Tensor, targets: TopKTargets, temperature: float) -> torch.Tensor:
+    """The student's log-probabilities over the teacher's k + 1 buckets (differentiable)."""
+    log_q = torch.log_softmax(logits / temperature, dim=-1)
+    idx = targets.indices.long()
+    return torch.cat([log_q.gather(-1, idx), _tail_log_mass(log_q, idx)[..., None]], -1)
+
+
+def _log_prob_pair(student_logits, teacher, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p teacher, log q student) over a common set of categories, at ``temperature``."""
+    temperature = _check_temperature(temperature)
+    if isinstance(teacher, TopKTargets):
+        s = _check_logits("student_logits", student_logits)
+        if s.shape[-1] != teacher.vocab_size:
+            raise ValueError(
+                f"vocabulary mismatch: the student has {s.shape[-1]} tokens, the cached teacher "
+                f"{teacher.vocab_size}; token-level distillation needs one shared vocabulary"
+            )
+        if tuple(s.shape[:-1]) != teacher.shape:
+            raise ValueError(f"shape mismatch: student_logits positions {tuple(s.shape[:-1])} vs cached teacher "
+                             f"positions {teacher.shape}")
+        if not math.isclose(temperature, teacher.temperature):
+            raise ValueError(f"the cached teacher targets were built at temperature {teacher.temperature}, "
+                             f"not {temperature}; rebuild them with topk_targets(..., temperature={temperature})")
+        return teacher.log_probs.to(s.dtype), _coarsen(s, teacher, temperature)
+    _check_pair(student_logits, teacher)
+    log_p = torch.log_softmax(teacher.detach().to(student_logits.dtype) / temperature, dim=-1)
+    log_q = torch.log_softmax(student_logits / temperature, dim=-1)
+    return log_p, log_q
+
+
+# --------------------------------------------------------------------------------------------------
+# The losses
+# --------------------------------------------------------------------------------------------------
+
+
+def forward_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | TopKTargets,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """τ² · KL(p‖q): the teacher p weighs the student's log-loss on every token (mode covering).
+
+    The classic soft-target loss [Hinton et al. 2015] and word-level KD [Kim & Rush 2016]. The student is
+    punished wherever the teacher has mass the student lacks, so it spreads out to cover all of it. Gradient
+    with respect to the student's logits (τ = 1): q − p. Introduced in Chapter 4.
+    """
+    log_p, log_q = _log_prob_pair(student_logits, teacher_logits, temperature)
+    return temperature**2 * _reduce(_kl(log_p, log_q), mask, reduction)
+
+
+def reverse_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | TopKTargets,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """τ² · KL(q‖p): the student's own mass weighs its disagreement with the teacher (mode seeking).
+
+    MiniLLM's objective [Gu et al. 2024]: putting mass where the teacher has little is expensive, leaving
+    some of the teacher's modes uncovered is free, so the student concentrates on the teacher's main modes.
+    Computed exactly over the vocabulary at each position (MiniLLM estimates the sequence-level version with
+    policy gradients). Gradient (τ = 1): q ⊙ (log q − log p − KL). Introduced in Chapter 4.
+    """
+    log_p, log_q = _log_prob_pair(student_logits, teacher_logits, temperature)
+    return temperature**2 * _reduce(_kl(log_q, log_p), mask, reduction)
+
+
+def generalized_jsd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | TopKTargets,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    scaled: bool = True,
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """τ² · JSD_β(p‖q) / (β(1 − β)) (``scaled``) or τ² · JSD_β (raw), with M = βp + (1 − β)q.
+
+    GKD's generalized Jensen-Shannon divergence [Agarwal et al. 2024]: β KL(p‖M) + (1 − β) KL(q‖M). Scaled by
+    1/(β(1 − β)) it is continuous in β and equals the forward KL at β = 0 and the reverse KL at β = 1 (the
+    raw value is 0 at both ends); see the module docstring. Introduced in Chapter 4.
+    """
+    beta = check_number("beta", beta)
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1] (0: forward KL end, 1: reverse KL end), got {beta}")
+    if not isinstance(scaled, bool):
+        raise TypeError(f"scaled must be a bool, got {scaled!r}")
+    log_p, log_q = _log_prob_pair(student_logits, teacher_logits, temperature)
+    return temperature**2 * _reduce(_gjsd(log_p, log_q, beta, scaled), mask, reduction)
+
+
+def total_variation(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | TopKTargets,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """τ² · TV(p, q) = τ² · ½ Σ |p − q|: one minus the acceptance rate of q as a speculative draft for p.
+
+    Speculative sampling accepts a draft token with probability Σ min(p, q) = 1 − TV(p, q) [Leviathan et al.
+    2023], so minimising TV maximises the draft's acceptance directly, one of DistillSpec's objectives
+    [Zhou et al. 2024]. Introduced in Chapter 4.
+    """
+    log_p, log_q = _log_prob_pair(student_logits, teacher_logits, temperature)
+    return temperature**2 * _reduce(_tv(log_p, log_q), mask, reduction)
+
+
+def distillation_loss(
+    name: str,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | TopKTargets,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """The divergence called ``name`` (one of :data:`LOSSES`) between teacher and student, as above.
+
+    ``"jsd"`` is the scaled generalized JSD with parameter ``beta``. Introduced in Chapter 4.
+    """
+    if name not in LOSSES:
+        raise unknown_name("distillation loss", name, LOSSES)
+    if name == "jsd":
+        return generalized_jsd(student_logits, teacher_logits, beta, temperature, True, mask, reduction)
+    fn = {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "tv": total_variation}[name]
+    return fn(student_logits, teacher_logits, temperature, mask, reduction)
+
+
+# --------------------------------------------------------------------------------------------------
+# The visual example: one Gaussian student fitted to a two-mode teacher
+# --------------------------------------------------------------------------------------------------
+
+
+def bimodal_fit(
+    losses: Sequence[str] = ("forward_kl", "reverse_kl"),
+    betas: Sequence[float] = (0.5,),
+    separation: float = 4.0,
+    weight: float = 0.5,
+    grid: int = 301,
+    steps: int = 200,
+    init_mean: float | None = None,
+) -> pd.DataFrame:
+    """Fit a single Gaussian student to a two-Gaussian teacher on a grid, once per divergence.
+
+    The teacher has modes at ±``separation``/2 (unit width, the right one weighing ``weight``); the student
+    has a learned mean and width. Minimising the forward KL covers both modes (mean between them, wide);
+    the reverse KL picks one mode (the one the start ``init_mean``, by default a quarter of the separation
+    right of the centre, leans towards), the scaled JSD_β moves between them as β
+    goes from 0 to 1 [Minka 2005; Gu et al. 2024]. Returns the densities in long form (``x``, ``density``,
+    ``model``, ``beta``) with each fit's ``mean``/``std``/``divergence``. Introduced in Chapter 4.
+    """
+    separation = check_number("separation", separation)
+    weight = check_number("weight", weight)
+    if not 0 < weight < 1:
+        raise ValueError(f"weight must be in (0, 1), got {weight}")
+    grid = check_int("grid", grid, minimum=16)
+    steps = check_int("steps", steps)
+    # Wide enough that the forward-KL fit (std ≈ sqrt(1 + separation²/4)) is not truncated by the grid.
+    half = 1.5 * separation + 5.0
+    init_mean = separation / 4 if init_mean is None else check_number("init_mean", init_mean)
+    x = torch.linspace(-half, half, grid, dtype=torch.float64)
+
+    def gauss_logits(mean, log_std):
+        return -0.5 * ((x - mean) / log_std.exp()) ** 2 - log_std
+
+    teacher = torch.logsumexp(torch.stack([
+        math.log(1 - weight) + gauss_logits(torch.tensor(-separation / 2), torch.tensor(0.0)),
+        math.log(weight) + gauss_logits(torch.tensor(separation / 2), torch.tensor(0.0)),
+    ]), 0)
+    rows = [pd.DataFrame({"x": x.numpy(), "density": teacher.softmax(-1).numpy(), "model": "teacher", "beta": np.nan,
+                          "mean": np.nan, "std": np.nan, "divergence": np.nan})]
+    fits = [(name, None) for name in losses if name != "jsd"] + [("jsd", float(b)) for b in betas if "jsd" in losses]
+    for name in losses:
+        if name not in LOSSES:
+            raise unknown_name("distillation loss", name, LOSSES)
+    for name, beta in fits:
+        mean = torch.tensor(float(init_mean), dtype=torch.float64, requires_grad=True)
+        log_std = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.Adam([mean, log_std], lr=0.05)
+
+        def objective(name=name, beta=beta, mean=mean, log_std=log_std):
+            return distillation_loss(name, gauss_logits(mean, log_std), teacher, beta=0.5 if beta is None else beta)
+
+        for _ in range(steps):
+            loss = objective()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        # Adam finds the basin (which mode, for the reverse KL); L-BFGS then converges tightly inside it.
+        polish = torch.optim.LBFGS([mean, log_std], max_iter=100, line_search_fn="strong_wolfe")
+
+        def closure(objective=objective, polish=polish):
+            polish.zero_grad()
+            loss = objective()
+            loss.backward()
+            return loss
+
+        polish.step(closure)
+        with torch.no_grad():
+            student = gauss_logits(mean, log_std)
+            div = float(objective())
+        label = name if beta is None else f"jsd (β={beta:g})"
+        rows.append(pd.DataFrame({"x": x.numpy(), "density": student.softmax(-1).numpy(), "model": label,
+                                  "beta": np.nan if beta is None else beta, "mean": mean.item(),
+                                  "std": log_std.exp().item(), "divergence": div}))
+    return pd.concat(rows, ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Speculative-decoding view: how much of the target does the draft match?
+# --------------------------------------------------------------------------------------------------
+
+
+def expected_acceptance(
+    target_logits: torch.Tensor,
+    draft_logits: torch.Tensor,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Σ_v min(p, q) per position: the probability that speculative sampling accepts the draft's token.
+
+    With target p and draft q (both sampled at ``temperature``; 0 means greedy, where it is 1 if the two
+    arg-maxes agree), a draft token is accepted with probability Σ min(p, q) = 1 − TV(p, q) [Leviathan et al.
+    2023; Chen et al. 2023]. Its mean over positions is the α of the speedup formulas. Introduced in Chapter 4
+    (the decoding chapter uses the same quantity).
+    """
+    from .generation import sampling_probs
+
+    _check_pair(draft_logits, target_logits)
+    temperature = check_number("temperature", temperature)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    p = sampling_probs(target_logits.float(), temperature)
+    q = sampling_probs(draft_logits.float(), temperature)
+    return _reduce(torch.minimum(p, q).sum(-1), None, reduction)
+
+
+def expected_tokens_per_call(alpha: float | np.ndarray, gamma: int) -> float | np.ndarray:
+    """Expected tokens produced per target call with ``gamma`` draft tokens and acceptance ``alpha``.
+
+    (1 − α^(γ+1)) / (1 − α) under i.i.d. acceptance [Leviathan et al. 2023]: between 1 (α = 0) and γ + 1
+    (α = 1). Introduced in Chapter 4.
+    """
+    gamma = check_int("gamma", gamma, minimum=0)
+    a = np.asarray(check_number("alpha", alpha, allow_array=True), dtype=float)
+    if np.any((a < 0) | (a > 1)):
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(a < 1, (1 - a ** (gamma + 1)) / np.where(a < 1, 1 - a, 1), gamma + 1.0)
+    return float(out) if out.ndim == 0 else out
+
+
+@torch.inference_mode()
+def acceptance_rate(
+    target: Callable[[torch.Tensor], torch.Tensor],
+    draft: Callable[[torch.Tensor], torch.Tensor],
+    tokens: Sequence[int] | torch.Tensor,
+    temperature: float = 1.0,
+    window: int = 256,
+    batch_size: int = 8,
+) -> float:
+    """Mean expected acceptance α of ``draft`` for ``target``, teacher-forced over ``tokens``.
+
+    Both models read the same fixed, non-overlapping windows; at each position α = Σ min(p, q). Measured on
+    the target's own samples this is the per-token acceptance rate speculative sampling would see; on real
+    text it is a close proxy. Introduced in Chapter 4.
+    """
+    window = check_int("window", window, minimum=2)
+    batch_size = check_int("batch_size", batch_size)
+    data = tokens.long() if isinstance(tokens, torch.Tensor) else torch.tensor(list(tokens), dtype=torch.long)
+    if data.dim() == 2:
+        chunks = data
+    else:
+        n = (len(data) // window) * window
+        if n == 0:
+            raise ValueError(f"need at least window = {window} tokens, got {len(data)}")
+        chunks = data[:n].reshape(-1, window)
+    total, count = 0.0, 0
+    for i in range(0, len(chunks), batch_size):
+        x = chunks[i : i + batch_size]
+        acc = expected_acceptance(target(x), draft(x), temperature, reduction="none")
+        total += float(acc.double().sum())
+        count += acc.numel()
+    return total / count
+
+
+# --------------------------------------------------------------------------------------------------
+# Data for the training loop
+# --------------------------------------------------------------------------------------------------
+
+
+def text_windows(tokens: Sequence[int] | torch.Tensor, seq_len: int, stride: int | None = None) -> torch.Tensor:
+    """Cut a token stream into fixed windows ``[N, seq_len + 1]`` (inputs and shifted targets together).
+
+    Windows start every ``stride`` tokens (default ``seq_len``: non-overlapping). A fixed list of windows is
+    what lets a distillation run cache its teacher's outputs per window. Introduced in Chapter 4.
+    """
+    seq_len = check_int("seq_len", seq_len)
+    stride = seq_len if stride is None else check_int("stride", stride)
+    data = tokens.long() if isinstance(tokens, torch.Tensor) else torch.tensor(list(tokens), dtype=torch.long)
+    if data.dim() != 1:
+        raise ValueError(f"tokens must be 1-D, got shape {tuple(data.shape)}")
+    if len(data) < seq_len + 1:
+        raise ValueError(f"need at least seq_len + 1 = {seq_len + 1} tokens, got {len(data)}")
+    starts = torch.arange(0, len(data) - seq_len, stride)
+    return data[starts[:, None] + torch.arange(seq_len + 1)[None, :]]
+
+
+def batch_schedule(num_windows: int, steps: int, batch_size: int, seed: int = 0) -> torch.Tensor:
+    """The window ids of every batch of a run, ``[steps, batch_size]``, drawn from a seeded generator.
+
+    Known before training starts, so the teacher's outputs can be precomputed for exactly these windows.
+    Introduced in Chapter 4.
+    """
+    num_windows = check_int("num_windows", num_windows)
+    steps = check_int("steps", steps)
+    batch_size = check_int("batch_size", batch_size)
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randint(0, num_windows, (steps, batch_size), generator=gen)
+
+
+@dataclass
+class TeacherCache:
+    """The teacher's top-k targets for some windows of a dataset: ``window id → TopKTargets [seq_len]``.
+
+    Built once by :func:`build_teacher_cache`; ``time_s`` is what building it cost (the teacher's forward
+    passes), paid once and shared by every run that reads the same windows. Introduced in Chapter 4.
+    """
+
+    window_ids: torch.Tensor
+    targets: TopKTargets
+    time_s: float
+
+    def __post_init__(self) -> None:
+        self._row = {int(w): i for i, w in enumerate(self.window_ids.tolist())}
+
+    def lookup(self, ids: torch.Tensor) -> TopKTargets:
+        """The cached targets of windows ``ids`` (a 1-D tensor), stacked ``[len(ids), seq_len, ...]``."""
+        try:
+            rows = torch.tensor([self._row[int(i)] for i in ids.tolist()])
+        except KeyError as e:
+            raise ValueError(f"window {e.args[0]} is not in the teacher cache; build it from the run's "
+                             "batch_schedule") from None
+        return self.targets[rows]
+
+    @property
+    def nbytes(self) -> int:
+        return self.targets.nbytes
+
+
+@torch.inference_mode()
+def build_teacher_cache(
+    teacher: Callable[[torch.Tensor], torch.Tensor],
+    windows: torch.Tensor,
+    window_ids: torch.Tensor | Sequence[int],
+    k: int = 16,
+    temperature: float = 1.0,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> TeacherCache:
+    """Run the teacher once over the given windows and keep its top-``k`` targets (fp16 log-probabilities).
+
+    The cost of the teacher's forward passes moves out of the training loop: this is how distillation from a
+    large model is done in practice when the same data is used more than once. Introduced in Chapter 4.
+    """
+    ids = torch.unique(torch.as_tensor(window_ids).long().flatten())
+    k = check_int("k", k)
+    temperature = _check_temperature(temperature)
+    batch_size = check_int("batch_size", batch_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ids), desc="teacher top-k cache", leave=False)
+    t0 = time.perf_counter()
+    parts = []
+    for i in range(0, len(ids), batch_size):
+        x = windows[ids[i : i + batch_size], :-1]
+        parts.append(topk_targets(teacher(x), k, temperature))
+        if bar is not None:
+            bar.update(len(x))
+    if bar is not None:
+        bar.close()
+    targets = TopKTargets(
+        torch.cat([p.indices for p in parts]),
+        torch.cat([p.log_probs for p in parts]).half(),
+        temperature,
+        parts[0].vocab_size,
+    )
+    return TeacherCache(ids, targets, time.perf_counter() - t0)
+
+
+@torch.inference_mode()
+def teacher_samples(
+    teacher,
+    prompts: torch.Tensor,
+    new_tokens: int,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's continuations of ``prompts`` ``[N, P]``: windows ``[N, P + new_tokens]`` and a loss mask.
+
+    Sequence-level (black-box) distillation [Kim & Rush 2016] trains the student with plain cross-entropy on
+    these sequences: it needs the teacher's text only, never its logits, so it also works through an API or
+    across tokenizers. Sampling at τ = 1 makes that cross-entropy a Monte-Carlo estimate of the sequence-level
+    forward KL (Kim & Rush used beam search, which a character model turns into loops). The mask ``[N,
+    P + new_tokens - 1]`` is True on the positions that predict a generated token (the prompt is context
+    only). Introduced in Chapter 4.
+    """
+    from .generation import generate
+
+    new_tokens = check_int("new_tokens", new_tokens)
+    batch_size = check_int("batch_size", batch_size)
+    if not isinstance(prompts, torch.Tensor) or prompts.dim() != 2:
+        raise ValueError("prompts must be a [N, prompt_len] tensor of token ids")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(prompts), desc="teacher samples", leave=False)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        out.append(generate(teacher, prompts[i : i + batch_size], new_tokens, temperature=temperature,
+                            seed=seed + i, progress=False))
+        if bar is not None:
+            bar.update(len(out[-1]))
+    if bar is not None:
+        bar.close()
+    seqs = torch.cat(out).clone()
+    mask = torch.zeros(seqs.shape[0], seqs.shape[1] - 1, dtype=torch.bool)
+    mask[:, prompts.shape[1] - 1 :] = True
+    return seqs, mask
+
+
+# --------------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """A distillation run: steps, optimiser, batch shape, the loss mix and how the teacher is consulted.
+
+    The loss is (1 − ``alpha``)·CE(data) + ``alpha``·``loss``(teacher‖student) at ``temperature``;
+    ``alpha = 0`` is plain training on the data (no teacher). ``top_k`` = None consults the teacher's full
+    logits during the step (``teacher_mode="online"`` only); an int uses its top-k summary, computed during
+    the step (``"online"``) or read from a precomputed cache (``"cached"``). ``on_policy_fraction`` λ is the
+    share of steps whose sequences the student writes itself (continuing ``prompt_len`` tokens of a window by
+    ``seq_len - prompt_len`` sampled tokens) and the teacher scores (GKD [Agarwal et al. 2024]); those steps
+    use the divergence only. Introduced in Chapter 4.
+    """
+
+    steps: int = 400
+    lr: float = 3e-3
+    batch_size: int = 16
+    alpha: float = 0.0
+    loss: str = "forward_kl"
+    beta: float = 0.5
+    temperature: float = 1.0
+    top_k: int | None = 16
+    teacher_mode: str = "cached"
+    on_policy_fraction: float = 0.0
+    prompt_len: int = 32
+    warmup_fraction: float = 0.03
+    min_lr_ratio: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 100
+    eval_chars: int = 16_384
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps)
+        check_int("batch_size", self.batch_size)
+        check_int("prompt_len", self.prompt_len)
+        check_int("eval_every", self.eval_every)
+        for name in ("lr", "alpha", "beta", "on_policy_fraction", "warmup_fraction", "min_lr_ratio"):
+            check_number(name, getattr(self, name))
+        for name in ("alpha", "beta", "on_policy_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        _check_temperature(self.temperature)
+        if self.loss not in LOSSES:
+            raise unknown_name("distillation loss", self.loss, LOSSES)
+        check_choice("teacher_mode", self.teacher_mode, ("cached", "online"))
+        if self.top_k is not None:
+            check_int("top_k", self.top_k)
+        if self.top_k is None and self.teacher_mode == "cached":
+            raise ValueError("a cached teacher stores top-k targets: give top_k (e.g. 16) or use teacher_mode='online'")
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.alpha > 0 or self.on_policy_fraction > 0
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up then cosine decay to ``min_lr_ratio``·lr (the zoo's schedule)."""
+        warm = max(1, round(self.warmup_fraction * self.steps))
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        frac = (step - warm) / max(1, self.steps - warm)
+        floor = self.lr * self.min_lr_ratio
+        return floor + 0.5 * (self.lr - floor) * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+@dataclass
+class DistillResult:
+    """A trained student, its per-step log and where the time went.
+
+    ``log`` has ``step``, ``lr``, ``loss``, ``ce``, ``kd`` (NaN where unused), ``on_policy``, ``time_s``
+    (cumulative training-loop time) and ``val_loss`` (every ``eval_every`` steps, evaluation time excluded).
+    ``time_s`` is the training loop, ``teacher_time_s`` its share spent in the teacher (online mode) and
+    ``cache_time_s`` the one-off cost of the cache it read (0 if none). Introduced in Chapter 4.
+    """
+
+    model: torch.nn.Module
+    log: pd.DataFrame
+    settings: DistillSettings
+    time_s: float
+    teacher_time_s: float
+    cache_time_s: float
+
+    @property
+    def final_val_loss(self) -> float:
+        return float(self.log.val_loss.dropna().iloc[-1]) if self.log.val_loss.notna().any() else float("nan")
+
+    def summary(self) -> dict:
+        """One flat row: the settings and the timings."""
+        s = asdict(self.settings)
+        s.pop("betas")
+        return {**s, "time_s": self.time_s, "teacher_time_s": self.teacher_time_s,
+                "cache_time_s": self.cache_time_s, "val_loss_16k": self.final_val_loss}
+
+
+def _optimizer(model: torch.nn.Module, s: DistillSettings) -> torch.optim.Optimizer:
+    params = list({id(p): p for p in model.parameters()}.values())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, foreach=False)
+
+
+def _masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return _reduce(ce.reshape(targets.shape), mask, "mean")
+
+
+def _student_samples(student, x: torch.Tensor, prompt_len: int, seed: int) -> torch.Tensor:
+    from .generation import generate
+
+    prompt_len = min(prompt_len, x.shape[1] - 1)
+    out = generate(student, x[:, :prompt_len], x.shape[1] - prompt_len + 1, temperature=1.0, seed=seed,
+                   progress=False)
+    return out.clone()  # leave inference mode: the ids feed a forward pass that is differentiated
+
+
+def _check_decoder(name: str, model: object) -> torch.nn.Module:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{name} must be a torch model mapping [B, T] ids to [B, T, V] logits, got "
+                        f"{type(model).__name__}")
+    return model
+
+
+def distill(
+    student: torch.nn.Module,
+    windows: torch.Tensor,
+    settings: DistillSettings,
+    teacher: torch.nn.Module | None = None,
+    cache: TeacherCache | None = None,
+    mask: torch.Tensor | None = None,
+    schedule: torch.Tensor | None = None,
+    val_loss: Callable[[torch.nn.Module], float] | None = None,
+    progress: bool = True,
+) -> DistillResult:
+    """Train ``student`` in place for ``settings.steps`` steps on ``windows`` ``[N, T + 1]``; return the log.
+
+    Deterministic for fixed inputs, seed and thread count: the batches follow :func:`batch_schedule` (or
+    ``schedule``), on-policy steps and their samples come from seeded generators, and nothing depends on the
+    clock. ``mask`` ``[N, T]`` excludes positions from every loss (e.g. the prompt of teacher samples).
+    ``val_loss(model)`` is called every ``eval_every`` steps and at the end (its time is not counted).
+    Introduced in Chapter 4.
+    """
+    student = _check_decoder("student", student)
+    if not isinstance(settings, DistillSettings):
+        raise TypeError(f"settings must be a DistillSettings, got {type(settings).__name__}")
+    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.shape[1] < 2:
+        raise ValueError("windows must be a [N, seq_len + 1] tensor of token ids (see text_windows)")
+    s = settings
+    n_win, t = windows.shape[0], windows.shape[1] - 1
+    if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (n_win, t)):
+        raise ValueError(f"mask must be a bool tensor [{n_win}, {t}] (one entry per predicted position)")
+    if schedule is None:
+        schedule = batch_schedule(n_win, s.steps, s.batch_size, s.seed)
+    elif tuple(schedule.shape) != (s.steps, s.batch_size):
+        raise ValueError(f"schedule must be [{s.steps}, {s.batch_size}], got {tuple(schedule.shape)}")
+    vocab = getattr(getattr(student, "config", None), "vocab_size", None)
+    if s.uses_teacher:
+        if s.teacher_mode == "online" or s.on_policy_fraction > 0:
+            if teacher is None:
+                raise ValueError("these settings consult the teacher during training: pass teacher=...")
+            _check_decoder("teacher", teacher)
+            t_vocab = getattr(getattr(teacher, "config", None), "vocab_size", None)
+            if vocab is not None and t_vocab is not None and vocab != t_vocab:
+                raise ValueError(f"vocabulary mismatch: student {vocab} tokens, teacher {t_vocab}; token-level "
+                                 "distillation needs one shared vocabulary (use teacher_samples instead)")
+        if s.teacher_mode == "cached" and s.alpha > 0:
+            if cache is None:
+                raise ValueError("teacher_mode='cached' needs cache=build_teacher_cache(teacher, windows, schedule)")
+            if cache.targets.k != s.top_k or not math.isclose(cache.targets.temperature, s.temperature):
+                raise ValueError(f"the cache holds top-{cache.targets.k} at temperature {cache.targets.temperature}, "
+                                 f"the settings ask for top-{s.top_k} at {s.temperature}")
+    on_policy = torch.rand(s.steps, generator=torch.Generator().manual_seed(s.seed + 1)) < s.on_policy_fraction
+    student.train()
+    opt = _optimizer(student, s)
+    rows, elapsed, teacher_time = [], 0.0, 0.0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=s.steps, desc=f"distilling ({s.loss}, α={s.alpha:g})" if s.uses_teacher else "training",
+                   leave=False)
+    for step in range(s.steps):
+        t0 = time.perf_counter()
+        lr = s.lr_at(step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        ids = schedule[step]
+        batch = windows[ids]
+        m = None if mask is None else mask[ids]
+        ce = kd = None
+        if on_policy[step]:
+            # GKD's on-policy branch: the student writes the text, the teacher grades every generated position.
+            with torch.no_grad():
+                batch = _student_samples(student, batch[:, :-1], s.prompt_len, s.seed * 100_003 + step)
+            x = batch[:, :-1]
+            m = torch.zeros_like(x, dtype=torch.bool)
+            m[:, min(s.prompt_len, t - 1) - 1 :] = True
+            logits = student(x)
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                teacher_logits = teacher(x)
+            teacher_time += time.perf_counter() - t1
+            target = teacher_logits.clone() if s.top_k is None else topk_targets(teacher_logits, s.top_k, s.temperature)
+            kd = distillation_loss(s.loss, logits, target, s.temperature, s.beta, mask=m)
+            loss = kd
+        else:
+            x, y = batch[:, :-1], batch[:, 1:]
+            logits = student(x)
+            ce = _masked_ce(logits, y, m)
+            loss = ce
+            if s.alpha > 0:
+                if s.teacher_mode == "cached":
+                    target = cache.lookup(ids)
+                else:
+                    t1 = time.perf_counter()
+                    with torch.inference_mode():
+                        teacher_logits = teacher(x)
+                    teacher_time += time.perf_counter() - t1
+                    target = (teacher_logits.clone() if s.top_k is None
+                              else topk_targets(teacher_logits, s.top_k, s.temperature))
+                kd = distillation_loss(s.loss, logits, target, s.temperature, s.beta, mask=m)
+                loss = (1 - s.alpha) * ce + s.alpha * kd
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), s.grad_clip)
+        opt.step()
+        elapsed += time.perf_counter() - t0
+        row = {"step": step + 1, "lr": lr, "loss": loss.item(), "ce": float("nan") if ce is None else ce.item(),
+               "kd": float("nan") if kd is None else kd.item(), "on_policy": bool(on_policy[step]),
+               "time_s": elapsed, "val_loss": float("nan")}
+        if val_loss is not None and ((step + 1) % s.eval_every == 0 or step + 1 == s.steps):
+            student.eval()
+            with torch.no_grad():
+                row["val_loss"] = float(val_loss(student))
+            student.train()
+        rows.append(row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+    if bar is not None:
+        bar.close()
+    student.eval()
+    cache_time = cache.time_s if (cache is not None and s.teacher_mode == "cached" and s.alpha > 0) else 0.0
+    return DistillResult(student, pd.DataFrame(rows), s, elapsed, teacher_time, cache_time)
+
+
+# --------------------------------------------------------------------------------------------------
+# Measured decode speed (student vs teacher on this CPU)
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def measure_decode(
+    model: torch.nn.Module,
+    batch: int = 1,
+    prompt_len: int = 64,
+    new_tokens: int = 64,
+    repeats: int = 3,
+    vocab_size: int | None = None,
+) -> dict:
+    """Time one prefill of ``prompt_len`` tokens and ``new_tokens`` decode steps with a KV cache.
+
+    Returns the best of ``repeats`` runs (the least disturbed on a shared machine): ``ttft_s`` (prefill),
+    ``tpot_s`` (mean time per decode step) and ``tokens_per_s`` (``batch`` / ``tpot_s``), plus the weight
+    bytes in fp32 as run. Greedy decoding of random prompts: the time does not depend on the text.
+    Introduced in Chapter 4.
+    """
+    batch = check_int("batch", batch)
+    prompt_len = check_int("prompt_len", prompt_len)
+    new_tokens = check_int("new_tokens", new_tokens)
+    repeats = check_int("repeats", repeats)
+    v = vocab_size or model.config.vocab_size
+    prompt = torch.randint(0, v, (batch, prompt_len), generator=torch.Generator().manual_seed(0))
+    best_ttft, best_tpot = math.inf, math.inf
+    for _ in range(repeats):
+        cache = model.new_cache()
+        t0 = time.perf_counter()
+        logits = model(prompt, cache)[:, -1]
+        t1 = time.perf_counter()
+        for _ in range(new_tokens):
+            logits = model(logits.argmax(-1)[:, None], cache)[:, -1]
+        t2 = time.perf_counter()
+        best_ttft, best_tpot = min(best_ttft, t1 - t0), min(best_tpot, (t2 - t1) / new_tokens)
+    params = list({id(p): p for p in model.parameters()}.values())
+    return {"batch": batch, "prompt_len": prompt_len, "ttft_s": best_ttft, "tpot_s": best_tpot,
+            "tokens_per_s": batch / best_tpot, "weight_bytes": sum(p.numel() * p.element_size() for p in params)}
+
+
+def with_settings(settings: DistillSettings, **changes) -> DistillSettings:
+    """A copy of ``settings`` with some fields changed (validated again)."""
+    return replace(settings, **changes)
+
+
+_ = experiment  # the cached experiments below register themselves with unveiled.results
