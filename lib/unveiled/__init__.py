@@ -11,11 +11,17 @@ import importlib
 
 from .datafiles import data_file, list_data_files
 from .environment import environment_report, machine_description
-from .hardware import DTYPES, Device, define_device, device_names, hardware, hardware_table
+from .hardware import DTYPES, Device, canonical_dtype, define_device, device_names, hardware, hardware_table
 from .roofline import (
+    Operation,
     RooflinePoint,
     attainable_performance,
     bound,
+    critical_batch_size,
+    elementwise_cost,
+    fuse,
+    fusion_gain,
+    load_compute_store,
     matmul_cost,
     place,
     ridge_point,
@@ -35,21 +41,38 @@ _LAZY: dict[str, str] = {
     "analyze": "analyzer",
     "generate": "analyzer",
     "sweep": "analyzer",
+    # Measuring this machine (Chapter 1)
+    "measure_machine": "measure",
+    "measure_bandwidth": "measure",
+    "measure_matmul": "measure",
+    "measure_kernels": "measure",
+    "MachineMeasurement": "measure",
+    # Live explorers (Chapter 1)
+    "roofline_explorer": "explorers.roofline",
 }
+# Sub-packages reachable as attributes (``uv.labs.roofline.check_attainable``) without an explicit import.
+_SUBMODULES = ("labs", "plots", "explorers")
 
 __all__ = [
     "DTYPES",
     "Device",
+    "Operation",
     "RooflinePoint",
     "attainable_performance",
     "bound",
+    "canonical_dtype",
+    "critical_batch_size",
     "data_file",
     "define_device",
     "environment_report",
     "device_names",
+    "elementwise_cost",
+    "fuse",
+    "fusion_gain",
     "hardware",
     "hardware_table",
     "list_data_files",
+    "load_compute_store",
     "machine_description",
     "matmul_cost",
     "place",
@@ -64,8 +87,10 @@ def __getattr__(name: str):
     if name in _LAZY:
         module = importlib.import_module(f".{_LAZY[name]}", __name__)
         return getattr(module, name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'unveiled' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

@@ -1,30 +1,49 @@
 """A sourced registry of accelerators: memory bandwidth, capacity and dense peak throughput per data type.
 
-The roofline model (Williams et al. 2009; survey §2.2) needs two numbers per device and data type: how many
+The roofline model [Williams et al. 2009] (survey §2.2) needs two numbers per device and data type: how many
 bytes per second its memory delivers and how many operations per second its compute units sustain. This
 module reads them from ``data/hardware.csv``, where every row cites its source. Peaks are **dense**: vendor
-figures "with sparsity" (2:4 structured sparsity) are twice as high and are never used here.
+figures "with sparsity" (2:4 structured sparsity) are twice as high and are never used here. A device that
+lacks a unit for a data type (no INT4 on Hopper, no FP8 on Ampere) has no peak for it, and asking for one is
+an error rather than a silent fallback.
 
 Two presets exist. ``"datasheet"`` (the default) holds the vendors' published figures. ``"llm-viewer"`` holds
-the numbers hard-coded in LLM-Viewer (``hardwares/hardware_params.py``), the tool the survey used, so that the
-survey's tables and figures can be reproduced exactly (see Chapter 2).
+exactly the numbers hard-coded in LLM-Viewer (``hardwares/hardware_params.py``), the tool the survey used, so
+that the survey's tables and figures can be reproduced (Chapters 1 and 2).
+
+Column conventions of ``data/hardware.csv``:
+
+* ``bandwidth_gb_s``: off-chip memory bandwidth in decimal GB/s (1e9 B/s).
+* ``memory_gb`` with ``memory_unit``: the vendor's capacity figure and how to read it. Vendors write "80 GB"
+  for memory that is really 80 GiB (an "80 GB" A100 reports 81,920 MiB), so the unit column says ``GiB`` and
+  :attr:`Device.memory_bytes` is exact.
+* ``peak_<dtype>_t``: dense peak in TFLOP/s (TOP/s for integer types).
+* ``onchip_mb``: in the datasheet preset, the last-level on-chip cache (L2 on GPUs, L3 on CPUs, Infinity
+  Cache on the MI300X); in the llm-viewer preset, LLM-Viewer's ``onchip_buffer`` (the register file total).
+* ``sm_count`` and ``smem_per_sm_kb``: streaming multiprocessors and their maximum shared memory (compute
+  units and LDS on AMD), which bound FlashAttention's tile sizes (Chapter 2).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
+import numpy as np
 import pandas as pd
 
-from ._validate import check_positive, unknown_name
+from ._validate import check_positive, suggest
 from .datafiles import data_file
 
 __all__ = [
     "DTYPES",
+    "KINDS",
+    "PRESETS",
     "Device",
+    "canonical_dtype",
     "define_device",
     "device_names",
     "hardware",
@@ -43,13 +62,55 @@ DTYPES: dict[str, float] = {
     "int4": 0.5,
 }
 PRESETS = ("datasheet", "llm-viewer")
+#: Kinds of device in the registry.
+KINDS = ("gpu", "cpu", "tpu", "soc", "npu", "other")
+
+# Other spellings of the data types (NumPy/PyTorch names), accepted everywhere a dtype is.
+_DTYPE_ALIASES = {
+    "float32": "fp32",
+    "float": "fp32",
+    "single": "fp32",
+    "tensorfloat32": "tf32",
+    "float16": "fp16",
+    "half": "fp16",
+    "bfloat16": "bf16",
+    "float8": "fp8",
+    "float8_e4m3fn": "fp8",
+    "float8_e5m2": "fp8",
+    "e4m3": "fp8",
+    "e5m2": "fp8",
+    "fp4_e2m1": "fp4",
+    "nvfp4": "fp4",
+    "mxfp4": "fp4",
+}
 
 _FLOAT_COLS = {
     "bandwidth_gb_s": 1e9,
-    "memory_gb": 1e9,
     "onchip_mb": 1e6,
     "smem_per_sm_kb": 1e3,
 }
+_MEMORY_UNITS = {"GB": 1e9, "GiB": 2.0**30}
+
+
+def canonical_dtype(dtype: object) -> str:
+    """The book's name for a data type: ``"bfloat16"``, ``torch.bfloat16`` and ``"BF16"`` all give ``"bf16"``.
+
+    Raises :class:`TypeError` for non-strings and :class:`ValueError` (listing the accepted names) for unknown
+    ones. Introduced in Chapter 1.
+    """
+    if not isinstance(dtype, str):
+        text = str(dtype)
+        if text.startswith("torch."):  # a torch.dtype, without importing torch
+            dtype = text[len("torch."):]
+        else:
+            raise TypeError(f"dtype must be a str such as 'fp16', got {type(dtype).__name__} {dtype!r}")
+    key = dtype.strip().lower()
+    key = _DTYPE_ALIASES.get(key, key)
+    if key not in DTYPES:
+        close = suggest(key, list(DTYPES) + list(_DTYPE_ALIASES))
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown data type {dtype!r}.{hint} Accepted: {list(DTYPES)}")
+    return key
 
 
 @dataclass(frozen=True)
@@ -57,7 +118,9 @@ class Device:
     """One accelerator (or CPU) as the roofline sees it.
 
     Attributes use SI base units: ``bandwidth`` in bytes/s, ``memory_bytes`` and ``onchip_bytes`` in bytes,
-    ``peaks`` maps a data type (see :data:`DTYPES`) to dense operations/s. Introduced in Chapter 1.
+    ``peaks`` maps a data type (see :data:`DTYPES`) to dense operations/s. Build one with
+    :func:`define_device`, look one up with :func:`hardware`, derive a what-if variant with :meth:`with_`.
+    Introduced in Chapter 1.
     """
 
     name: str
@@ -76,82 +139,127 @@ class Device:
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
+        if not isinstance(self.name, str) or not self.name.strip():
             raise TypeError(f"device name must be a non-empty str, got {self.name!r}")
         check_positive("bandwidth (bytes/s)", self.bandwidth)
-        if not isinstance(self.peaks, Mapping) or not self.peaks:
+        object.__setattr__(self, "bandwidth", float(self.bandwidth))
+        if not isinstance(self.peaks, Mapping):
+            raise TypeError(
+                f"peaks must be a dict mapping data types to ops/s, e.g. {{'fp16': 1e14}}, got "
+                f"{type(self.peaks).__name__}"
+            )
+        if not self.peaks:
             raise ValueError(
                 f"device {self.name!r} needs at least one peak, e.g. peaks={{'fp16': 1e14}} (ops/s); "
                 f"accepted data types: {list(DTYPES)}"
             )
+        peaks = {}
         for dtype, value in self.peaks.items():
-            if dtype not in DTYPES:
-                raise ValueError(f"unknown data type {dtype!r} in peaks of {self.name!r}; accepted: {list(DTYPES)}")
-            check_positive(f"peak {dtype} (ops/s) of {self.name!r}", value)
-        if self.memory_bytes is not None:
-            check_positive("memory_bytes", self.memory_bytes)
+            peaks[canonical_dtype(dtype)] = check_positive(f"peak {dtype} (ops/s) of {self.name!r}", value)
+        object.__setattr__(self, "peaks", peaks)
+        for attr in ("memory_bytes", "onchip_bytes", "smem_per_sm_bytes"):
+            value = getattr(self, attr)
+            if value is not None:
+                object.__setattr__(self, attr, check_positive(attr, value))
+        if self.sm_count is not None and (
+            isinstance(self.sm_count, bool) or not isinstance(self.sm_count, numbers.Integral) or self.sm_count < 1
+        ):
+            raise ValueError(f"sm_count must be a positive int or None, got {self.sm_count!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
         if not self.display_name:
             object.__setattr__(self, "display_name", self.name)
-        object.__setattr__(self, "peaks", dict(self.peaks))
+        object.__setattr__(self, "aliases", tuple(self.aliases))
 
     @property
     def dtypes(self) -> list[str]:
-        """Data types this device has a (dense) peak for."""
+        """Data types this device has a (dense) peak for, from wide to narrow."""
         return [d for d in DTYPES if d in self.peaks]
+
+    def has(self, dtype: str) -> bool:
+        """Whether the table gives this device a peak for ``dtype``."""
+        return canonical_dtype(dtype) in self.peaks
 
     def peak(self, dtype: str = "fp16") -> float:
         """Dense peak throughput for ``dtype`` in operations/s (FLOP/s for floats, OP/s for integers)."""
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown data type {dtype!r}; accepted: {list(DTYPES)}")
-        if dtype not in self.peaks:
+        key = canonical_dtype(dtype)
+        if key not in self.peaks:
             raise ValueError(
-                f"{self.display_name} has no {dtype} peak in the table (it lacks that unit or no source gives it); "
-                f"available: {self.dtypes}"
+                f"{self.display_name} has no {key} peak in the table (it lacks that unit, or no source gives "
+                f"it); available: {self.dtypes}. Compute in a wider type, e.g. dtype={self.dtypes[0]!r}"
             )
-        return float(self.peaks[dtype])
+        return float(self.peaks[key])
 
     def ridge_point(self, dtype: str = "fp16") -> float:
-        """Arithmetic intensity (ops/byte) where the memory roof meets the compute roof."""
+        """Arithmetic intensity (ops/byte) where the memory roof meets the compute roof: peak / bandwidth."""
         return self.peak(dtype) / self.bandwidth
 
-    def with_(self, **changes) -> Device:
-        """A modified copy, e.g. ``dev.with_(bandwidth=3 * dev.bandwidth)`` for a what-if study."""
-        from dataclasses import replace
+    def attainable(self, intensity, dtype: str = "fp16"):
+        """Attainable ops/s at ``intensity`` ops/byte (see :func:`unveiled.attainable_performance`)."""
+        from .roofline import attainable_performance
 
+        return attainable_performance(intensity, self, dtype)
+
+    def time(self, flops, bytes_, dtype: str = "fp16"):
+        """Roofline time in seconds of an operation (see :func:`unveiled.roofline_time`)."""
+        from .roofline import roofline_time
+
+        return roofline_time(flops, bytes_, self, dtype)
+
+    def with_(self, **changes) -> Device:
+        """A modified copy, e.g. ``dev.with_(bandwidth=3 * dev.bandwidth)`` for a what-if study.
+
+        Unknown field names raise a :class:`TypeError` that lists the fields a device has.
+        """
+        names = [f.name for f in fields(self)]
+        bad = [k for k in changes if k not in names]
+        if bad:
+            raise TypeError(f"Device has no field(s) {bad}; fields: {names}")
         return replace(self, **changes)
 
     def __repr__(self) -> str:  # short and useful in notebooks
-        mem = f", {self.memory_bytes / 1e9:.0f} GB" if self.memory_bytes else ""
+        mem = f", {self.memory_bytes / 2**30:.0f} GiB" if self.memory_bytes else ""
         peaks = ", ".join(f"{d} {self.peaks[d] / 1e12:g} T" for d in self.dtypes)
         return f"Device({self.name!r}: {self.bandwidth / 1e9:g} GB/s{mem}; {peaks}; preset={self.preset})"
+
+
+def _cell(row: Mapping[str, str], key: str) -> str:
+    return (row.get(key) or "").strip()
 
 
 def _parse_rows() -> list[Device]:
     text = data_file("hardware.csv").read_text(encoding="utf-8")
     devices = []
-    for row in csv.DictReader(io.StringIO(text)):
-        peaks = {}
-        for dtype in DTYPES:
-            cell = (row.get(f"peak_{dtype}_t") or "").strip()
-            if cell:
-                peaks[dtype] = float(cell) * 1e12
-        vals = {k: (float(row[k]) * scale if (row.get(k) or "").strip() else None) for k, scale in _FLOAT_COLS.items()}
+    for line, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+        where = f"data/hardware.csv line {line} ({_cell(row, 'name')!r})"
+        peaks = {d: float(_cell(row, f"peak_{d}_t")) * 1e12 for d in DTYPES if _cell(row, f"peak_{d}_t")}
+        vals = {k: (float(_cell(row, k)) * scale if _cell(row, k) else None) for k, scale in _FLOAT_COLS.items()}
+        memory = None
+        if _cell(row, "memory_gb"):
+            unit = _cell(row, "memory_unit") or "GB"
+            if unit not in _MEMORY_UNITS:
+                raise ValueError(f"{where}: memory_unit must be one of {list(_MEMORY_UNITS)}, got {unit!r}")
+            memory = float(_cell(row, "memory_gb")) * _MEMORY_UNITS[unit]
+        if not _cell(row, "source_url"):
+            raise ValueError(f"{where}: every row of the hardware table needs a source_url")
         devices.append(
             Device(
-                name=row["name"].strip(),
-                display_name=row["display_name"].strip(),
-                vendor=row["vendor"].strip(),
-                kind=row["kind"].strip(),
-                preset=row["preset"].strip(),
+                name=_cell(row, "name"),
+                display_name=_cell(row, "display_name"),
+                vendor=_cell(row, "vendor"),
+                kind=_cell(row, "kind"),
+                preset=_cell(row, "preset"),
                 bandwidth=vals["bandwidth_gb_s"],
-                memory_bytes=vals["memory_gb"],
+                memory_bytes=memory,
                 onchip_bytes=vals["onchip_mb"],
                 smem_per_sm_bytes=vals["smem_per_sm_kb"],
-                sm_count=int(row["sm_count"]) if (row.get("sm_count") or "").strip() else None,
+                sm_count=int(_cell(row, "sm_count")) if _cell(row, "sm_count") else None,
                 peaks=peaks,
-                source_url=row["source_url"].strip(),
-                notes=row["notes"].strip(),
-                aliases=tuple(a.strip() for a in (row.get("aliases") or "").split(";") if a.strip()),
+                source_url=_cell(row, "source_url"),
+                notes=_cell(row, "notes"),
+                aliases=tuple(a.strip() for a in _cell(row, "aliases").split(";") if a.strip()),
             )
         )
     return devices
@@ -168,22 +276,39 @@ def _load() -> None:
         _register(dev)
 
 
-def _register(dev: Device, overwrite: bool = False) -> None:
-    key = (dev.name.lower(), dev.preset)
-    if key in _REGISTRY and not overwrite:
-        raise ValueError(f"a device named {dev.name!r} (preset {dev.preset!r}) already exists; pass overwrite=True")
-    _REGISTRY[key] = dev
-    for alias in dev.aliases:
-        _ALIASES[alias.lower()] = dev.name.lower()
-
-
 def _normalise(name: str) -> str:
-    key = name.strip().lower().replace("_", "-").replace(" ", "-")
+    return "-".join(name.strip().lower().replace("_", " ").replace("-", " ").split())
+
+
+def _register(dev: Device, overwrite: bool = False) -> None:
+    key = (_normalise(dev.name), dev.preset)
+    if key in _REGISTRY and not overwrite:
+        raise ValueError(
+            f"a device named {dev.name!r} (preset {dev.preset!r}) already exists; pass overwrite=True to replace it"
+        )
+    if key[0] in _ALIASES and _ALIASES[key[0]] != key[0]:
+        raise ValueError(f"{dev.name!r} is already an alias of {_ALIASES[key[0]]!r}; choose another name")
+    names = [dev.aliases, (dev.display_name,)] if dev.preset == "datasheet" else [dev.aliases]
+    for alias in (a for group in names for a in group):
+        a = _normalise(alias)
+        if a == key[0]:
+            continue
+        target = _ALIASES.get(a)
+        if target is not None and target != key[0]:
+            raise ValueError(f"alias {alias!r} of {dev.name!r} already points to {target!r}")
+        if any(n == a for n, _ in _REGISTRY) and a != key[0]:
+            raise ValueError(f"alias {alias!r} of {dev.name!r} is the name of another device")
+        _ALIASES[a] = key[0]
+    _REGISTRY[key] = dev
+
+
+def _resolve(name: str) -> str:
+    key = _normalise(name)
     return _ALIASES.get(key, key)
 
 
 def device_names(preset: str = "datasheet") -> list[str]:
-    """Names of the registered devices for a preset (introduced in Chapter 1)."""
+    """Names of the registered devices for a preset, e.g. ``["a100-40gb", "a100-80gb", ...]`` (Chapter 1)."""
     _load()
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
@@ -193,8 +318,9 @@ def device_names(preset: str = "datasheet") -> list[str]:
 def hardware(name: str | Device, preset: str = "datasheet") -> Device:
     """Look up a device by name, e.g. ``hardware("a6000")`` or ``hardware("h100", preset="llm-viewer")``.
 
-    Names are case-insensitive and accept the aliases listed in ``data/hardware.csv``. A misspelled name
-    raises a :class:`ValueError` listing the close matches. Passing a :class:`Device` returns it unchanged.
+    Names are case-insensitive, ignore spaces, dashes and underscores, and accept the aliases listed in
+    ``data/hardware.csv`` and the display names (``"NVIDIA H100 SXM"``). A misspelled name raises a
+    :class:`ValueError` listing the close matches. Passing a :class:`Device` returns it unchanged.
     Introduced in Chapter 1.
     """
     if isinstance(name, Device):
@@ -204,15 +330,22 @@ def hardware(name: str | Device, preset: str = "datasheet") -> Device:
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     _load()
-    key = _normalise(name)
+    key = _resolve(name)
     dev = _REGISTRY.get((key, preset))
-    if dev is None:
-        err = unknown_name("device", name, device_names(preset))
-        other = [p for p in PRESETS if p != preset and (key, p) in _REGISTRY]
-        if other:
-            err = ValueError(f"{err} ({name!r} exists in preset {other[0]!r}: pass preset={other[0]!r})")
-        raise err
-    return dev
+    if dev is not None:
+        return dev
+    other = [p for p in PRESETS if p != preset and (key, p) in _REGISTRY]
+    if other:
+        raise ValueError(
+            f"{name!r} has no entry in preset {preset!r} but exists in preset {other[0]!r}: pass "
+            f"preset={other[0]!r}. Devices in {preset!r}: {', '.join(device_names(preset))}"
+        )
+    names = device_names(preset)
+    pool = {n: n for n in names}
+    pool.update({a: t for a, t in _ALIASES.items() if t in pool})
+    close = list(dict.fromkeys(pool[c] for c in suggest(_normalise(name), list(pool), n=8)))[:4]
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"unknown device {name!r}.{hint} Known devices ({preset}): {', '.join(names)}")
 
 
 def define_device(
@@ -222,24 +355,35 @@ def define_device(
     peaks_tflops: Mapping[str, float],
     memory_gb: float | None = None,
     display_name: str = "",
+    kind: str = "gpu",
     register: bool = True,
     overwrite: bool = False,
     **extra,
 ) -> Device:
     """Define your own device in one call, e.g. a what-if accelerator or the machine you measured.
 
-    ``peaks_tflops`` maps data types to dense TFLOP/s (TOP/s for integers), e.g. ``{"fp16": 200}``. With
-    ``register=True`` the device becomes available to :func:`hardware` under ``name``. Introduced in Chapter 1.
+    ``peaks_tflops`` maps data types to dense TFLOP/s (TOP/s for integers), e.g. ``{"fp16": 200}``;
+    ``memory_gb`` is decimal GB. With ``register=True`` the device becomes available to :func:`hardware`
+    under ``name`` (preset ``"datasheet"``). Other keyword arguments set :class:`Device` fields (``vendor``,
+    ``notes``, ``onchip_bytes``, ``sm_count``...). Introduced in Chapter 1.
     """
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(f"name must be a non-empty str such as 'my-gpu', got {name!r}")
     if not isinstance(peaks_tflops, Mapping):
         raise TypeError(f"peaks_tflops must be a dict such as {{'fp16': 200}}, got {type(peaks_tflops).__name__}")
-    check_positive("bandwidth_gb_s", bandwidth_gb_s)
+    allowed = {f.name for f in fields(Device)} - {"name", "bandwidth", "peaks", "memory_bytes", "display_name",
+                                                  "kind", "preset"}
+    bad = sorted(set(extra) - allowed)
+    if bad:
+        raise TypeError(f"define_device() got unexpected keyword(s) {bad}; accepted extras: {sorted(allowed)}")
+    bandwidth = check_positive("bandwidth_gb_s", bandwidth_gb_s) * 1e9
     dev = Device(
-        name=name,
-        display_name=display_name or name,
-        bandwidth=float(bandwidth_gb_s) * 1e9,
+        name=name.strip(),
+        display_name=display_name or name.strip(),
+        bandwidth=bandwidth,
         peaks={k: check_positive(f"peaks_tflops[{k!r}]", v) * 1e12 for k, v in peaks_tflops.items()},
         memory_bytes=None if memory_gb is None else check_positive("memory_gb", memory_gb) * 1e9,
+        kind=kind,
         preset="datasheet",
         notes=extra.pop("notes", "user-defined"),
         **extra,
@@ -251,8 +395,15 @@ def define_device(
 
 
 def hardware_table(preset: str | None = "datasheet") -> pd.DataFrame:
-    """The hardware registry as a DataFrame with unit-bearing columns (introduced in Chapter 1)."""
+    """The hardware registry as a DataFrame with unit-bearing columns (introduced in Chapter 1).
+
+    Peaks are in ``<dtype>_TFLOP_s`` columns (TOP/s for integer types); ``ridge_fp16_or_bf16`` is the ridge
+    point in ops/byte for FP16 (BF16 where the device has no FP16 peak, NaN where it has neither).
+    ``preset=None`` returns both presets.
+    """
     _load()
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS} or None, got {preset!r}")
     rows = []
     for dev in _REGISTRY.values():
         if preset is not None and dev.preset != preset:
@@ -264,12 +415,19 @@ def hardware_table(preset: str | None = "datasheet") -> pd.DataFrame:
             "kind": dev.kind,
             "preset": dev.preset,
             "bandwidth_GB_s": dev.bandwidth / 1e9,
-            "memory_GB": None if dev.memory_bytes is None else dev.memory_bytes / 1e9,
+            "memory_GB": np.nan if dev.memory_bytes is None else dev.memory_bytes / 1e9,
+            "memory_GiB": np.nan if dev.memory_bytes is None else dev.memory_bytes / 2**30,
         }
         for dtype in DTYPES:
-            row[f"{dtype}_TFLOP_s"] = dev.peaks[dtype] / 1e12 if dtype in dev.peaks else None
-        row["ridge_fp16_or_bf16"] = dev.peak("fp16" if "fp16" in dev.peaks else dev.dtypes[0]) / dev.bandwidth
+            row[f"{dtype}_TFLOP_s"] = dev.peaks[dtype] / 1e12 if dtype in dev.peaks else np.nan
+        half = "fp16" if "fp16" in dev.peaks else "bf16" if "bf16" in dev.peaks else None
+        row["ridge_fp16_or_bf16"] = dev.ridge_point(half) if half else np.nan
+        row["onchip_MB"] = np.nan if dev.onchip_bytes is None else dev.onchip_bytes / 1e6
+        row["sm_count"] = dev.sm_count
+        row["smem_per_sm_KB"] = np.nan if dev.smem_per_sm_bytes is None else dev.smem_per_sm_bytes / 1e3
         row["source"] = dev.source_url
         row["notes"] = dev.notes
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(["preset", "vendor", "name"]).reset_index(drop=True)
+    table = pd.DataFrame(rows).sort_values(["preset", "vendor", "name"]).reset_index(drop=True)
+    table["sm_count"] = table["sm_count"].astype("Int64")
+    return table

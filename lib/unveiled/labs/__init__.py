@@ -154,3 +154,15 @@ def run_cases(fn: Callable, cases: Sequence[Case] | Iterable[Case], title: str, 
     if raise_on_fail and not report.passed:
         raise LabCheckFailed(str(report))
     return report
+
+
+# Each chapter's checks live in a sub-module; make them reachable as ``uv.labs.<name>`` without an import.
+_LAB_MODULES = ("roofline", "analyzer", "quant", "distill", "kvcache", "decoding")
+
+
+def __getattr__(name: str):
+    if name in _LAB_MODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
