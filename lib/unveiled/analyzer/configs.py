@@ -261,6 +261,8 @@ def _param_rows_classed(s: ModelSpec) -> list[tuple[str, int, int, str]]:
         rows.append(("o_proj", H * dv * h, n, "linear"))
         if s.qkv_bias:
             rows.append(("attention_bias", (s.q_lora_rank or 0) + r + dr, n, "other"))
+        if s.o_bias:
+            rows.append(("o_bias", h, n, "other"))
     else:
         qo, kv = s.attention_width, s.num_kv_heads * s.head_dim
         rows.append(("q_proj", h * qo, n, "linear"))
@@ -441,7 +443,7 @@ def _spec_from_config(cfg: Mapping, name: str) -> ModelSpec:
         )
         kw["head_dim"] = kw["qk_nope_head_dim"] + kw["qk_rope_head_dim"]
         kw["num_kv_heads"] = H  # after decompression every head has its own keys and values
-        kw["qkv_bias"] = bool(cfg.get("attention_bias", False))
+        kw["qkv_bias"] = kw["o_bias"] = bool(cfg.get("attention_bias", False))
     return ModelSpec(**common, **kw)
 
 

@@ -359,7 +359,7 @@ def _mla_ops(spec, st, N, B, q_len, k_len, wb, ab, kvb, hp, wbits, attn_bits, at
         ops.append(_linear("kv_b_proj", n, N, r, H * (dn + dv), wb, ab, False, hp, wbits))
         ops += _attention_ops(n, B, q_len, k_len, H, H, dn + dr, dv, ab, attn_kv_bytes, st.flash_attention,
                               True, tile, None, False, attn_bits)
-        ops.append(_linear("o_proj", n, N, H * dv, h, wb, ab, False, hp, wbits))
+        ops.append(_linear("o_proj", n, N, H * dv, h, wb, ab, spec.o_bias, hp, wbits))
     else:
         # W_UK absorbed into the query (per head dn → r) and W_UV into the output (per head r → dv)
         ops.append(Op("q_absorb", n, 2.0 * N * H * dn * r, load_weight=H * dn * r * wb, load_act=N * H * dn * ab,
@@ -368,7 +368,7 @@ def _mla_ops(spec, st, N, B, q_len, k_len, wb, ab, kvb, hp, wbits, attn_bits, at
                               False, tile, None, True, attn_bits)
         ops.append(Op("o_absorb", n, 2.0 * N * H * r * dv, load_weight=H * r * dv * wb, load_act=N * H * r * ab,
                       store_act=N * H * dv * ab, kind="gemm", bits=wbits))
-        ops.append(_linear("o_proj", n, N, H * dv, h, wb, ab, False, hp, wbits))
+        ops.append(_linear("o_proj", n, N, H * dv, h, wb, ab, spec.o_bias, hp, wbits))
     return ops
 
 
