@@ -41,6 +41,9 @@ _LAZY: dict[str, str] = {
     "analyze": "analyzer",
     "generate": "analyzer",
     "sweep": "analyzer",
+    "max_batch": "analyzer",
+    "max_seq_len": "analyzer",
+    "analyzer_explorer": "explorers.analyzer",
     # Measuring this machine (Chapter 1)
     "measure_machine": "measure",
     "measure_bandwidth": "measure",

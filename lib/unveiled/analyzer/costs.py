@@ -254,8 +254,9 @@ def exact_ops(spec: ModelSpec, st: Setting, device: Device | None) -> list[Op]:
         # the new token's keys and values are appended first, so it attends to all seq_len cached tokens
         q_len = 1
         k_len = st.seq_len if spec.sliding_window is None else np.minimum(st.seq_len, spec.sliding_window)
-    tile_bits = flash_tile(device, spec.head_dim if not spec.is_mla else spec.kv_lora_rank + spec.qk_rope_head_dim,
-                           float(np.max(ab)), float(np.max(kvb if not prefill else ab)))
+    # the tile only matters in prefill (a decode step is one query tile); MLA prefill attends with
+    # decompressed heads of width qk_nope + qk_rope (its head_dim)
+    tile_bits = flash_tile(device, spec.head_dim, float(np.max(ab)), float(np.max(kvb if not prefill else ab)))
     attn_bits = (ab_bits, ab_bits if prefill else kv_bits)
     attn_kv_bytes = ab if prefill else kvb
     if spec.is_mla:

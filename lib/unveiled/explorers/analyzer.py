@@ -1,0 +1,199 @@
+"""A live LLM analyzer (ipywidgets), the notebook counterpart of LLM-Viewer's web view.
+
+Pick a model, a device, the stage, batch, sequence length, bit widths, FlashAttention and the accounting
+convention; the explorer re-runs :func:`unveiled.analyze` (well under a millisecond) and redraws the layer's
+operator graph (one box per operator in data-flow order, coloured by what bounds it, with its share of the
+time), every operator on the device's roofline, the totals and the memory footprint, and the load/store
+breakdown of one operator. The figures are small SVG/HTML drawn here, so the widget looks the same in
+JupyterLab, Colab and the static book (which shows its initial state).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+from ..analyzer.analysis import Analysis, analyze
+from ..analyzer.configs import model_names
+from ..hardware import device_names
+from ..plots.style import BOUND_COLORS, PRECISION_COLORS
+
+__all__ = ["analyzer_explorer", "operator_graph_html", "operator_roofline_svg"]
+
+
+def _si(x: float, unit: str = "") -> str:
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}".strip()
+
+
+def operator_graph_html(a: Analysis) -> str:
+    """The operators of one pass as a vertical flow of boxes (like LLM-Viewer's layer graph).
+
+    Each box shows the operator, how many times it runs, its FLOPs and bytes, and a bar of its share of the
+    pass's time; the border colour says memory- or compute-bound. Introduced in Chapter 2.
+    """
+    boxes = []
+    for _, r in a.ops.iterrows():
+        colour = BOUND_COLORS[r.bound]
+        share = 100 * r.time_share
+        boxes.append(
+            f'<div style="border:2px solid {colour};border-radius:6px;padding:2px 6px;margin:0 0 2px 0;'
+            f'font:11px sans-serif;background:#fff">'
+            f'<b>{html.escape(r.op)}</b> ×{r["count"]} &nbsp;<span style="color:#555">{_si(r.flops, "FLOP")}, '
+            f'{_si(r.bytes, "B")}, I={r.intensity:.3g}</span>'
+            f'<div style="background:#eee;height:5px"><div style="background:{colour};height:5px;'
+            f'width:{min(share, 100):.1f}%"></div></div>'
+            f'<span style="color:#555">{share:.1f} % of the time ({1e3 * r.total_time_s:.3g} ms)</span></div>'
+            '<div style="text-align:center;color:#999;font-size:9px;line-height:9px">▼</div>'
+        )
+    if boxes:
+        boxes[-1] = boxes[-1].rsplit("<div style=\"text-align:center", 1)[0]
+    return '<div style="max-height:520px;overflow-y:auto;padding-right:4px">' + "".join(boxes) + "</div>"
+
+
+def operator_roofline_svg(a: Analysis, *, width: int = 470, height: int = 330) -> str:
+    """An SVG of every operator of an analysis on its device's roofline (log–log). Chapter 2."""
+    ops = a.ops[(a.ops.flops > 0) & (a.ops.bytes > 0)]
+    dtypes = [d for d in ("fp32", "fp16", "int8", "int4") if d in set(ops.compute_dtype)] or ["fp16"]
+    dev = a.device
+    lo_x = 10.0 ** math.floor(math.log10(max(ops.intensity.min() / 2, 1e-2)))
+    hi_x = 10.0 ** math.ceil(math.log10(max(ops.intensity.max() * 2, 2 * max(dev.ridge_point(d) for d in dtypes))))
+    top = max(dev.peak(d) for d in dtypes) / 1e12
+    hi_y = 10.0 ** math.ceil(math.log10(top * 1.5))
+    lo_y = 10.0 ** math.floor(math.log10(max(min(dev.bandwidth * lo_x / 1e12, ops.attainable_flop_s.min() / 1e12), 1e-6)))
+    ml, mr, mt, mb = 56, 12, 12, 38
+    pw, ph = width - ml - mr, height - mt - mb
+
+    def sx(x):
+        return ml + pw * (math.log10(x) - math.log10(lo_x)) / (math.log10(hi_x) - math.log10(lo_x))
+
+    def sy(y):
+        y = min(max(y, lo_y), hi_y)
+        return mt + ph * (1 - (math.log10(y) - math.log10(lo_y)) / (math.log10(hi_y) - math.log10(lo_y)))
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           f'font-size="10"><rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="white" stroke="#999"/>']
+    for e in range(round(math.log10(lo_x)), round(math.log10(hi_x)) + 1):
+        out.append(f'<text x="{sx(10.0 ** e):.1f}" y="{mt + ph + 13}" text-anchor="middle">{10.0 ** e:g}</text>')
+    for e in range(round(math.log10(lo_y)), round(math.log10(hi_y)) + 1):
+        out.append(f'<text x="{ml - 4}" y="{sy(10.0 ** e) + 3:.1f}" text-anchor="end">{10.0 ** e:g}</text>')
+    out.append(f'<text x="{ml + pw / 2}" y="{height - 6}" text-anchor="middle">arithmetic intensity (FLOPs/byte)</text>')
+    out.append(f'<text transform="translate(12,{mt + ph / 2}) rotate(-90)" text-anchor="middle">TFLOP/s</text>')
+    for i, d in enumerate(dtypes):
+        r, peak = dev.ridge_point(d), dev.peak(d) / 1e12
+        pts = [(lo_x, dev.bandwidth * lo_x / 1e12), (r, peak), (hi_x, peak)]
+        c = PRECISION_COLORS.get(d, "#333")
+        out.append('<polyline fill="none" stroke-width="2" stroke="' + c + '" points="'
+                   + " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts) + '"/>')
+        out.append(f'<text x="{ml + pw - 4}" y="{sy(peak) - 3 - 10 * i:.1f}" text-anchor="end" fill="{c}">'
+                   f'{d.upper()} roof, ridge {r:.0f}</text>')
+    for _, r in ops.iterrows():
+        x, y = sx(r.intensity), sy(r.attainable_flop_s / 1e12)
+        rad = 3 + 9 * math.sqrt(r.time_share)
+        out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{rad:.1f}" fill="{BOUND_COLORS[r.bound]}" '
+                   f'fill-opacity="0.75" stroke="black" stroke-width="0.5"><title>{html.escape(r.op)}: '
+                   f'{r.intensity:.3g} FLOPs/byte, {r.attainable_flop_s / 1e12:.3g} TFLOP/s, '
+                   f'{100 * r.time_share:.1f} % of the time</title></circle>')
+        out.append(f'<text x="{x + rad + 2:.1f}" y="{y - 2:.1f}" font-size="8" fill="#333">{html.escape(r.op)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _summary_html(a: Analysis) -> str:
+    m = a.memory
+    fits = "" if m.fits is None else (" — fits" if m.fits else " — <b style='color:#d62728'>does not fit</b>")
+    cap = "" if m.capacity is None else f" of {m.capacity / 1e9:.0f} GB"
+    return (f"<div style='font:13px sans-serif'><b>{html.escape(a.model.name)}</b> on "
+            f"<b>{html.escape(a.device.display_name)}</b>, {a.stage}, batch {a.batch}, sequence {a.seq_len}, "
+            f"W{a.w_bits}A{a.a_bits}KV{a.kv_bits}{', FlashAttention' if a.flash_attention else ''} "
+            f"({a.conventions} convention)<br>"
+            f"one pass: <b>{a.time_s * 1e3:.4g} ms</b> ({a.tokens_per_s:,.0f} tokens/s), {_si(a.flops, 'FLOP')}, "
+            f"{_si(a.bytes, 'B')} moved, intensity {a.intensity:.3g} FLOPs/byte, "
+            f"{100 * a.memory_bound_share:.0f} % of the time memory-bound<br>"
+            f"memory: weights {m.weights / 1e9:.2f} GB + KV cache {m.kv_cache / 1e9:.2f} GB + activations "
+            f"{m.activations / 1e9:.3f} GB = <b>{m.total / 1e9:.2f} GB</b>{cap}{fits}</div>")
+
+
+def _detail_html(a: Analysis, op: str) -> str:
+    r = a.ops.set_index("op").loc[op]
+    rows = [("instances per pass", f"{r['count']}"), ("FLOPs (one)", _si(r.flops, "FLOP")),
+            ("weights read", _si(r.weight_bytes, "B")), ("activations read", _si(r.act_load_bytes, "B")),
+            ("activations written", _si(r.act_store_bytes, "B")), ("KV cache read", _si(r.kv_load_bytes, "B")),
+            ("KV cache written", _si(r.kv_store_bytes, "B")), ("intensity", f"{r.intensity:.4g} FLOPs/byte"),
+            ("runs in", r.compute_dtype.upper()), ("attainable", _si(r.attainable_flop_s, "FLOP/s")),
+            ("bound", r.bound), ("time (one)", f"{r.time_s * 1e6:.4g} µs"),
+            ("time (all)", f"{r.total_time_s * 1e3:.4g} ms")]
+    body = "".join(f"<tr><td style='padding:0 8px 0 0'>{k}</td><td><b>{html.escape(str(v))}</b></td></tr>"
+                   for k, v in rows)
+    return f"<div style='font:12px sans-serif'><b>{html.escape(op)}</b><table>{body}</table></div>"
+
+
+def analyzer_explorer(model: str = "llama-2-7b", device: str = "a6000", *, stage: str = "decode", batch: int = 1,
+                      seq_len: int = 2048, w_bits: int = 16, a_bits: int = 16, kv_bits: int = 16,
+                      flash_attention: bool = False, conventions: str = "exact"):
+    """A live analyzer: controls for every argument of :func:`unveiled.analyze`, then the operator graph,
+    the roofline, the totals and one operator's details, recomputed on every change. Introduced in Chapter 2."""
+    import ipywidgets as w
+
+    first = analyze(model, device, stage=stage, batch=batch, seq_len=seq_len, w_bits=w_bits, a_bits=a_bits,
+                    kv_bits=kv_bits, flash_attention=flash_attention, conventions=conventions, check_context=False)
+    style = {"description_width": "initial"}
+    bits = [1, 2, 3, 4, 8, 16]
+    powers = [2**k for k in range(0, 11)]
+    lengths = [2**k for k in range(4, 18)]
+    c = {
+        "model": w.Dropdown(options=model_names(), value=first.model.name, description="model", style=style),
+        "device": w.Dropdown(options=device_names("datasheet"), value=first.device.name if first.device.preset
+                             == "datasheet" else device, description="device", style=style),
+        "stage": w.ToggleButtons(options=["prefill", "decode"], value=stage, style={"button_width": "70px"}),
+        "batch": w.SelectionSlider(options=sorted({*powers, batch}), value=batch, description="batch", style=style),
+        "seq_len": w.SelectionSlider(options=sorted({*lengths, seq_len}), value=seq_len, description="sequence",
+                                     style=style),
+        "w_bits": w.Dropdown(options=bits, value=w_bits, description="W bits", style=style,
+                             layout=w.Layout(width="120px")),
+        "a_bits": w.Dropdown(options=[4, 8, 16, 32], value=a_bits, description="A bits", style=style,
+                             layout=w.Layout(width="120px")),
+        "kv_bits": w.Dropdown(options=bits, value=kv_bits, description="KV bits", style=style,
+                              layout=w.Layout(width="120px")),
+        "flash_attention": w.Checkbox(value=flash_attention, description="FlashAttention", indent=False),
+        "conventions": w.ToggleButtons(options=["exact", "paper"], value=conventions,
+                                       style={"button_width": "60px"}),
+    }
+    summary = w.HTML(_summary_html(first))
+    graph = w.HTML(operator_graph_html(first), layout=w.Layout(width="330px"))
+    roof = w.HTML(operator_roofline_svg(first))
+    op_pick = w.Dropdown(options=list(first.ops.op), value=first.ops.sort_values("time_share").op.iloc[-1],
+                         description="operator details", style=style)
+    detail = w.HTML(_detail_html(first, op_pick.value))
+    state = {"a": first}
+
+    def update(_=None):
+        try:
+            a = analyze(c["model"].value, c["device"].value, stage=c["stage"].value, batch=c["batch"].value,
+                        seq_len=c["seq_len"].value, w_bits=c["w_bits"].value, a_bits=c["a_bits"].value,
+                        kv_bits=c["kv_bits"].value, flash_attention=c["flash_attention"].value,
+                        conventions=c["conventions"].value, check_context=False)
+        except ValueError as exc:  # e.g. the paper convention on an MLA model
+            summary.value = f"<div style='color:#d62728;font:13px sans-serif'>{html.escape(str(exc))}</div>"
+            return
+        state["a"] = a
+        summary.value = _summary_html(a)
+        graph.value = operator_graph_html(a)
+        roof.value = operator_roofline_svg(a)
+        keep = op_pick.value if op_pick.value in set(a.ops.op) else a.ops.sort_values("time_share").op.iloc[-1]
+        op_pick.options = list(a.ops.op)
+        op_pick.value = keep
+        detail.value = _detail_html(a, keep)
+
+    for widget in c.values():
+        widget.observe(update, names="value")
+    op_pick.observe(lambda _: setattr(detail, "value", _detail_html(state["a"], op_pick.value)), names="value")
+    controls = w.VBox([
+        w.HBox([c["model"], c["device"], c["conventions"]]),
+        w.HBox([c["stage"], c["flash_attention"]]),
+        w.HBox([c["batch"], c["seq_len"]]),
+        w.HBox([c["w_bits"], c["a_bits"], c["kv_bits"]]),
+    ])
+    return w.VBox([controls, summary, w.HBox([graph, w.VBox([roof, op_pick, detail])])])
