@@ -363,10 +363,24 @@ def test_explorer_recomputes_on_change():
     ex = uv.roofline_explorer(["a6000", "h100"], dtype="fp16", intensity=1.0)
     controls, chart, table = ex.children
     assert "memory-bound" in table.value and "<svg" in chart.value
-    slider = controls.children[1].children[1]
+    slider = controls.children[1].children[1].children[1]
     slider.value = 5000.0
     assert "compute-bound" in table.value and "memory-bound" not in table.value
-    controls.children[1].children[0].value = "fp8"  # the A6000 has no FP8 units
+    controls.children[1].children[0].children[1].value = "fp8"  # the A6000 has no FP8 units
     assert "no fp8 peak" in table.value
     with pytest.raises(ValueError, match="intensity must be"):
         uv.roofline_explorer(intensity=0)
+
+
+def test_roofline_table():
+    ops = [uv.Operation.matmul(1, 4096, 4096, name="decode"), uv.Operation.matmul(2048, 4096, 4096, name="prefill")]
+    t = uv.roofline_table(ops, "a6000")
+    assert list(t["operation"]) == ["decode", "prefill"] and list(t["bound"]) == ["memory", "compute"]
+    for op, row in zip(ops, t.itertuples(), strict=True):
+        assert row.time_us == pytest.approx(op.time("a6000") * 1e6)
+        assert row.attainable_TFLOP_s * 1e12 == pytest.approx(uv.attainable_performance(op.intensity, "a6000"))
+    assert t["fraction_of_peak"].iloc[1] == 1.0
+    with pytest.raises(TypeError, match="list of Operation"):
+        uv.roofline_table(ops[0], "a6000")
+    with pytest.raises(TypeError, match="Operation objects"):
+        uv.roofline_table([1.0], "a6000")

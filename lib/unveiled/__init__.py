@@ -26,6 +26,7 @@ from .roofline import (
     place,
     ridge_point,
     roofline_curve,
+    roofline_table,
     roofline_time,
 )
 
@@ -81,6 +82,7 @@ __all__ = [
     "place",
     "ridge_point",
     "roofline_curve",
+    "roofline_table",
     "roofline_time",
     *_LAZY,
 ]

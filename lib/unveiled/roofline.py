@@ -39,6 +39,7 @@ __all__ = [
     "place",
     "ridge_point",
     "roofline_curve",
+    "roofline_table",
     "roofline_time",
 ]
 
@@ -163,6 +164,27 @@ def roofline_curve(device: str | Device, dtype: str = "fp16", intensities=None, 
             "dtype": dtype,
         }
     )
+
+
+def roofline_table(ops: Sequence[Operation], device: str | Device, dtype: str = "fp16") -> pd.DataFrame:
+    """Place several operations on one roofline: one row each, in readable units.
+
+    Columns: ``operation``, ``flops``, ``bytes``, ``intensity`` (ops/byte), ``attainable_TFLOP_s``,
+    ``fraction_of_peak``, ``time_us``, ``bound``. Introduced in Chapter 1.
+    """
+    if isinstance(ops, Operation) or not isinstance(ops, Sequence):
+        raise TypeError("roofline_table() takes a list of Operation objects")
+    dev = _device(device)
+    rows = []
+    for op in ops:
+        if not isinstance(op, Operation):
+            raise TypeError(f"roofline_table() takes Operation objects, got {type(op).__name__}")
+        p = op.place(dev, dtype)
+        rows.append({"operation": op.name, "flops": p.flops, "bytes": p.bytes, "intensity": p.intensity,
+                     "attainable_TFLOP_s": p.attainable_flop_s / 1e12,
+                     "fraction_of_peak": p.attainable_flop_s / dev.peak(dtype), "time_us": p.time_s * 1e6,
+                     "bound": p.bound})
+    return pd.DataFrame(rows)
 
 
 def _dtype_bytes(name: str, dtype: str) -> float:

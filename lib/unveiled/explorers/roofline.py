@@ -114,11 +114,13 @@ def roofline_explorer(devices: Iterable[str | Device] = ("a6000", "h100-sxm", "l
     flops = check_positive("flops", flops)
     all_names = sorted({*[d.name for d in devs], "a6000", "h100-sxm", "h200", "b200", "l4", "mi300x",
                         "tpu-v6e", "rtx-4090", "i9-13900k"})
-    pick = w.SelectMultiple(options=all_names, value=tuple(d.name for d in devs), rows=5, description="devices")
-    dt = w.Dropdown(options=list(DTYPES), value=dtype, description="data type")
-    inten = w.FloatLogSlider(value=intensity, base=10, min=-1, max=4, step=0.02, description="intensity",
-                             readout_format=".3g", continuous_update=True)
-    bw = w.FloatSlider(value=1.0, min=0.25, max=4.0, step=0.25, description="bandwidth ×")
+    # Labels are separate HTML widgets, not `description=`: the static page's widget manager typesets
+    # descriptions with the MathJax 2 API, which the book's MathJax 3 lacks.
+    pick = w.SelectMultiple(options=all_names, value=tuple(d.name for d in devs), rows=5)
+    dt = w.Dropdown(options=list(DTYPES), value=dtype)
+    inten = w.FloatLogSlider(value=intensity, base=10, min=-1, max=4, step=0.02, readout_format=".3g",
+                             continuous_update=True)
+    bw = w.FloatSlider(value=1.0, min=0.25, max=4.0, step=0.25)
     chart = w.HTML()
     table = w.HTML()
     extra = {d.name: d for d in devs}
@@ -132,4 +134,8 @@ def roofline_explorer(devices: Iterable[str | Device] = ("a6000", "h100-sxm", "l
     for control in (pick, dt, inten, bw):
         control.observe(redraw, names="value")
     redraw()
-    return w.VBox([w.HBox([pick, w.VBox([dt, inten, bw])]), chart, table])
+    def labelled(text: str, control) -> w.HBox:
+        return w.HBox([w.HTML(f"<b>{text}</b>", layout=w.Layout(width="110px")), control])
+
+    controls = w.VBox([labelled("data type", dt), labelled("intensity", inten), labelled("bandwidth ×", bw)])
+    return w.VBox([w.HBox([labelled("devices", pick), controls]), chart, table])

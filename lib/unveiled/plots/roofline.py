@@ -22,6 +22,7 @@ from .style import BOUND_COLORS, PRECISION_COLORS, color_scale
 
 __all__ = [
     "PHASE_COLORS",
+    "SURVEY_FIG15",
     "fusion_chart",
     "interactive_roofline_chart",
     "measured_roofline_chart",
@@ -31,6 +32,10 @@ __all__ = [
     "roofline_lines",
     "timeline_chart",
 ]
+
+#: The survey's illustrative intensities in Fig. 15 (before and after fusion), for comparison.
+SURVEY_FIG15 = pd.DataFrame({"case": ["memory-bound", "compute-bound"], "intensity_before": [50.0, 250.0],
+                             "intensity_after": [180.0, 500.0]})
 
 #: The three phases of an operation (survey Fig. 4).
 PHASE_COLORS: dict[str, str] = {"load": "#4c78a8", "compute": "#f58518", "store": "#b279a2"}
@@ -98,7 +103,7 @@ def roofline_lines(lines: Iterable, x_domain: Sequence[float] | None = None, *, 
 def roofline_chart(lines: Iterable, points: pd.DataFrame | None = None, *, log: bool = True,
                    x_domain: Sequence[float] | None = None, y_domain: Sequence[float] | None = None,
                    shade: bool = False, annotate_ridges: bool = True, color: str = "label", title: str = "",
-                   width: int = 520, height: int = 320, _top: bool = True) -> alt.LayerChart:
+                   width: int = 520, height: int = 320, _layers: list | None = None) -> alt.LayerChart:
     """Rooflines of one or more (device, data type) pairs, optionally with operations placed on them.
 
     ``lines``: devices, ``(device, dtype)``, ``(device, dtype, label)`` or dicts with those keys (and
@@ -147,7 +152,7 @@ def roofline_chart(lines: Iterable, points: pd.DataFrame | None = None, *, log: 
         ridges = df[df["intensity"] == df["ridge"]]
         layers.append(base.transform_filter(alt.datum.intensity == alt.datum.ridge).mark_point(
             filled=True, size=45))
-        layers.append(alt.Chart(ridges).mark_text(align="left", dx=6, dy=12, fontSize=11).encode(
+        layers.append(alt.Chart(ridges).mark_text(align="right", dx=-7, dy=-7, fontSize=11).encode(
             x=x, y=y, text=alt.Text("ridge:Q", format=".1f"),
             color=alt.Color(f"{cfield}:N", scale=cscale, legend=None)))
     if points is not None:
@@ -162,8 +167,11 @@ def roofline_chart(lines: Iterable, points: pd.DataFrame | None = None, *, log: 
             x=x, y=y, tooltip=ptip))
         layers.append(alt.Chart(pts).mark_text(align="left", dx=8, dy=-8, fontSize=11, color="black").encode(
             x=x, y=y, text="label:N"))
+    # Extra layers are appended here rather than layering this chart again: nested layer charts make Altair
+    # deep-copy the whole spec over and over (seconds for a few panels).
+    layers += list(_layers or [])
     chart = alt.layer(*layers).properties(width=width, height=height, title=title).resolve_scale(color="shared")
-    return _svg(chart) if _top else chart
+    return chart if _layers is not None else _svg(chart)
 
 
 def timeline_chart(phases: pd.DataFrame, *, unit: str = "us", width: int = 520) -> alt.FacetChart:
@@ -238,9 +246,6 @@ def fusion_chart(cases: pd.DataFrame, device: str | Device, dtype: str = "fp16",
         pts = pd.DataFrame(pts)
         hi = max(3 * r, 1.3 * float(pts["intensity"].max()))
         xdom = [0.0, hi] if not log else _decades(min(1.0, float(pts["intensity"].min()) / 3), hi)
-        base = roofline_chart([(dev, dtype, f"{dev.display_name}, {dtype.upper()}")], log=log, x_domain=xdom,
-                              shade=True, annotate_ridges=True, width=width, height=height,
-                              title=str(case), _top=False)
         x = alt.X("intensity:Q")
         y = alt.Y("tflop_s:Q")
         ours = pts[pts["source"] == "this book (uv.fuse)"]
@@ -256,7 +261,9 @@ def fusion_chart(cases: pd.DataFrame, device: str | Device, dtype: str = "fp16",
             align="left", dx=9, dy=14, fontSize=10).encode(x=x, y=y, text="label:N")
         after = alt.Chart(ours[ours["when"] == "after fusion"]).mark_text(
             align="right", dx=-9, dy=-12, fontSize=10).encode(x=x, y=y, text="label:N")
-        panels.append(alt.layer(base, arrow, dots, before, after))
+        panels.append(roofline_chart([(dev, dtype, f"{dev.display_name}, {dtype.upper()}")], log=log, x_domain=xdom,
+                                     shade=True, annotate_ridges=True, width=width, height=height,
+                                     title=str(case), _layers=[arrow, dots, before, after]))
     return _svg(alt.hconcat(*panels).resolve_scale(shape="shared"))
 
 
@@ -355,7 +362,7 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
         options=names, labels=[d.display_name for d in devs], name="device "))
     dtype_param = alt.param(name="dtype", value=dtype, bind=alt.binding_select(options=list(DTYPES),
                                                                                 name="data type "))
-    slider = alt.param(name="log_intensity", value=round(math.log10(intensity), 2), bind=alt.binding_range(
+    slider = alt.param(name="log_intensity", value=math.log10(intensity), bind=alt.binding_range(
         min=math.log10(lo), max=math.log10(hi), step=0.02, name="log10 intensity (ops/byte) "))
     x = alt.X("intensity:Q", scale=alt.Scale(type="log", domain=[lo, hi]), axis=_axis(_X_TITLE, True))
     y = alt.Y("tflop_s:Q", scale=alt.Scale(type="log", domain=[1e-3, 2e4]), axis=_axis(_Y_TITLE, True))
@@ -369,8 +376,8 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
         intensity=f"pow(10, {slider.name})",
         tflop_s="min(datum.peak, datum.bw * datum.intensity) / 1e12",
         bound="datum.intensity < datum.ridge ? 'memory-bound' : 'compute-bound'",
-        label=("format(datum.tflop_s, ',.3~r') + ' T at I = ' + format(datum.intensity, ',.3~r') + ': '"
-               " + datum.bound"),
+        label=("datum.display + ', ' + upper(datum.dtype) + ': ' + format(datum.tflop_s, ',.3~r') + ' TFLOP/s at I = '"
+               " + format(datum.intensity, ',.3~r') + ' ops/byte, ' + datum.bound"),
         ridge_label="'ridge ' + format(datum.ridge, ',.1f') + ' ops/byte'",
         peak_tflop_s="datum.peak / 1e12",
     )
@@ -380,14 +387,15 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
                                                                     BOUND_COLORS["compute"]]), legend=None),
         tooltip=["display:N", "dtype:N", alt.Tooltip("intensity:Q", format=".3~r"),
                  alt.Tooltip("tflop_s:Q", format=",.4~r", title="TFLOP/s"), "bound:N"])
-    label = point_data.mark_text(align="left", dx=10, dy=-12, fontSize=13, fontWeight="bold").encode(
-        x=x, y=y, text="label:N",
+    # The read-out sits in the top-left corner (beside the point it would leave the plot at high intensity).
+    label = point_data.mark_text(align="left", baseline="top", fontSize=13, fontWeight="bold").encode(
+        x=alt.value(8), y=alt.value(8), text="label:N",
         color=alt.Color("bound:N", scale=alt.Scale(domain=["memory-bound", "compute-bound"],
                                                    range=[BOUND_COLORS["memory"], BOUND_COLORS["compute"]]),
                         legend=None))
     rule = point_data.mark_rule(strokeDash=[4, 4], color="#555555").encode(x=alt.X("ridge:Q"))
-    ridge_text = point_data.mark_text(align="left", dx=4, y=10, fontSize=11, color="#555555").encode(
-        x=alt.X("ridge:Q"), text="ridge_label:N")
+    ridge_text = point_data.mark_text(align="left", dx=4, baseline="bottom", fontSize=11, color="#555555").encode(
+        x=alt.X("ridge:Q"), y=alt.value(height - 6), text="ridge_label:N")
     missing = alt.Chart(table).transform_filter(selected & ~alt.datum.supported).transform_calculate(
         msg="datum.display + ' has no ' + datum.dtype + ' peak in the table (no such unit, or no source)'",
     ).mark_text(fontSize=14, color="#cf222e", fontWeight="bold").encode(
