@@ -49,26 +49,41 @@ from .results import experiment
 
 __all__ = [
     "LOSSES",
+    "PAIRS",
+    "TINY_RUNS",
     "DistillResult",
     "DistillSettings",
     "TeacherCache",
+    "TinyRun",
     "TopKTargets",
     "acceptance_rate",
     "batch_schedule",
     "bimodal_fit",
     "build_teacher_cache",
+    "decode_on_this_machine",
     "distill",
     "distillation_loss",
     "expected_acceptance",
     "expected_tokens_per_call",
     "forward_kl",
     "generalized_jsd",
+    "load_student",
     "measure_decode",
     "reverse_kl",
+    "student_report",
     "teacher_samples",
+    "teacher_student_costs",
+    "teacher_student_limits",
     "text_windows",
+    "tiny_data",
+    "tiny_eval",
+    "tiny_runs",
+    "tiny_sample_windows",
+    "tiny_val_loss",
     "topk_targets",
     "total_variation",
+    "train_tiny_run",
+    "with_settings",
 ]
 
 #: The divergences :func:`distillation_loss` and :func:`distill` accept, by name.
@@ -968,9 +983,395 @@ def measure_decode(
             "tokens_per_s": batch / best_tpot, "weight_bytes": sum(p.numel() * p.element_size() for p in params)}
 
 
+# --------------------------------------------------------------------------------------------------
+# The book's experiment: student S distilled from teacher M on Tiny Shakespeare
+# --------------------------------------------------------------------------------------------------
+
+#: Context of the tiny distillation runs (characters per training window).
+TINY_SEQ_LEN = 128
+#: Shared settings of the tiny runs: 400 steps of 32 × 128 characters (as many as the zoo's 16 × 256), the
+#: zoo's optimiser, and α = 0.9 for the white-box runs (mostly teacher, a little ground truth).
+TINY_BASE = DistillSettings(steps=400, lr=3e-3, batch_size=32, alpha=0.0, top_k=16, eval_every=100)
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    """One run of the tiny distillation experiment: a name, what it is, its settings and its data."""
+
+    name: str
+    method: str
+    settings: DistillSettings
+    data: str = "text"  # "text": Tiny Shakespeare windows; "teacher_samples": M's continuations (black-box)
+    description: str = ""
+
+
+def _tiny_runs() -> dict[str, TinyRun]:
+    kd = replace(TINY_BASE, alpha=0.9)
+    runs = [
+        TinyRun("data-400", "data only", TINY_BASE, description="cross-entropy on the text, 400 steps"),
+        TinyRun("data-800", "data only", replace(TINY_BASE, steps=800),
+                description="cross-entropy on the text, 800 steps (the cost of a KD run with a live teacher)"),
+        TinyRun("data-1200", "data only", replace(TINY_BASE, steps=1200), description="cross-entropy, 1200 steps"),
+        TinyRun("fkl-online", "forward KL (full logits, live teacher)", replace(kd, teacher_mode="online", top_k=None),
+                description="word-level KD, the teacher runs inside every step"),
+        TinyRun("fkl", "forward KL", kd, description="word-level KD from the cached top-16"),
+        TinyRun("rkl", "reverse KL", replace(kd, loss="reverse_kl"), description="MiniLLM's divergence, cached top-16"),
+        TinyRun("jsd", "JSD (β = 0.5)", replace(kd, loss="jsd", beta=0.5), description="GKD's divergence, cached"),
+        TinyRun("tv", "total variation", replace(kd, loss="tv"), description="DistillSpec's TVD, cached top-16"),
+        TinyRun("seqkd", "teacher samples (black-box)", TINY_BASE, data="teacher_samples",
+                description="cross-entropy on M's sampled continuations; no logits"),
+        TinyRun("gkd", "on-policy JSD (λ = 0.5)", replace(kd, loss="jsd", beta=0.5, on_policy_fraction=0.5),
+                description="GKD: half the steps on the student's own samples, scored by the live teacher"),
+    ]
+    return {r.name: r for r in runs}
+
+
+#: The runs of the tiny experiment, by name (see :func:`tiny_runs`).
+TINY_RUNS: dict[str, TinyRun] = _tiny_runs()
+
+
+def tiny_data(seq_len: int = TINY_SEQ_LEN) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiny Shakespeare as fixed training windows ``[N, seq_len + 1]`` and the validation characters.
+
+    Introduced in Chapter 4.
+    """
+    from .text import corpus_split, shakespeare_tokenizer
+
+    tok = shakespeare_tokenizer()
+    train = torch.tensor(tok.encode(corpus_split("train")), dtype=torch.long)
+    val = torch.tensor(tok.encode(corpus_split("val")), dtype=torch.long)
+    return text_windows(train, seq_len), val
+
+
+def tiny_val_loss(model: torch.nn.Module, val: torch.Tensor, max_chars: int | None = None,
+                  window: int = TINY_SEQ_LEN) -> float:
+    """Validation loss (nats per character) over fixed windows of the training context. Introduced in Chapter 4."""
+    from .evaluation import perplexity
+
+    tokens = val if max_chars is None else val[:max_chars]
+    return perplexity(model, tokens, window=window, batch_size=32).nll
+
+
+def tiny_sample_windows(teacher, windows: torch.Tensor, n: int = 2048, prompt_len: int = 32, seed: int = 0,
+                        progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The black-box training set: ``n`` teacher continuations of ``prompt_len``-character prompts.
+
+    Prompts are the starts of ``n`` seeded training windows; each continues at τ = 1 to the window length.
+    Introduced in Chapter 4.
+    """
+    ids = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))[:n]
+    new = windows.shape[1] - prompt_len
+    return teacher_samples(teacher, windows[ids, :prompt_len], new, temperature=1.0, seed=seed, progress=progress)
+
+
+def train_tiny_run(
+    run: str | TinyRun,
+    teacher: torch.nn.Module,
+    windows: torch.Tensor,
+    val: torch.Tensor,
+    cache: TeacherCache | None = None,
+    samples: tuple[torch.Tensor, torch.Tensor] | None = None,
+    settings: DistillSettings | None = None,
+    progress: bool = True,
+) -> DistillResult:
+    """Train one run of the tiny experiment from the S architecture's seeded initialisation.
+
+    ``settings`` overrides the run's own (the chapter's short live rerun). Every run starts from the same
+    weights and, for text runs, reads the same batches. Introduced in Chapter 4.
+    """
+    from .models import Decoder
+    from .zoo import ZOO
+
+    spec = TINY_RUNS[run] if isinstance(run, str) and run in TINY_RUNS else run
+    if not isinstance(spec, TinyRun):
+        raise unknown_name("tiny distillation run", run, TINY_RUNS)
+    s = settings or spec.settings
+    student = Decoder(ZOO["S"].config, seed=s.seed)
+    mask = None
+    data = windows
+    if spec.data == "teacher_samples":
+        if samples is None:
+            raise ValueError("the black-box run trains on teacher samples: pass samples=tiny_sample_windows(...)")
+        data, mask = samples
+    eval_chars = s.eval_chars
+    return distill(student, data, s, teacher=teacher, cache=cache, mask=mask,
+                   val_loss=lambda m: tiny_val_loss(m, val, eval_chars), progress=progress)
+
+
+def _checkpoint_dir():
+    import pathlib
+
+    return pathlib.Path("data") / "distill"
+
+
+def load_student(run: str) -> torch.nn.Module:
+    """A shipped student of the tiny experiment (fp16 safetensors → fp32 Decoder), e.g. ``"fkl"``.
+
+    Introduced in Chapter 4.
+    """
+    from importlib.resources import as_file
+
+    from .datafiles import data_file
+    from .models import load_model
+
+    if run not in TINY_RUNS:
+        raise unknown_name("tiny distillation run", run, TINY_RUNS)
+    node = data_file(f"distill/{run}.safetensors")
+    with as_file(node) as path:
+        return load_model(path)
+
+
+@experiment("tiny_runs", "Student S distilled from teacher M on Tiny Shakespeare: ten runs, curves, checkpoints")
+def tiny_runs() -> pd.DataFrame:
+    """Train every run of :data:`TINY_RUNS`; return their curves and save the students under data/distill/.
+
+    One teacher cache (top-16 of M on exactly the windows the 400-step schedule reads) serves every cached
+    run; its build time is reported once. Rows: ``run``, ``step``, ``loss``, ``ce``, ``kd``, ``time_s``
+    (training loop, cumulative), ``val_loss_16k`` (first 16,384 validation characters, every 100 steps) and,
+    on each run's last row, ``val_loss`` on the full validation split, ``teacher_time_s``, ``cache_time_s``
+    and ``samples_time_s``. Run from the repository root. Introduced in Chapter 4.
+    """
+    from .models import save_model
+    from .zoo import load
+
+    torch.set_num_threads(2)
+    teacher = load("M")
+    windows, val = tiny_data()
+    sched = batch_schedule(len(windows), TINY_BASE.steps, TINY_BASE.batch_size, TINY_BASE.seed)
+    cache = build_teacher_cache(teacher, windows, sched, k=TINY_BASE.top_k, temperature=TINY_BASE.temperature)
+    t0 = time.perf_counter()
+    samples = tiny_sample_windows(teacher, windows)
+    samples_time = time.perf_counter() - t0
+    out = _checkpoint_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for name, spec in TINY_RUNS.items():
+        res = train_tiny_run(spec, teacher, windows, val, cache=cache, samples=samples)
+        log = res.log.rename(columns={"val_loss": "val_loss_16k"}).assign(run=name)
+        for col in ("val_loss", "teacher_time_s", "cache_time_s", "samples_time_s"):
+            log[col] = np.nan
+        last = log.index[-1]
+        log.loc[last, "val_loss"] = tiny_val_loss(res.model, val)
+        log.loc[last, "teacher_time_s"] = res.teacher_time_s
+        log.loc[last, "cache_time_s"] = res.cache_time_s
+        log.loc[last, "samples_time_s"] = samples_time if spec.data == "teacher_samples" else 0.0
+        frames.append(log)
+        save_model(res.model, out / f"{name}.safetensors",
+                   metadata={"run": name, "method": spec.method, "settings": res.summary()})
+    cols = ["run", "step", "lr", "loss", "ce", "kd", "on_policy", "time_s", "val_loss_16k", "val_loss",
+            "teacher_time_s", "cache_time_s", "samples_time_s"]
+    return pd.concat(frames, ignore_index=True)[cols]
+
+
+def student_report(
+    students: dict[str, torch.nn.Module],
+    teacher: torch.nn.Module,
+    val: torch.Tensor,
+    samples: torch.Tensor | None = None,
+    max_chars: int | None = None,
+    sample_count: int = 64,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Compare students against their teacher: quality, coverage vs precision, and draft acceptance.
+
+    Columns: ``val_loss`` (nats/char on the validation text: how well the student *covers* real text),
+    ``entropy`` (mean entropy of its next-character distribution: low = mode seeking), ``teacher_nll`` (the
+    teacher's nats/char on text the student samples at τ = 1: the *precision* MiniLLM argues reverse KL
+    improves), ``acceptance_text`` and ``acceptance_greedy`` (α = E[Σ min(p, q)] as a speculative draft
+    for the teacher, at τ = 1 and τ = 0, teacher-forced on the validation text) and ``acceptance_samples``
+    (α at τ = 1 on the teacher's own samples, the text speculative sampling actually sees).
+    Introduced in Chapter 4.
+    """
+    from .evaluation import perplexity
+
+    tokens = val if max_chars is None else val[:max_chars]
+    chunks = tokens[: (len(tokens) // TINY_SEQ_LEN) * TINY_SEQ_LEN].reshape(-1, TINY_SEQ_LEN)
+    rows = []
+    with torch.inference_mode():
+        teacher_logits = [teacher(chunks[i : i + 32]) for i in range(0, len(chunks), 32)]
+        sample_logits = None if samples is None else [teacher(samples[i : i + 32, :-1])
+                                                      for i in range(0, len(samples), 32)]
+        prompts = chunks[:sample_count, :16] if len(chunks) >= sample_count else chunks[:, :16]
+        for name, model in students.items():
+            ent, acc1, acc0, n = 0.0, 0.0, 0.0, 0
+            for i, t_logits in zip(range(0, len(chunks), 32), teacher_logits, strict=True):
+                s_logits = model(chunks[i : i + 32]).float()
+                logq = torch.log_softmax(s_logits, -1)
+                ent += float(-(logq.exp() * logq).sum(-1).double().sum())
+                acc1 += float(expected_acceptance(t_logits, s_logits, 1.0, reduction="sum"))
+                acc0 += float(expected_acceptance(t_logits, s_logits, 0.0, reduction="sum"))
+                n += t_logits.shape[0] * t_logits.shape[1]
+            acc_s = float("nan")
+            if samples is not None:
+                tot, cnt = 0.0, 0
+                for i, t_logits in zip(range(0, len(samples), 32), sample_logits, strict=True):
+                    s_logits = model(samples[i : i + 32, :-1])
+                    tot += float(expected_acceptance(t_logits, s_logits, 1.0, reduction="sum"))
+                    cnt += t_logits.shape[0] * t_logits.shape[1]
+                acc_s = tot / cnt
+            from .generation import generate
+
+            written = generate(model, prompts, TINY_SEQ_LEN - 16, temperature=1.0, seed=seed, progress=False)
+            # the teacher scores only what the student wrote (the 16-character prompt is context)
+            lp = torch.log_softmax(teacher(written[:, :-1]).double(), -1).gather(-1, written[:, 1:, None])[..., 0]
+            teacher_nll = float(-lp[:, 15:].mean())
+            rows.append({"student": name, "val_loss": perplexity(model, tokens, window=TINY_SEQ_LEN,
+                                                                  batch_size=32).nll,
+                         "entropy": ent / n, "teacher_nll": teacher_nll, "acceptance_text": acc1 / n,
+                         "acceptance_greedy": acc0 / n, "acceptance_samples": acc_s})
+    return pd.DataFrame(rows)
+
+
+@experiment("tiny_eval", "Tiny distillation students vs teacher M: val loss, entropy, precision, acceptance")
+def tiny_eval() -> pd.DataFrame:
+    """Evaluate the shipped students of :func:`tiny_runs` (and the teacher itself) with :func:`student_report`.
+
+    Adds each run's training cost from the cached curves. Introduced in Chapter 4.
+    """
+    from .results import cached
+    from .zoo import load
+
+    torch.set_num_threads(2)
+    teacher = load("M")
+    windows, val = tiny_data()
+    samples, _ = tiny_sample_windows(teacher, windows, n=256, seed=1)
+    students = {"teacher": teacher, **{name: load_student(name) for name in TINY_RUNS}}
+    report = student_report(students, teacher, val, samples=samples)
+    report = report[report.student != "teacher"].reset_index(drop=True).pipe(
+        lambda df: pd.concat([df, report[report.student == "teacher"]], ignore_index=True))
+    curves = cached("distill.tiny_runs")
+    last = curves.groupby("run").tail(1).set_index("run")
+    runs = [r for r in report.student if r in TINY_RUNS]
+    report["method"] = [TINY_RUNS[r].method if r in TINY_RUNS else "teacher M itself" for r in report.student]
+    report["steps"] = [TINY_RUNS[r].settings.steps if r in TINY_RUNS else np.nan for r in report.student]
+    for col in ("time_s", "teacher_time_s", "cache_time_s", "samples_time_s"):
+        report[col] = [float(last.loc[r, col]) if r in runs else np.nan for r in report.student]
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# The roofline view: what the smaller model buys
+# --------------------------------------------------------------------------------------------------
+
+#: Teacher → student pairs of real model families (analyzer names), used by the roofline view and explorer.
+PAIRS: dict[str, tuple[str, str]] = {
+    "Llama-2 13B → 7B": ("llama-2-13b", "llama-2-7b"),
+    "Llama-3 70B → 8B": ("llama-3-70b", "llama-3-8b"),
+    "Qwen2.5 7B → 0.5B": ("qwen2.5-7b", "qwen2.5-0.5b"),
+    "Qwen3 8B → 0.6B": ("qwen3-8b", "qwen3-0.6b"),
+}
+#: Devices of the static explorer (any registered device works in the live one).
+EXPLORER_DEVICES = ("a6000", "a100-80gb", "h100-sxm", "rtx-4090", "l4", "jetson-agx-orin", "m2-ultra", "i9-13900k")
+
+
+def _pairs(pairs) -> dict[str, tuple[str, str]]:
+    if pairs is None:
+        return dict(PAIRS)
+    if isinstance(pairs, dict):
+        return dict(pairs)
+    out = {}
+    for item in pairs:
+        if isinstance(item, str):
+            if item not in PAIRS:
+                raise unknown_name("teacher/student pair", item, PAIRS)
+            out[item] = PAIRS[item]
+        else:
+            teacher, student = item
+            out[f"{teacher} → {student}"] = (teacher, student)
+    return out
+
+
+def teacher_student_costs(
+    pairs=None,
+    devices: Sequence[str] = EXPLORER_DEVICES,
+    batches: Sequence[int] = (1, 4, 16, 64, 256),
+    seq_lens: Sequence[int] = (512, 1024, 2048, 4096),
+    w_bits: int = 16,
+    a_bits: int = 16,
+) -> pd.DataFrame:
+    """Teacher vs student decode cost on each device, from the analyzer's roofline model [Yuan et al. 2024].
+
+    One row per pair, role (``teacher``/``student``), device, batch and context ``seq_len`` (tokens in the KV
+    cache): ``tpot_s`` (one decode step), ``ttft_s`` (prefill of a ``seq_len``-token prompt at that batch),
+    ``weights_bytes``, ``kv_cache_bytes``, ``memory_bytes``, ``capacity_bytes`` and ``fits``. At small batch
+    decoding is memory-bound, so the student's speedup is about its ratio of bytes read per step.
+    Introduced in Chapter 4.
+    """
+    from .analyzer import sweep
+    from .hardware import hardware
+
+    pairs = _pairs(pairs)
+    frames = []
+    for label, (teacher, student) in pairs.items():
+        for role, name in (("teacher", teacher), ("student", student)):
+            common = dict(batch=list(batches), seq_len=list(seq_lens), w_bits=w_bits, a_bits=a_bits,
+                          check_context=False)
+            dec = sweep(name, list(devices), stage="decode", **common)
+            pre = sweep(name, list(devices), stage="prefill", **common)
+            dec = dec.assign(pair=label, role=role, tpot_s=dec.time_s, ttft_s=pre.time_s.to_numpy())
+            frames.append(dec)
+    df = pd.concat(frames, ignore_index=True)
+    df["capacity_bytes"] = [hardware(d).memory_bytes for d in df.device]
+    cols = ["pair", "role", "model", "device", "batch", "seq_len", "w_bits", "tpot_s", "ttft_s", "weights_bytes",
+            "kv_cache_bytes", "memory_bytes", "capacity_bytes", "fits"]
+    return df[cols]
+
+
+def teacher_student_limits(
+    pairs=None,
+    devices: Sequence[str] = EXPLORER_DEVICES,
+    seq_lens: Sequence[int] = (512, 1024, 2048, 4096),
+    w_bits: int = 16,
+    a_bits: int = 16,
+) -> pd.DataFrame:
+    """Per pair, role, device and context: the weights, TTFT and TPOT at batch 1 and the largest batch that fits.
+
+    ``max_batch`` is the analyzer's :func:`~unveiled.analyzer.max_batch` (weights + KV cache + activations
+    within the device's memory; 0 if even one sequence does not fit). The student's smaller weights leave
+    room for more KV cache, so it serves larger batches on the same device. Introduced in Chapter 4.
+    """
+    from .analyzer import max_batch
+
+    base = teacher_student_costs(pairs, devices, batches=(1,), seq_lens=seq_lens, w_bits=w_bits, a_bits=a_bits)
+    base["max_batch"] = [
+        max_batch(m, d, seq_len=int(s), w_bits=w_bits, a_bits=a_bits) for m, d, s in
+        zip(base.model, base.device, base.seq_len, strict=True)
+    ]
+    return base.drop(columns=["batch", "fits"])
+
+
+def decode_on_this_machine(
+    models: dict[str, torch.nn.Module],
+    device,
+    context: int = 128,
+    new_tokens: int = 64,
+    batch: int = 1,
+    repeats: int = 3,
+) -> pd.DataFrame:
+    """Measured decode time per token of each model on this CPU next to the analyzer's roofline prediction.
+
+    ``device`` is the measured machine (``uv.measure_machine().device``); the models run in fp32, so the
+    analyzer is asked for 32-bit weights and activations with a KV cache of ``context`` tokens. A large gap
+    between the two means the step is not bandwidth- or compute-bound but overhead-bound (Python and kernel
+    launches), as tiny models are. Introduced in Chapter 4.
+    """
+    from .analyzer import analyze, model_from_hf_config
+
+    rows = []
+    for name, m in models.items():
+        measured = measure_decode(m, batch=batch, prompt_len=context, new_tokens=new_tokens, repeats=repeats)
+        spec = model_from_hf_config(m.config.to_hf_config(), name=name)
+        pred = analyze(spec, device, stage="decode", batch=batch, seq_len=context + new_tokens // 2, w_bits=32,
+                       a_bits=32, check_context=False)
+        rows.append({"model": name, "parameters": m.num_parameters(), "weights_bytes": pred.memory.weights,
+                     "kv_cache_bytes_per_token": pred.memory.kv_cache / (batch * (context + new_tokens // 2)),
+                     "predicted_tpot_s": pred.time_s, "measured_tpot_s": measured["tpot_s"],
+                     "measured_ttft_s": measured["ttft_s"]})
+    df = pd.DataFrame(rows)
+    df["overhead_factor"] = df.measured_tpot_s / df.predicted_tpot_s
+    return df
+
+
 def with_settings(settings: DistillSettings, **changes) -> DistillSettings:
     """A copy of ``settings`` with some fields changed (validated again)."""
     return replace(settings, **changes)
-
-
-_ = experiment  # the cached experiments below register themselves with unveiled.results
