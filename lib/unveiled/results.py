@@ -138,4 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's copy of this module: experiments register themselves in `unveiled.results`, which is a
+    # different module object from `__main__` when this file is run with `python -m unveiled.results`.
+    from unveiled.results import main as _main
+
+    sys.exit(_main())
