@@ -103,7 +103,7 @@ def check_attainable(fn: Callable, *, raise_on_fail: bool = True, show: bool = T
 
 
 def check_op_time(fn: Callable, *, raise_on_fail: bool = True, show: bool = True) -> LabReport:
-    """Check ``op_time(flops, nbytes, bandwidth, peak)`` -> seconds under the roofline (Lab 1.1)."""
+    """Check ``op_time(flops, nbytes, bandwidth, peak)`` -> seconds under the roofline (Lab 1.2)."""
     fn = _explained(fn, {ZeroDivisionError: {"": (
         "A pure copy has no operations: compute the two times directly, max(flops/peak, nbytes/bandwidth), "
         "without dividing by flops")}})
@@ -130,11 +130,11 @@ def check_op_time(fn: Callable, *, raise_on_fail: bool = True, show: bool = True
         if f == 0:
             hint += "; with no operations the intensity is 0, so compute the time without dividing by flops"
         cases.append(Case(name, (f, q, bw, peak), judge=_judge(want, mistakes), hint=hint))
-    return run_cases(fn, cases, "Lab 1.1 op_time()", raise_on_fail=raise_on_fail, show=show)
+    return run_cases(fn, cases, "Lab 1.2 op_time()", raise_on_fail=raise_on_fail, show=show)
 
 
 def check_matmul_intensity(fn: Callable, *, raise_on_fail: bool = True, show: bool = True) -> LabReport:
-    """Check ``matmul_intensity(m, k, n, bytes_per_element)`` -> ops/byte of ``(m×k) @ (k×n)`` (Lab 1.2)."""
+    """Check ``matmul_intensity(m, k, n, bytes_per_element)`` -> ops/byte of ``(m×k) @ (k×n)`` (Lab 1.3)."""
     dt = {4: "fp32", 2: "fp16", 1: "int8"}
     cases = []
     for name, m, k, n, b in [
@@ -156,11 +156,11 @@ def check_matmul_intensity(fn: Callable, *, raise_on_fail: bool = True, show: bo
         mistakes = {msg: v for msg, v in mistakes.items() if not math.isclose(v, want, rel_tol=1e-9)}
         cases.append(Case(name, (m, k, n, b), judge=_judge(want, mistakes),
                           hint="intensity = 2·m·k·n / ((m·k + k·n + m·n) · bytes_per_element)"))
-    return run_cases(fn, cases, "Lab 1.2 matmul_intensity()", raise_on_fail=raise_on_fail, show=show)
+    return run_cases(fn, cases, "Lab 1.3 matmul_intensity()", raise_on_fail=raise_on_fail, show=show)
 
 
 def check_critical_tokens(fn: Callable, *, raise_on_fail: bool = True, show: bool = True) -> LabReport:
-    """Check ``critical_tokens(k, n, bandwidth, peak, bytes_per_element)`` -> smallest compute-bound m (Lab 1.3)."""
+    """Check ``critical_tokens(k, n, bandwidth, peak, bytes_per_element)`` -> smallest compute-bound m (Lab 1.4)."""
     cases = []
     for name, k, n, (bw, peak), b in [
         ("H100 SXM, BF16, an 8192×8192 layer", 8192, 8192, H100, 2),
@@ -191,7 +191,7 @@ def check_critical_tokens(fn: Callable, *, raise_on_fail: bool = True, show: boo
 
         cases.append(Case(name, (k, n, bw, peak, b), judge=judge,
                           hint="find the smallest m with 2mkn / ((mk + kn + mn)·b) >= peak / bandwidth"))
-    return run_cases(fn, cases, "Lab 1.3 critical_tokens()", raise_on_fail=raise_on_fail, show=show)
+    return run_cases(fn, cases, "Lab 1.4 critical_tokens()", raise_on_fail=raise_on_fail, show=show)
 
 
 #: The reader's function name -> its check (the lab runner, tests/test_labs.py, reads this).
