@@ -53,9 +53,17 @@ _LAZY: dict[str, str] = {
     "MachineMeasurement": "measure",
     # Live explorers (Chapter 1)
     "roofline_explorer": "explorers.roofline",
+    # The book's models (appendix "The models in this book")
+    "Decoder": "models",
+    "DecoderConfig": "models",
+    "KVCache": "models",
+    "replace_linears": "models",
+    "load_smollm2": "smollm2",
+    "perplexity": "evaluation",
 }
 # Sub-packages reachable as attributes (``uv.labs.roofline.check_attainable``) without an explicit import.
-_SUBMODULES = ("labs", "plots", "explorers")
+_SUBMODULES = ("labs", "plots", "explorers", "text", "models", "generation", "evaluation", "zoo", "smollm2",
+               "calibration")
 
 __all__ = [
     "DTYPES",
