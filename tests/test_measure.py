@@ -90,10 +90,10 @@ def test_measure_machine_is_cached_per_settings(clean_registry):
 def test_measure_kernels_places_kernels_with_library_costs(clean_registry):
     m = uv.measure_machine(array_bytes=SMALL, matmul_sizes=(64,), repeats=2, progress=False, cache=False)
     k = uv.measure_kernels(m.device, array_bytes=2**20, repeats=2, progress=False)
-    assert {"kernel", "dtype", "flops", "bytes", "intensity", "time_best_s", "time_median_s", "spread",
+    assert {"kernel", "shape", "dtype", "flops", "bytes", "intensity", "time_best_s", "time_median_s", "spread",
             "achieved_flop_s", "predicted_time_s", "fraction_of_roofline", "bound"} <= set(k.columns)
     assert len(k) >= 4
-    gemv = k[k["kernel"].str.startswith("linear, 1 token")].iloc[0]
+    gemv = k[k["kernel"] == "GEMV (1 token)"].iloc[0]
     rows = 2**20 // 4 // 256
     assert (gemv["flops"], gemv["bytes"]) == uv.matmul_cost(1, 256, rows, "fp32")
     assert (k["time_best_s"] <= k["time_median_s"]).all()

@@ -199,15 +199,19 @@ def measure_matmul(sizes: int | tuple[int, ...] = (1024, 2048), dtypes: tuple[st
         raise ValueError(f"measure_matmul times fp32, bf16 and fp16 only, got {bad}")
     torch = _torch()
     rng = np.random.default_rng(seed)
-    rows = []
+    gen = torch.Generator().manual_seed(seed) if torch is not None else None
+    rows, operands = [], {}
     with _progress(len(dtypes) * len(sizes), progress, "matmul") as step:
         for n, dtype in ((n, d) for n in sizes for d in dtypes):
-            x = rng.standard_normal((n, n), dtype=np.float32)
-            y = rng.standard_normal((n, n), dtype=np.float32)
+            if n not in operands:  # one pair of seeded fp32 matrices per size, cast per data type
+                operands = {n: (torch.randn((n, n), generator=gen), torch.randn((n, n), generator=gen))
+                            if torch is not None else (rng.standard_normal((n, n), dtype=np.float32),
+                                                       rng.standard_normal((n, n), dtype=np.float32))}
+            x, y = operands[n]
             flops, nbytes = matmul_cost(n, n, n, dtype)
             if torch is not None:
                 td = _torch_dtype(torch, dtype)
-                a, b = torch.from_numpy(x).to(td), torch.from_numpy(y).to(td)
+                a, b = x.to(td), y.to(td)
                 fn = lambda a=a, b=b: torch.mm(a, b)  # noqa: E731
             elif dtype == "fp32":
                 fn = lambda x=x, y=y: x @ y  # noqa: E731
@@ -353,7 +357,7 @@ def measure_kernels(device: str | Device = "this-machine", *, array_bytes: int |
     weight matrix larger than the cache (a decode step of one linear layer), the same weights with 16 tokens
     (a small-batch GEMM), and square GEMMs in fp32 and (when the device has a bf16 peak) bf16. FLOPs and bytes
     come from :func:`~unveiled.matmul_cost` and :func:`~unveiled.elementwise_cost`, not from the timings.
-    Columns: ``kernel``, ``dtype``, ``flops``, ``bytes``, ``intensity``, ``time_best_s``, ``time_median_s``,
+    Columns: ``kernel``, ``shape``, ``dtype``, ``flops``, ``bytes``, ``intensity``, ``time_best_s``, ``time_median_s``,
     ``spread``, ``achieved_flop_s``, ``predicted_time_s``, ``fraction_of_roofline`` (predicted / best
     measured time: 1 means the kernel runs at its roof), ``bound``. Needs PyTorch. Introduced in Chapter 1.
     """
@@ -374,24 +378,28 @@ def measure_kernels(device: str | Device = "this-machine", *, array_bytes: int |
     n_sq = 1024 if array_bytes >= 2**24 else 128
     a32 = torch.rand((n_sq, n_sq), generator=gen)
     b32 = torch.rand((n_sq, n_sq), generator=gen)
-    kernels = [
-        ("scale (x *= s)", "fp32", lambda: w.mul_(1.0000001), elementwise_cost(w.numel(), 1, dtype="fp32")),
-        (f"linear, 1 token (GEMV {k}→{rows_w})", "fp32", lambda: linear(x1, w), matmul_cost(1, k, rows_w, "fp32")),
-        (f"linear, 16 tokens (GEMM {k}→{rows_w})", "fp32", lambda: linear(x16, w),
+    kernels = [  # (name, shape, dtype, function, (flops, bytes))
+        ("scale", f"x *= s over {w.numel():,} values", "fp32", lambda: w.mul_(1.0000001),
+         elementwise_cost(w.numel(), 1, dtype="fp32")),
+        ("GEMV (1 token)", f"linear {k}→{rows_w}, 1 token", "fp32", lambda: linear(x1, w),
+         matmul_cost(1, k, rows_w, "fp32")),
+        ("GEMM (16 tokens)", f"linear {k}→{rows_w}, 16 tokens", "fp32", lambda: linear(x16, w),
          matmul_cost(16, k, rows_w, "fp32")),
-        (f"GEMM {n_sq}³", "fp32", lambda: torch.mm(a32, b32), matmul_cost(n_sq, n_sq, n_sq, "fp32")),
+        (f"GEMM {n_sq}³", f"{n_sq}×{n_sq} @ {n_sq}×{n_sq}", "fp32", lambda: torch.mm(a32, b32),
+         matmul_cost(n_sq, n_sq, n_sq, "fp32")),
     ]
     if dev.has("bf16"):
         a16, b16 = a32.to(torch.bfloat16), b32.to(torch.bfloat16)
-        kernels.append((f"GEMM {n_sq}³", "bf16", lambda: torch.mm(a16, b16), matmul_cost(n_sq, n_sq, n_sq, "bf16")))
+        kernels.append((f"GEMM {n_sq}³", f"{n_sq}×{n_sq} @ {n_sq}×{n_sq}", "bf16", lambda: torch.mm(a16, b16),
+                        matmul_cost(n_sq, n_sq, n_sq, "bf16")))
     rows = []
     with _progress(len(kernels), progress, "kernels") as step:
-        for name, dtype, fn, (flops, nbytes) in kernels:
+        for name, shape, dtype, fn, (flops, nbytes) in kernels:
             times = np.array(_time_repeats(fn, repeats))
             peak_dtype = dtype if dev.has(dtype) else dev.dtypes[0]
             predicted = roofline_time(flops, nbytes, dev, peak_dtype)
             rows.append({
-                "kernel": name, "dtype": dtype, "flops": flops, "bytes": nbytes, "intensity": flops / nbytes,
+                "kernel": name, "shape": shape, "dtype": dtype, "flops": flops, "bytes": nbytes, "intensity": flops / nbytes,
                 "time_best_s": times.min(), "time_median_s": float(np.median(times)),
                 "spread": float((times.max() - times.min()) / np.median(times)),
                 "achieved_flop_s": flops / times.min(), "predicted_time_s": predicted,

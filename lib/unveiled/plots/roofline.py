@@ -103,7 +103,7 @@ def roofline_lines(lines: Iterable, x_domain: Sequence[float] | None = None, *, 
 def roofline_chart(lines: Iterable, points: pd.DataFrame | None = None, *, log: bool = True,
                    x_domain: Sequence[float] | None = None, y_domain: Sequence[float] | None = None,
                    shade: bool = False, annotate_ridges: bool = True, color: str = "label", title: str = "",
-                   width: int = 520, height: int = 320, _layers: list | None = None) -> alt.LayerChart:
+                   width: int = 440, height: int = 300, _layers: list | None = None) -> alt.LayerChart:
     """Rooflines of one or more (device, data type) pairs, optionally with operations placed on them.
 
     ``lines``: devices, ``(device, dtype)``, ``(device, dtype, label)`` or dicts with those keys (and
@@ -127,7 +127,7 @@ def roofline_chart(lines: Iterable, points: pd.DataFrame | None = None, *, log: 
         cscale, cfield = alt.Scale(scheme="tableau10", domain=list(dict.fromkeys(df["label"]))), "label"
     else:
         raise ValueError(f"color must be 'label' or 'dtype', got {color!r}")
-    legend = alt.Legend(title=None, orient="bottom", columns=2, labelLimit=400)
+    legend = alt.Legend(title=None, orient="bottom", columns=1, labelLimit=420)
     x = alt.X("intensity:Q", scale=xscale, axis=_axis(_X_TITLE, log))
     y = alt.Y("tflop_s:Q", scale=yscale, axis=_axis(_Y_TITLE, log))
     tooltip = [alt.Tooltip("label:N", title="roofline"), alt.Tooltip("ridge:Q", title="ridge (ops/byte)",
@@ -174,7 +174,7 @@ def roofline_chart(lines: Iterable, points: pd.DataFrame | None = None, *, log: 
     return chart if _layers is not None else _svg(chart)
 
 
-def timeline_chart(phases: pd.DataFrame, *, unit: str = "us", width: int = 520) -> alt.FacetChart:
+def timeline_chart(phases: pd.DataFrame, *, unit: str = "us", width: int = 400) -> alt.FacetChart:
     """Load, compute and store of operations as a timeline (survey Fig. 4), serial vs overlapped.
 
     ``phases`` comes from :func:`unveiled.load_compute_store` (several operations may be concatenated; each
@@ -213,13 +213,13 @@ def timeline_chart(phases: pd.DataFrame, *, unit: str = "us", width: int = 520) 
 
 
 def fusion_chart(cases: pd.DataFrame, device: str | Device, dtype: str = "fp16", *, survey: pd.DataFrame | None = None,
-                 log: bool = False, width: int = 300, height: int = 260) -> alt.HConcatChart:
+                 log: bool = False, width: int = 420, height: int = 210) -> alt.VConcatChart:
     """Operator fusion on a roofline (survey Fig. 15): each case's intensity before and after fusion.
 
     ``cases`` has one row per case with ``case``, ``intensity_before`` and ``intensity_after`` (rows of
     :func:`unveiled.fusion_gain` with a ``case`` column). Points sit on the roof (the survey's aggregate view).
     ``survey`` optionally adds the survey's own illustrative intensities (columns ``case``,
-    ``intensity_before``, ``intensity_after``) as hollow markers. One panel per case, like the survey.
+    ``intensity_before``, ``intensity_after``) as hollow markers. One panel per case, stacked.
     Introduced in Chapter 1.
     """
     dev = hardware(device)
@@ -264,7 +264,7 @@ def fusion_chart(cases: pd.DataFrame, device: str | Device, dtype: str = "fp16",
         panels.append(roofline_chart([(dev, dtype, f"{dev.display_name}, {dtype.upper()}")], log=log, x_domain=xdom,
                                      shade=True, annotate_ridges=True, width=width, height=height,
                                      title=str(case), _layers=[arrow, dots, before, after]))
-    return _svg(alt.hconcat(*panels).resolve_scale(shape="shared"))
+    return _svg(alt.vconcat(*panels).resolve_scale(shape="shared"))
 
 
 def memory_hierarchy_table() -> pd.DataFrame:
@@ -277,7 +277,7 @@ def memory_hierarchy_table() -> pd.DataFrame:
         return pd.read_csv(f)
 
 
-def memory_hierarchy_chart(devices: Iterable[str | Device] = (), *, width: int = 420) -> alt.VConcatChart:
+def memory_hierarchy_chart(devices: Iterable[str | Device] = (), *, width: int = 250) -> alt.VConcatChart:
     """The survey's Fig. 17 as two range charts: capacity per memory level, bandwidth per path (log scales).
 
     ``devices`` adds each device's memory bandwidth (and capacity) from the registry as a dot on the matching
@@ -300,7 +300,7 @@ def memory_hierarchy_chart(devices: Iterable[str | Device] = (), *, width: int =
     def panel(rows: pd.DataFrame, kind: str, title: str, unit: str, domain: list[float]) -> alt.LayerChart:
         rows = rows.assign(name=[f"{lv}: {r}" for lv, r in zip(rows["level"], rows["range"], strict=True)])
         order = list(rows["name"])
-        y = alt.Y("name:N", sort=order, title=None, axis=alt.Axis(labelLimit=320))
+        y = alt.Y("name:N", sort=order, title=None, axis=alt.Axis(labelLimit=260))
         x = alt.X("min:Q", scale=alt.Scale(type="log", domain=domain), axis=_axis(unit, True))
         tip = ["level:N", "min:Q", "max:Q", "source:N"]
         rng = alt.Chart(rows).mark_bar(size=14, opacity=0.6, color="#4c78a8").encode(x=x, x2="max:Q", y=y,
@@ -324,8 +324,8 @@ def memory_hierarchy_chart(devices: Iterable[str | Device] = (), *, width: int =
 
 
 def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *, device: str = "h100-sxm",
-                               dtype: str = "bf16", intensity: float = 50.0, width: int = 560,
-                               height: int = 340) -> alt.LayerChart:
+                               dtype: str = "bf16", intensity: float = 50.0, width: int = 440,
+                               height: int = 320) -> alt.LayerChart:
     """A roofline explorer that runs in the static page: pick a device and a data type, slide the intensity.
 
     Altair parameters bound to two dropdowns and a slider (log₁₀ of the intensity); the browser recomputes
@@ -376,8 +376,8 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
         intensity=f"pow(10, {slider.name})",
         tflop_s="min(datum.peak, datum.bw * datum.intensity) / 1e12",
         bound="datum.intensity < datum.ridge ? 'memory-bound' : 'compute-bound'",
-        label=("datum.display + ', ' + upper(datum.dtype) + ': ' + format(datum.tflop_s, ',.3~r') + ' TFLOP/s at I = '"
-               " + format(datum.intensity, ',.3~r') + ' ops/byte, ' + datum.bound"),
+        label=("datum.display + ', ' + upper(datum.dtype) + '\\n' + format(datum.tflop_s, ',.3~r')"
+               " + ' TFLOP/s at I = ' + format(datum.intensity, ',.3~r') + ' ops/byte: ' + datum.bound"),
         ridge_label="'ridge ' + format(datum.ridge, ',.1f') + ' ops/byte'",
         peak_tflop_s="datum.peak / 1e12",
     )
@@ -388,7 +388,8 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
         tooltip=["display:N", "dtype:N", alt.Tooltip("intensity:Q", format=".3~r"),
                  alt.Tooltip("tflop_s:Q", format=",.4~r", title="TFLOP/s"), "bound:N"])
     # The read-out sits in the top-left corner (beside the point it would leave the plot at high intensity).
-    label = point_data.mark_text(align="left", baseline="top", fontSize=13, fontWeight="bold").encode(
+    label = point_data.mark_text(align="left", baseline="top", fontSize=13, fontWeight="bold",
+                                 lineBreak="\n").encode(
         x=alt.value(8), y=alt.value(8), text="label:N",
         color=alt.Color("bound:N", scale=alt.Scale(domain=["memory-bound", "compute-bound"],
                                                    range=[BOUND_COLORS["memory"], BOUND_COLORS["compute"]]),
@@ -407,7 +408,7 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
 
 def measured_roofline_chart(measured: str | Device, kernels: pd.DataFrame | None = None, *,
                             compare: Iterable = (("i9-13900k", "fp32"),), title: str = "",
-                            width: int = 540, height: int = 340) -> alt.LayerChart:
+                            width: int = 440, height: int = 320) -> alt.LayerChart:
     """The measured roofline of this machine (one line per measured data type) next to datasheet rooflines,
     with the timed kernels of :func:`unveiled.measure_kernels` placed at their achieved rate.
 
@@ -420,7 +421,7 @@ def measured_roofline_chart(measured: str | Device, kernels: pd.DataFrame | None
     if kernels is not None:
         pts = pd.DataFrame({
             "intensity": kernels["intensity"], "flop_s": kernels["achieved_flop_s"],
-            "label": [f"{k} [{d}]: {100 * f:.0f}%" for k, d, f in
+            "label": [f"{k}, {d}: {100 * f:.0f}%" for k, d, f in
                       zip(kernels["kernel"], kernels["dtype"], kernels["fraction_of_roofline"], strict=True)],
             "fraction_of_roofline": kernels["fraction_of_roofline"].round(3),
         })
