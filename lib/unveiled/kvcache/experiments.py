@@ -1,0 +1,134 @@
+"""The cached experiments of Chapter 5: KV-cache quantization and eviction on SmolLM2-135M.
+
+Each is a function registered with :func:`unveiled.results.experiment`; ``python -m unveiled.results run
+kvcache.experiments.<name>`` recomputes its table (tens of minutes on a 2-core CPU) and the chapter reads the
+shipped copy. Every setting streams the same text through the model in chunks of :data:`CHUNK` tokens
+(:func:`~unveiled.kvcache.quality.streaming_nll`), so the tables also record the mean NLL of the first
+:data:`LIVE_TOKENS` predictions, which the chapter recomputes live and a test compares. Introduced in Chapter 5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+
+from ..results import experiment
+from .eviction import HeavyHitterCache, SinkWindowCache
+from .quality import streaming_nll
+from .quantized import QuantizedKVCache
+
+__all__ = [
+    "CHUNK",
+    "EVICTION_BUDGETS",
+    "EVICTION_SKIP",
+    "EVICTION_TOKENS",
+    "KV_BITS",
+    "LIVE_TOKENS",
+    "QUANT_SCHEMES",
+    "QUANT_TOKENS",
+    "eviction_policies",
+    "quant_cache",
+    "smollm2_eval_tokens",
+    "smollm2_kv_eviction",
+    "smollm2_kv_quant",
+]
+
+#: Tokens fed per forward pass while streaming (see :func:`~unveiled.kvcache.quality.streaming_nll`).
+CHUNK = 16
+#: Predictions scored in the quantization sweep, and in the eviction sweep (a longer text).
+QUANT_TOKENS = 512
+EVICTION_TOKENS = 1024
+#: The eviction sweep scores predictions after this many tokens, where every budget has started evicting.
+EVICTION_SKIP = 256
+#: The first predictions whose mean NLL the chapter recomputes live.
+LIVE_TOKENS = 64
+KV_BITS = (8, 4, 3, 2)
+GROUP_SIZE = 32
+#: Quantization layouts compared: name -> (key grouping, value grouping, residual window).
+QUANT_SCHEMES: dict[str, tuple[str, str, int]] = {
+    "KIVI (K per channel, V per token), R=32": ("channel", "token", 32),
+    "KIVI, no residual (R=0)": ("channel", "token", 0),
+    "per token (K and V), R=32": ("token", "token", 32),
+    "per token (K and V), R=0": ("token", "token", 0),
+}
+EVICTION_BUDGETS = (64, 128)
+
+
+def smollm2_eval_tokens(n: int) -> list[int]:
+    """The first ``n + 1`` BPE tokens of Tiny Shakespeare's validation split (``n`` predictions). Chapter 5."""
+    from ..smollm2 import smollm2_tokenizer
+    from ..text import corpus_split
+
+    ids = smollm2_tokenizer().encode(corpus_split("val"))
+    if len(ids) < n + 1:
+        raise ValueError(f"the validation text has only {len(ids)} tokens")
+    return ids[: n + 1]
+
+
+def quant_cache(scheme: str | None, bits: int | None) -> Callable[[], object] | None:
+    """A factory for the cache of one quantization setting (``None``: the full-precision cache). Chapter 5."""
+    if scheme is None:
+        return None
+    kg, vg, residual = QUANT_SCHEMES[scheme]
+    return lambda: QuantizedKVCache(bits, key_grouping=kg, value_grouping=vg, group_size=GROUP_SIZE,
+                                    residual=residual)
+
+
+def eviction_policies(budget: int) -> dict[str, Callable[[], object]]:
+    """The evicting caches compared at one token budget. Chapter 5."""
+    return {
+        "window": lambda: SinkWindowCache(budget, num_sinks=0),
+        "sinks + window (StreamingLLM)": lambda: SinkWindowCache(budget, num_sinks=4),
+        "heavy hitters + recent (H2O)": lambda: HeavyHitterCache(budget),
+    }
+
+
+def _row(nll: torch.Tensor, skip: int = 0) -> dict:
+    scored = nll[skip:]
+    return {"nll": float(scored.mean()), "perplexity": float(scored.mean().exp()), "tokens": len(scored),
+            f"nll_first_{LIVE_TOKENS}": float(nll[:LIVE_TOKENS].mean())}
+
+
+@experiment("smollm2_kv_quant", "SmolLM2-135M perplexity vs KV bits (8/4/3/2) and quantization layout, streamed")
+def smollm2_kv_quant() -> pd.DataFrame:
+    """SmolLM2 perplexity on Tiny Shakespeare (512 predictions, streamed in chunks of 16) for each KV bit
+    width and layout of :data:`QUANT_SCHEMES`, plus the full-precision cache. Chapter 5."""
+    from tqdm.auto import tqdm
+
+    from ..smollm2 import load_smollm2
+
+    torch.set_num_threads(2)
+    model = load_smollm2()
+    tokens = smollm2_eval_tokens(QUANT_TOKENS)
+    settings = [(None, 16)] + [(s, b) for s in QUANT_SCHEMES for b in KV_BITS]
+    rows = []
+    for scheme, bits in tqdm(settings, desc="KV quantization settings"):
+        nll = streaming_nll(model, tokens, quant_cache(scheme, bits), chunk=CHUNK)
+        kg, vg, residual = QUANT_SCHEMES[scheme] if scheme else ("-", "-", 0)
+        rows.append({"scheme": scheme or "full precision", "key_grouping": kg, "value_grouping": vg,
+                     "residual": residual, "group_size": GROUP_SIZE if scheme else 0, "kv_bits": bits,
+                     **_row(nll)})
+    return pd.DataFrame(rows)
+
+
+@experiment("smollm2_kv_eviction", "SmolLM2-135M perplexity with sink+window and H2O eviction vs a full cache")
+def smollm2_kv_eviction() -> pd.DataFrame:
+    """SmolLM2 perplexity on 1,024 tokens of Tiny Shakespeare, streamed in chunks of 16, scoring predictions
+    after the first 256 tokens, for a full cache and each eviction policy at budgets of 64 and 128 tokens.
+    Chapter 5."""
+    from tqdm.auto import tqdm
+
+    from ..smollm2 import load_smollm2
+
+    torch.set_num_threads(2)
+    model = load_smollm2()
+    tokens = smollm2_eval_tokens(EVICTION_TOKENS)
+    settings = [("full cache", EVICTION_TOKENS, None)]
+    settings += [(name, b, make) for b in EVICTION_BUDGETS for name, make in eviction_policies(b).items()]
+    rows = []
+    for name, budget, make in tqdm(settings, desc="eviction settings"):
+        nll = streaming_nll(model, tokens, make, chunk=CHUNK)
+        rows.append({"policy": name, "budget": budget, **_row(nll, EVICTION_SKIP)})
+    return pd.DataFrame(rows)
