@@ -48,6 +48,7 @@ from ._validate import check_choice, check_int, check_number, unknown_name
 from .results import experiment
 
 __all__ = [
+    "LIVE_SETTINGS",
     "LOSSES",
     "PAIRS",
     "TINY_RUNS",
@@ -60,6 +61,7 @@ __all__ = [
     "batch_schedule",
     "bimodal_fit",
     "build_teacher_cache",
+    "cost_points",
     "decode_on_this_machine",
     "distill",
     "distillation_loss",
@@ -67,9 +69,14 @@ __all__ = [
     "expected_tokens_per_call",
     "forward_kl",
     "generalized_jsd",
+    "live_check",
+    "live_runs",
     "load_student",
     "measure_decode",
+    "model_table",
+    "next_token_table",
     "reverse_kl",
+    "step_costs",
     "student_report",
     "teacher_samples",
     "teacher_student_costs",
@@ -989,9 +996,10 @@ def measure_decode(
 
 #: Context of the tiny distillation runs (characters per training window).
 TINY_SEQ_LEN = 128
-#: Shared settings of the tiny runs: 400 steps of 32 × 128 characters (as many as the zoo's 16 × 256), the
-#: zoo's optimiser, and α = 0.9 for the white-box runs (mostly teacher, a little ground truth).
-TINY_BASE = DistillSettings(steps=400, lr=3e-3, batch_size=32, alpha=0.0, top_k=16, eval_every=100)
+#: Shared settings of the tiny runs: 400 steps of 16 × 128 characters (819,200 characters, under one pass
+#: over the training split), the zoo's optimiser, and α = 0.9 for the white-box runs (mostly teacher, a
+#: little ground truth).
+TINY_BASE = DistillSettings(steps=400, lr=3e-3, batch_size=16, alpha=0.0, top_k=16, eval_every=100)
 
 
 @dataclass(frozen=True)
@@ -1011,7 +1019,6 @@ def _tiny_runs() -> dict[str, TinyRun]:
         TinyRun("data-400", "data only", TINY_BASE, description="cross-entropy on the text, 400 steps"),
         TinyRun("data-800", "data only", replace(TINY_BASE, steps=800),
                 description="cross-entropy on the text, 800 steps (the cost of a KD run with a live teacher)"),
-        TinyRun("data-1200", "data only", replace(TINY_BASE, steps=1200), description="cross-entropy, 1200 steps"),
         TinyRun("fkl-online", "forward KL (full logits, live teacher)", replace(kd, teacher_mode="online", top_k=None),
                 description="word-level KD, the teacher runs inside every step"),
         TinyRun("fkl", "forward KL", kd, description="word-level KD from the cached top-16"),
@@ -1121,7 +1128,7 @@ def load_student(run: str) -> torch.nn.Module:
         return load_model(path)
 
 
-@experiment("tiny_runs", "Student S distilled from teacher M on Tiny Shakespeare: ten runs, curves, checkpoints")
+@experiment("tiny_runs", "Student S distilled from teacher M on Tiny Shakespeare: nine runs, curves, checkpoints")
 def tiny_runs() -> pd.DataFrame:
     """Train every run of :data:`TINY_RUNS`; return their curves and save the students under data/distill/.
 
@@ -1220,6 +1227,94 @@ def student_report(
                          "entropy": ent / n, "teacher_nll": teacher_nll, "acceptance_text": acc1 / n,
                          "acceptance_greedy": acc0 / n, "acceptance_samples": acc_s})
     return pd.DataFrame(rows)
+
+
+#: The chapter's short live rerun: 60 steps of 16 × 128 characters, plain vs forward KL from the cached top-16.
+LIVE_SETTINGS = replace(TINY_BASE, steps=60, batch_size=16, eval_every=60, eval_chars=8192)
+
+
+def live_runs(progress: bool = True) -> pd.DataFrame:
+    """The short runs the chapter trains live (data only vs forward KL from M's cached top-16, 60 steps).
+
+    Returns one row per run with the validation loss on the first 8,192 characters, the training-loop time
+    and the cache build time. :func:`live_check` caches the same table, so the chapter (and a test) can put
+    the live numbers next to the cached ones. Introduced in Chapter 4.
+    """
+    from .zoo import load
+
+    teacher = load("M")
+    windows, val = tiny_data()
+    s = LIVE_SETTINGS
+    sched = batch_schedule(len(windows), s.steps, s.batch_size, s.seed)
+    cache = build_teacher_cache(teacher, windows, sched, k=s.top_k, temperature=s.temperature, progress=progress)
+    rows = []
+    for name, settings in (("data-60", s), ("fkl-60", replace(s, alpha=0.9))):
+        res = train_tiny_run("fkl" if settings.alpha else "data-400", teacher, windows, val, cache=cache,
+                             settings=settings, progress=progress)
+        rows.append({"run": name, "alpha": settings.alpha, "steps": settings.steps, "batch_size": settings.batch_size,
+                     "val_loss_8k": res.final_val_loss, "final_train_loss": float(res.log.loss.iloc[-1]),
+                     "time_s": res.time_s, "cache_time_s": res.cache_time_s if settings.alpha else 0.0})
+    return pd.DataFrame(rows)
+
+
+@experiment("live_check", "The chapter's short live distillation runs (60 steps), cached for comparison")
+def live_check() -> pd.DataFrame:
+    """:func:`live_runs`, cached. Introduced in Chapter 4."""
+    torch.set_num_threads(2)
+    return live_runs()
+
+
+def step_costs(
+    teacher: torch.nn.Module,
+    windows: torch.Tensor,
+    settings: DistillSettings = TINY_BASE,
+    steps: int = 3,
+    rounds: int = 3,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Time a training step of the S student three ways, interleaved so that machine noise hits all alike.
+
+    Modes: ``plain`` (cross-entropy only), ``live teacher`` (the teacher's forward pass inside every step, full
+    logits) and ``cached top-k`` (targets read from a cache built beforehand). Also times the teacher's
+    inference pass over one batch, the one-off cost per batch of building the cache. Returns per mode the
+    median and best seconds per step over ``rounds`` rounds of ``steps`` steps, and the ratio of medians to
+    the plain step. Introduced in Chapter 4.
+    """
+    from .models import Decoder
+    from .zoo import ZOO
+
+    steps = check_int("steps", steps)
+    rounds = check_int("rounds", rounds)
+    s = replace(settings, steps=steps, eval_every=steps)
+    sched = batch_schedule(len(windows), steps, s.batch_size, s.seed)
+    cache = build_teacher_cache(teacher, windows, sched, k=s.top_k or 16, temperature=s.temperature, progress=False)
+    modes = {"plain": replace(s, alpha=0.0),
+             "live teacher": replace(s, alpha=0.9, teacher_mode="online", top_k=None),
+             "cached top-k": replace(s, alpha=0.9, teacher_mode="cached", top_k=s.top_k or 16)}
+    times: dict[str, list[float]] = {m: [] for m in [*modes, "teacher pass (cache build)"]}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=rounds * (len(modes) + 1), desc="timing training steps", leave=False)
+    for _ in range(rounds):
+        for mode, ms in modes.items():
+            res = distill(Decoder(ZOO["S"].config, seed=ms.seed), windows, ms, teacher=teacher, cache=cache,
+                          schedule=sched, progress=False)
+            times[mode].append(res.time_s / steps)
+            if bar is not None:
+                bar.update(1)
+        t0 = time.perf_counter()
+        build_teacher_cache(teacher, windows, sched[0], k=s.top_k or 16, temperature=s.temperature,
+                            batch_size=s.batch_size, progress=False)
+        times["teacher pass (cache build)"].append(time.perf_counter() - t0)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    plain = float(np.median(times["plain"]))
+    return pd.DataFrame([{"mode": m, "median_s": float(np.median(v)), "best_s": float(np.min(v)),
+                          "ratio_to_plain": float(np.median(v)) / plain} for m, v in times.items()])
 
 
 @experiment("tiny_eval", "Tiny distillation students vs teacher M: val loss, entropy, precision, acceptance")
@@ -1370,6 +1465,77 @@ def decode_on_this_machine(
     df = pd.DataFrame(rows)
     df["overhead_factor"] = df.measured_tpot_s / df.predicted_tpot_s
     return df
+
+
+# --------------------------------------------------------------------------------------------------
+# Small tables for the chapter
+# --------------------------------------------------------------------------------------------------
+
+
+def model_table(models: dict[str, torch.nn.Module]) -> pd.DataFrame:
+    """Shape and size of each model: layers, width, heads, parameters and weight bytes in fp16.
+
+    Introduced in Chapter 4.
+    """
+    rows = []
+    for name, m in models.items():
+        c = m.config
+        rows.append({"model": name, "num_layers": c.num_layers, "hidden_size": c.hidden_size, "num_heads": c.num_heads,
+                     "num_kv_heads": c.num_kv_heads, "vocab_size": c.vocab_size, "parameters": m.num_parameters(),
+                     "weights_bytes_fp16": 2 * m.num_parameters(),
+                     "kv_bytes_per_token_fp16": 2 * 2 * c.num_layers * c.num_kv_heads * c.head_dim})
+    return pd.DataFrame(rows)
+
+
+@torch.inference_mode()
+def next_token_table(models: dict[str, torch.nn.Module], tokenizer, context: str, k: int = 5) -> pd.DataFrame:
+    """The ``k`` most likely next tokens of each model after ``context`` (one column per model).
+
+    Cells read ``'token' probability``. Shows on real text what the divergences do: a mode-seeking student
+    puts more mass on the teacher's favourite, a mode-covering one keeps the alternatives. Introduced in
+    Chapter 4.
+    """
+    k = check_int("k", k)
+    ids = torch.tensor([tokenizer.encode(context)])
+    out = {}
+    for name, m in models.items():
+        probs = m(ids)[0, -1].float().softmax(-1)
+        top = torch.topk(probs, k)
+        out[name] = [f"{tokenizer.decode([int(i)])!r} {float(p):.3f}" for p, i in zip(top.values, top.indices,
+                                                                                      strict=True)]
+    return pd.DataFrame(out, index=pd.RangeIndex(1, k + 1, name="rank"))
+
+
+def cost_points(curves: pd.DataFrame, costs: pd.DataFrame, shared_by: int = 5) -> pd.DataFrame:
+    """Final validation loss of each tiny run against its training cost, in units of a plain 400-step run.
+
+    ``costs`` is :func:`step_costs`'s table (measured ratios to the plain step). A run with the live teacher
+    costs ``steps × ratio``; a cached run costs its steps plus the teacher passes that built the cache, once
+    if the run pays for it alone (``cache: own``) or divided among the ``shared_by`` runs that read the same
+    cache (``cache: shared``). Black-box and on-policy runs are left out (their costs are of another kind:
+    sampling). Introduced in Chapter 4.
+    """
+    ratio = costs.set_index("mode").ratio_to_plain
+    last = curves.groupby("run").tail(1).set_index("run")
+    base = TINY_BASE.steps
+    rows = []
+    for name, spec in TINY_RUNS.items():
+        if name not in last.index or spec.data != "text" or spec.settings.on_policy_fraction > 0:
+            continue
+        s = spec.settings
+        val = float(last.loc[name, "val_loss"])
+        if s.alpha == 0:
+            rows.append({"run": name, "method": spec.method, "val_loss": val, "cost_plain_steps": s.steps / base})
+        elif s.teacher_mode == "online":
+            rows.append({"run": name, "method": spec.method, "val_loss": val,
+                         "cost_plain_steps": s.steps * ratio["live teacher"] / base})
+        else:
+            teacher = ratio["teacher pass (cache build)"]
+            rows.append({"run": f"{name} (cache: own)", "method": spec.method, "val_loss": val,
+                         "cost_plain_steps": s.steps * (ratio["cached top-k"] + teacher) / base})
+            rows.append({"run": f"{name} (cache: shared)", "method": spec.method, "val_loss": val,
+                         "cost_plain_steps": s.steps * (ratio["cached top-k"] + teacher / shared_by) / base})
+    return pd.DataFrame(rows)
 
 
 def with_settings(settings: DistillSettings, **changes) -> DistillSettings:
