@@ -1,0 +1,68 @@
+"""Decoding algorithms (survey §4): fewer parameters per token, more tokens per forward pass.
+
+* :mod:`.speculative` — speculative sampling (accept/reject with the residual ``max(0, p − q)``, KV rollback)
+  and its drafts: a small model, the target with layers skipped, n-gram prompt lookup;
+* :mod:`.exactness` — the identities and the seeded chi-square test that prove it exact;
+* :mod:`.analytic` — expected tokens per pass, the speedup model, the verification pass on the roofline, and
+  the roofline of dynamic parameter reduction (early exit, contextual sparsity, mixture of experts);
+
+Introduced in Chapter 6.
+"""
+
+from .analytic import (
+    best_draft_length,
+    dynamic_reduction_table,
+    expected_distinct_experts,
+    expected_speedup,
+    expected_tokens_per_pass,
+    moe_decode_table,
+    simulate_distinct_experts,
+    simulate_tokens_per_pass,
+    verification_cost,
+)
+from .exactness import (
+    acceptance_probability,
+    chi_square_test,
+    output_distribution,
+    resample_from_target_accept,
+    speculative_exactness_test,
+)
+from .speculative import (
+    Draft,
+    LayerSkipDraft,
+    ModelDraft,
+    PromptLookupDraft,
+    Proposal,
+    SpeculativeResult,
+    plain_generate,
+    residual_distribution,
+    speculative_accept,
+    speculative_generate,
+)
+
+__all__ = [
+    "Draft",
+    "LayerSkipDraft",
+    "ModelDraft",
+    "PromptLookupDraft",
+    "Proposal",
+    "SpeculativeResult",
+    "acceptance_probability",
+    "best_draft_length",
+    "chi_square_test",
+    "dynamic_reduction_table",
+    "expected_distinct_experts",
+    "expected_speedup",
+    "expected_tokens_per_pass",
+    "moe_decode_table",
+    "output_distribution",
+    "plain_generate",
+    "resample_from_target_accept",
+    "residual_distribution",
+    "simulate_distinct_experts",
+    "simulate_tokens_per_pass",
+    "speculative_accept",
+    "speculative_exactness_test",
+    "speculative_generate",
+    "verification_cost",
+]
