@@ -184,8 +184,10 @@ def model_size(model: nn.Module, dtype_bytes: float = 2.0) -> pd.DataFrame:
         r[1] += nbytes
 
     for name, mod in model.named_modules():
-        kind = name.rsplit(".", 1)[-1] if name else ""
-        if isinstance(mod, (QuantLinear, QuantEmbedding)):
+        parts = name.split(".")
+        # a wrapper's inner linear (e.g. OnlineRotation(o_proj).linear) is named after the wrapper
+        kind = parts[-2] if len(parts) > 1 and parts[-1] == "linear" else parts[-1]
+        if isinstance(mod, (QuantLinear, QuantEmbedding)) or hasattr(mod, "packed_state"):
             if isinstance(mod, QuantLinear) and mod.shares_storage_with is not None:
                 continue
             add(kind, mod.weight.numel(), mod.nbytes)
@@ -215,6 +217,9 @@ def quantized_state_dict(model: nn.Module, dtype: torch.dtype = torch.float16) -
     state: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, mod in model.named_modules():
+        if hasattr(mod, "packed_state"):  # other stored formats (LLM.int8() layers) say what they store
+            state |= {f"{name}.{k}": v for k, v in mod.packed_state().items()}
+            continue
         if isinstance(mod, (QuantLinear, QuantEmbedding)):
             if isinstance(mod, QuantLinear) and mod.shares_storage_with is not None:
                 continue

@@ -127,6 +127,15 @@ class LLMInt8Linear(nn.Module):
         self.outliers_seen += int(mask.sum())
         return llm_int8_matmul(x, self.weight, self.threshold)
 
+    def packed_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint stores: int8 codes and one fp16 scale per output channel."""
+        codes, scale = absmax_int8(self.weight)
+        return {"codes": codes.contiguous(), "scale": scale.to(torch.float16).contiguous()}
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.numel() + 2 * self.weight.shape[0]
+
     @property
     def outlier_fraction(self) -> float:
         return self.outliers_seen / max(self.columns_seen, 1)

@@ -184,18 +184,26 @@ def quantize_values(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, sp
 
     Rounding is to nearest, ties to even (``torch.round``). Introduced in Chapter 3.
     """
-    if spec.zero_point == "float" and not spec.symmetric:
-        q = torch.round((x - zero) / scale)
-    else:
-        q = torch.round(x / scale) + zero
-    return q.clamp(spec.qmin, spec.qmax)
+    float_zero = spec.zero_point == "float" and not spec.symmetric
+    q = (x - zero).div_(scale) if float_zero else x / scale
+    q.round_()
+    if not float_zero and not spec.symmetric:
+        q.add_(zero)
+    return q.clamp_(spec.qmin, spec.qmax)
 
 
-def dequantize_values(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """Real values of codes ``q`` on the grid ``(scale, zero)``. Introduced in Chapter 3."""
+def dequantize_values(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec,
+                      inplace: bool = False) -> torch.Tensor:
+    """Real values of codes ``q`` on the grid ``(scale, zero)`` (overwriting ``q`` with ``inplace``).
+
+    Introduced in Chapter 3.
+    """
+    out = q if inplace else q.clone()
     if spec.zero_point == "float" and not spec.symmetric:
-        return q * scale + zero
-    return (q - zero) * scale
+        return out.mul_(scale).add_(zero)
+    if not spec.symmetric:
+        out.sub_(zero)
+    return out.mul_(scale)
 
 
 @dataclass
@@ -215,7 +223,7 @@ class QuantizedTensor:
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The real-valued tensor the codes stand for (the 'fake-quantized' tensor)."""
         g = _grouped(self.codes.to(self.scale.dtype), self.spec)
-        return dequantize_values(g, self.scale, self.zero, self.spec).reshape(self.shape).to(dtype)
+        return dequantize_values(g, self.scale, self.zero, self.spec, inplace=True).reshape(self.shape).to(dtype)
 
     @property
     def nbytes(self) -> int:
@@ -260,7 +268,7 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec | None) -> torch.Tensor:
     x = check_tensor("x", x)
     g = _grouped(x.detach().to(_work_dtype(x)), spec)
     scale, zero = compute_params(g, spec)
-    out = dequantize_values(quantize_values(g, scale, zero, spec), scale, zero, spec)
+    out = dequantize_values(quantize_values(g, scale, zero, spec), scale, zero, spec, inplace=True)
     return out.reshape(x.shape).to(x.dtype)
 
 
