@@ -110,6 +110,15 @@ def _time_repeats(fn: Callable[[], object], repeats: int) -> list[float]:
     return times
 
 
+def _repeats_for(repeats: int, flops: float, nbytes: float) -> int:
+    """More repeats for cheap benchmarks (up to 4x): a run of a few ms is easily disturbed, and costs little.
+
+    The rule depends only on the work (operations, and bytes weighted 16 ops each), never on a timing.
+    """
+    work = max(flops, 16.0 * nbytes)
+    return repeats * int(min(4, max(1, round(8e9 / work))))
+
+
 def _rows(name: str, kind: str, dtype: str, flops: float, nbytes: float, times: list[float]) -> list[dict]:
     return [
         {"benchmark": name, "kind": kind, "dtype": dtype, "repeat": i, "flops": flops, "bytes": nbytes,
@@ -219,7 +228,7 @@ def measure_matmul(sizes: int | tuple[int, ...] = (1024, 2048), dtypes: tuple[st
                 step(f"{dtype} skipped")
                 continue
             try:
-                times = _time_repeats(fn, repeats)
+                times = _time_repeats(fn, _repeats_for(repeats, flops, nbytes))
             except RuntimeError:  # e.g. a dtype without a CPU kernel in this build
                 step(f"{dtype} unsupported")
                 continue
@@ -395,7 +404,7 @@ def measure_kernels(device: str | Device = "this-machine", *, array_bytes: int |
     rows = []
     with _progress(len(kernels), progress, "kernels") as step:
         for name, shape, dtype, fn, (flops, nbytes) in kernels:
-            times = np.array(_time_repeats(fn, repeats))
+            times = np.array(_time_repeats(fn, _repeats_for(repeats, flops, nbytes)))
             peak_dtype = dtype if dev.has(dtype) else dev.dtypes[0]
             predicted = roofline_time(flops, nbytes, dev, peak_dtype)
             rows.append({

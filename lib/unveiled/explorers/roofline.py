@@ -135,7 +135,7 @@ def roofline_explorer(devices: Iterable[str | Device] = ("a6000", "h100-sxm", "l
         control.observe(redraw, names="value")
     redraw()
     def labelled(text: str, control) -> w.HBox:
-        return w.HBox([w.HTML(f"<b>{text}</b>", layout=w.Layout(width="110px")), control])
+        return w.HBox([w.HTML(f"<b>{text}</b>", layout=w.Layout(width="125px")), control])
 
     controls = w.VBox([labelled("data type", dt), labelled("intensity", inten), labelled("bandwidth ×", bw)])
     return w.VBox([w.HBox([labelled("devices", pick), controls]), chart, table])

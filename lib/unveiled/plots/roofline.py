@@ -362,8 +362,8 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
         options=names, labels=[d.display_name for d in devs], name="device "))
     dtype_param = alt.param(name="dtype", value=dtype, bind=alt.binding_select(options=list(DTYPES),
                                                                                 name="data type "))
-    slider = alt.param(name="log_intensity", value=math.log10(intensity), bind=alt.binding_range(
-        min=math.log10(lo), max=math.log10(hi), step=0.02, name="log10 intensity (ops/byte) "))
+    slider = alt.param(name="log_intensity", value=round(math.log10(intensity), 2), bind=alt.binding_range(
+        min=math.log10(lo), max=math.log10(hi), step=0.01, name="log10 intensity (ops/byte) "))
     x = alt.X("intensity:Q", scale=alt.Scale(type="log", domain=[lo, hi]), axis=_axis(_X_TITLE, True))
     y = alt.Y("tflop_s:Q", scale=alt.Scale(type="log", domain=[1e-3, 2e4]), axis=_axis(_Y_TITLE, True))
     selected = (alt.datum.device == dev_param) & (alt.datum.dtype == dtype_param)
