@@ -21,8 +21,12 @@ from .analysis import analyze, resolve_device
 from .sweep import sweep
 
 __all__ = [
+    "OP_NOTES",
     "compute_bound_batch",
+    "conventions_diff",
+    "decode_intensity_table",
     "devices_now",
+    "errata",
     "figure7_data",
     "figure8_data",
     "figure9_data",
@@ -249,3 +253,157 @@ def compute_bound_batch(model_name, device: str | Device, seq_len: int = 1024, c
         else:
             lo = mid
     return hi
+
+
+# ---- conventions: the paper next to first principles ----------------------------------------------------
+#: Why the two conventions differ, per operator (shown next to the numbers in Chapter 2's errata).
+OP_NOTES: dict[str, str] = {
+    "q_proj": "same in both when head_dim = h/H (a bias adds its FLOPs and bytes in exact)",
+    "k_proj": "paper writes K straight to the cache at kv_bits; exact writes the activation, then kv_store",
+    "v_proj": "as k_proj",
+    "o_proj": "same in both when head_dim = h/H",
+    "gate_proj": "same in both for a gated MLP (paper also invents one for plain MLPs such as OPT's)",
+    "up_proj": "same in both for a gated MLP",
+    "down_proj": "same in both for a gated MLP",
+    "qk_matmul": "paper reads Q with the KV-head count in prefill (under-counts Q under GQA)",
+    "sv_matmul": "same in both (naive attention)",
+    "softmax": "same in both (5 operations per score)",
+    "fused_attention": ("paper writes the s×s scores twice and reads K/V with the query-head count and no causal "
+                        "skipping; exact writes the output once, reads K/V per query tile, skips masked tiles"),
+    "attn_norm": "paper: 7 ops/element, no weight read; exact RMSNorm: 4 ops/element and reads its weight",
+    "mlp_norm": "as attn_norm",
+    "attn_add": "paper reads one operand; exact reads both (and writes the sum)",
+    "mlp_add": "as attn_add",
+    "mlp_act": "paper sizes SwiGLU with the hidden width h; exact with the intermediate width I",
+    "lm_head": ("paper: B·h·V operations (no factor 2), activations not scaled by the batch; exact: 2 FLOPs per "
+                "MAC, last position of each sequence, fp32 logits"),
+    "embed_tokens": "missing in paper (the lookup reads one table row per token)",
+    "rope": "missing in paper (rotary embedding of queries and keys)",
+    "kv_store": "missing in paper as an operator (the append of new K/V to the cache)",
+    "final_norm": "missing in paper",
+}
+
+
+def conventions_diff(model_name: str = "llama-2-7b", device: str | Device = "a6000", *, stage: str = "prefill",
+                     **kw) -> pd.DataFrame:
+    """The same pass under the paper and the exact conventions, operator by operator (all instances).
+
+    Columns: ``op``, then ``flops``, ``bytes`` and ``time_s`` (count × per instance) under each convention
+    (``_paper``, ``_exact``), ``time_ratio`` (exact / paper) and ``why`` (:data:`OP_NOTES`); the last row is
+    the total. Each convention uses its own hardware numbers (LLM-Viewer's, the datasheet's) unless a
+    :class:`~unveiled.hardware.Device` is passed. Introduced in Chapter 2.
+    """
+    tables = {}
+    for conv in ("paper", "exact"):
+        dev = device if isinstance(device, Device) else resolve_device(device, conv)
+        ops = analyze(model_name, dev, stage=stage, conventions=conv, **kw).ops
+        tables[conv] = pd.DataFrame({"op": ops.op, "flops": ops["count"] * ops.flops,
+                                     "bytes": ops["count"] * ops.bytes, "time_s": ops.total_time_s})
+    df = tables["paper"].merge(tables["exact"], on="op", how="outer", suffixes=("_paper", "_exact"), sort=False)
+    order = list(dict.fromkeys(tables["exact"].op.tolist() + tables["paper"].op.tolist()))
+    df = df.set_index("op").loc[order].fillna(0.0).reset_index()
+    total = df.drop(columns="op").sum().to_frame().T.assign(op="total")
+    df = pd.concat([df, total[df.columns]], ignore_index=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df["time_ratio"] = np.where(df.time_s_paper > 0, df.time_s_exact / df.time_s_paper, np.inf)
+    df["why"] = df.op.map(OP_NOTES).fillna("")
+    return df
+
+
+def _op(model_name, device, conv, col="bytes", op=None, **kw):
+    a = analyze(model_name, device, conventions=conv, check_context=False, **kw)
+    if op is None:
+        return getattr(a, col) if col != "weights" else a.memory.weights
+    row = a.ops.set_index("op").loc[op]
+    return float(row["count"] * row[col])
+
+
+def errata() -> pd.DataFrame:
+    """LLM-Viewer's accounting errors that the exact convention fixes, each measured on an example.
+
+    One row per item: what LLM-Viewer (commit 472f71f) does, what first principles say, the example, the
+    quantity compared, its value under each convention and their ratio. All values come from
+    :func:`analyze`; the items follow the research notes' list of formula errors. Introduced in Chapter 2.
+    """
+    a6000 = "a6000"
+    rows = []
+
+    def add(item, llm_viewer, first_principles, example, metric, paper, exact):
+        rows.append({"item": item, "LLM-Viewer": llm_viewer, "first principles": first_principles,
+                     "example": example, "metric": metric, "paper": paper, "exact": exact,
+                     "exact / paper": exact / paper if paper else np.inf})
+
+    pre = dict(stage="prefill", seq_len=2048)
+    add("SwiGLU width", "mlp_act sized with the hidden width h", "the gate and up outputs have width I",
+        "Llama-2-7b prefill, 2048 tokens", "mlp_act bytes", _op("llama-2-7b", a6000, "paper", op="mlp_act", **pre),
+        _op("llama-2-7b", a6000, "exact", op="mlp_act", **pre))
+    dec16 = dict(stage="decode", seq_len=2048, batch=16)
+    add("lm_head FLOPs", "B·h·V operations", "2·B·h·V (a MAC is 2 FLOPs)", "Llama-2-7b decode, batch 16",
+        "lm_head FLOPs", _op("llama-2-7b", a6000, "paper", "flops", op="lm_head", **dec16),
+        _op("llama-2-7b", a6000, "exact", "flops", op="lm_head", **dec16))
+    add("residual add", "reads one operand", "reads both operands", "Llama-2-7b prefill, 2048 tokens",
+        "attn_add bytes", _op("llama-2-7b", a6000, "paper", op="attn_add", **pre),
+        _op("llama-2-7b", a6000, "exact", op="attn_add", **pre))
+    fa = dict(stage="prefill", seq_len=4096, flash_attention=True)
+    add("FlashAttention output", "stores the s×s scores twice", "writes the output once",
+        "Llama-2-7b prefill, 4096 tokens", "fused_attention bytes",
+        _op("llama-2-7b", a6000, "paper", op="fused_attention", **fa),
+        _op("llama-2-7b", a6000, "exact", op="fused_attention", **fa))
+    add("causal masking", "full s×s attention work", "skips the tiles above the diagonal",
+        "Llama-2-7b prefill, 4096 tokens", "fused_attention FLOPs",
+        _op("llama-2-7b", a6000, "paper", "flops", op="fused_attention", **fa),
+        _op("llama-2-7b", a6000, "exact", "flops", op="fused_attention", **fa))
+    fad = dict(stage="decode", seq_len=4096, batch=8, flash_attention=True)
+    add("FlashAttention K/V heads (GQA)", "reads K/V for every query head", "reads K/V once per KV head",
+        "Llama-2-70b decode, batch 8, 4096 cached", "fused_attention bytes",
+        _op("llama-2-70b", a6000, "paper", op="fused_attention", **fad),
+        _op("llama-2-70b", a6000, "exact", op="fused_attention", **fad))
+    add("FlashAttention K/V (March 2024 code)", "counts K or V, not both (paper-2024-03)", "reads K and V",
+        "Llama-2-13b decode, 102400 cached", "fused_attention bytes",
+        _op("llama-2-13b", a6000, "paper-2024-03", op="fused_attention", stage="decode", seq_len=102_400,
+            flash_attention=True),
+        _op("llama-2-13b", a6000, "exact", op="fused_attention", stage="decode", seq_len=102_400,
+            flash_attention=True))
+    gq = dict(stage="prefill", seq_len=2048)
+    add("Q load under GQA", "qk_matmul reads Q with the KV-head count", "Q has the query heads",
+        "Llama-3-8b prefill, 2048 tokens", "qk_matmul bytes", _op("llama-3-8b", a6000, "paper", op="qk_matmul", **gq),
+        _op("llama-3-8b", a6000, "exact", op="qk_matmul", **gq))
+    add("weights in memory", "linear layers only", "embeddings, lm_head and norms too", "Llama-3-8b, FP16",
+        "weight bytes", _op("llama-3-8b", a6000, "paper", "weights", stage="decode", seq_len=1),
+        _op("llama-3-8b", a6000, "exact", "weights", stage="decode", seq_len=1))
+    act = dict(stage="prefill", seq_len=4096)
+    add("activation memory", "sum of every stored activation of a layer", "peak of the live activations",
+        "Llama-2-7b prefill, 4096 tokens", "activation bytes",
+        analyze("llama-2-7b", a6000, conventions="paper", **act).memory.activations,
+        analyze("llama-2-7b", a6000, conventions="exact", **act).memory.activations)
+    add("explicit head_dim", "head size h/H and q/o projections h×h", "head_dim from the config (H·d ≠ h)",
+        "Gemma-7b, FP16", "weight bytes", _op("gemma-7b", a6000, "paper", "weights", stage="decode", seq_len=1),
+        _op("gemma-7b", a6000, "exact", "weights", stage="decode", seq_len=1))
+    add("mixture of experts", "Mixtral analysed as a dense model", "top-k of E experts, distinct experts touched",
+        "Mixtral-8x7B decode, batch 1", "bytes of one step",
+        _op("mixtral-8x7b", a6000, "paper", stage="decode", seq_len=1024),
+        _op("mixtral-8x7b", a6000, "exact", stage="decode", seq_len=1024))
+    add("plain MLP", "a gate_proj for OPT too", "OPT's MLP is fc1, ReLU, fc2", "OPT-6.7b, FP16", "weight bytes",
+        _op("opt-6.7b", a6000, "paper", "weights", stage="decode", seq_len=1),
+        _op("opt-6.7b", a6000, "exact", "weights", stage="decode", seq_len=1))
+    w8 = dict(stage="prefill", seq_len=2048, w_bits=8, a_bits=8, kv_bits=16)
+    add("compute peak per operator", "INT8 roof only if w, a and kv bits are all <= 8, for all operators",
+        "each matmul runs in the type of its operands (W8A8 GEMMs in INT8)", "Llama-2-7b prefill, W8A8KV16",
+        "time of one pass (s)", _op("llama-2-7b", a6000, "paper", "time_s", **w8),
+        _op("llama-2-7b", a6000, "exact", "time_s", **w8))
+    return pd.DataFrame(rows)
+
+
+def decode_intensity_table(model_name: str = "llama-2-7b", device: str | Device = "a6000", seq_len: int = 1024,
+                           batches=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+                           ops=("q_proj", "down_proj", "qk_matmul", "lm_head"), **kw) -> pd.DataFrame:
+    """Arithmetic intensity of a few decode operators versus the batch: linear layers climb with it,
+    attention over each sequence's own KV cache does not. Introduced in Chapter 2."""
+    rows = []
+    for b in batches:
+        a = analyze(model_name, device, stage="decode", batch=b, seq_len=seq_len, **kw).ops.set_index("op")
+        for op in ops:
+            if op in a.index:
+                rows.append({"batch": b, "op": op, "intensity": float(a.loc[op, "intensity"]),
+                             "bound": a.loc[op, "bound"]})
+    return pd.DataFrame(rows)

@@ -139,33 +139,35 @@ def analyzer_explorer(model: str = "llama-2-7b", device: str = "a6000", *, stage
 
     first = analyze(model, device, stage=stage, batch=batch, seq_len=seq_len, w_bits=w_bits, a_bits=a_bits,
                     kv_bits=kv_bits, flash_attention=flash_attention, conventions=conventions, check_context=False)
-    style = {"description_width": "initial"}
     bits = [1, 2, 3, 4, 8, 16]
     powers = [2**k for k in range(0, 11)]
     lengths = [2**k for k in range(4, 18)]
+    narrow = w.Layout(width="80px")
+    # Dropdowns with separate HTML labels only: the static page's widget manager typesets descriptions, button
+    # and slider labels with the MathJax 2 API, which the book's MathJax 3 lacks.
     c = {
-        "model": w.Dropdown(options=model_names(), value=first.model.name, description="model", style=style),
+        "model": w.Dropdown(options=model_names(), value=first.model.name, layout=w.Layout(width="170px")),
         "device": w.Dropdown(options=device_names("datasheet"), value=first.device.name if first.device.preset
-                             == "datasheet" else device, description="device", style=style),
-        "stage": w.ToggleButtons(options=["prefill", "decode"], value=stage, style={"button_width": "70px"}),
-        "batch": w.SelectionSlider(options=sorted({*powers, batch}), value=batch, description="batch", style=style),
-        "seq_len": w.SelectionSlider(options=sorted({*lengths, seq_len}), value=seq_len, description="sequence",
-                                     style=style),
-        "w_bits": w.Dropdown(options=bits, value=w_bits, description="W bits", style=style,
-                             layout=w.Layout(width="120px")),
-        "a_bits": w.Dropdown(options=[4, 8, 16, 32], value=a_bits, description="A bits", style=style,
-                             layout=w.Layout(width="120px")),
-        "kv_bits": w.Dropdown(options=bits, value=kv_bits, description="KV bits", style=style,
-                              layout=w.Layout(width="120px")),
-        "flash_attention": w.Checkbox(value=flash_attention, description="FlashAttention", indent=False),
-        "conventions": w.ToggleButtons(options=["exact", "paper"], value=conventions,
-                                       style={"button_width": "60px"}),
+                             == "datasheet" else device, layout=w.Layout(width="150px")),
+        "stage": w.Dropdown(options=["prefill", "decode"], value=stage, layout=w.Layout(width="100px")),
+        "batch": w.Dropdown(options=sorted({*powers, batch}), value=batch, layout=narrow),
+        "seq_len": w.Dropdown(options=sorted({*lengths, seq_len}), value=seq_len, layout=w.Layout(width="100px")),
+        "w_bits": w.Dropdown(options=bits, value=w_bits, layout=narrow),
+        "a_bits": w.Dropdown(options=[4, 8, 16, 32], value=a_bits, layout=narrow),
+        "kv_bits": w.Dropdown(options=bits, value=kv_bits, layout=narrow),
+        "flash_attention": w.Dropdown(options=[("naive", False), ("FlashAttention", True)], value=flash_attention,
+                                      layout=w.Layout(width="140px")),
+        "conventions": w.Dropdown(options=["exact", "paper"], value=conventions, layout=w.Layout(width="90px")),
     }
+
+    def label(text: str, width: str = "70px"):
+        return w.HTML(f"<b>{text}</b>", layout=w.Layout(width=width))
+
     summary = w.HTML(_summary_html(first))
     graph = w.HTML(operator_graph_html(first), layout=w.Layout(width="330px"))
     roof = w.HTML(operator_roofline_svg(first))
     op_pick = w.Dropdown(options=list(first.ops.op), value=first.ops.sort_values("time_share").op.iloc[-1],
-                         description="operator details", style=style)
+                         layout=w.Layout(width="200px"))
     detail = w.HTML(_detail_html(first, op_pick.value))
     state = {"a": first}
 
@@ -191,9 +193,11 @@ def analyzer_explorer(model: str = "llama-2-7b", device: str = "a6000", *, stage
         widget.observe(update, names="value")
     op_pick.observe(lambda _: setattr(detail, "value", _detail_html(state["a"], op_pick.value)), names="value")
     controls = w.VBox([
-        w.HBox([c["model"], c["device"], c["conventions"]]),
-        w.HBox([c["stage"], c["flash_attention"]]),
-        w.HBox([c["batch"], c["seq_len"]]),
-        w.HBox([c["w_bits"], c["a_bits"], c["kv_bits"]]),
+        w.HBox([label("model"), c["model"], label("device"), c["device"], label("counting", "80px"),
+                c["conventions"]]),
+        w.HBox([label("stage"), c["stage"], label("attention", "80px"), c["flash_attention"]]),
+        w.HBox([label("batch"), c["batch"], label("sequence", "80px"), c["seq_len"]]),
+        w.HBox([label("W bits"), c["w_bits"], label("A bits"), c["a_bits"], label("KV bits"), c["kv_bits"]]),
     ])
-    return w.VBox([controls, summary, w.HBox([graph, w.VBox([roof, op_pick, detail])])])
+    details = w.VBox([roof, w.HBox([label("operator", "80px"), op_pick]), detail])
+    return w.VBox([controls, summary, w.HBox([graph, details])])

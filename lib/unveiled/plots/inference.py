@@ -22,6 +22,7 @@ from .style import BOUND_COLORS, PRECISION_COLORS, STAGE_COLORS, color_scale
 __all__ = [
     "bandwidth_chart",
     "conventions_chart",
+    "decode_intensity_chart",
     "flash_attention_chart",
     "memory_bars_chart",
     "operator_grid",
@@ -34,7 +35,8 @@ __all__ = [
 _SVG = {"embedOptions": {"renderer": "svg"}}
 _X = "arithmetic intensity (FLOPs/byte)"
 _Y = "attainable performance (TFLOP/s)"
-_DECADES = "format(datum.value, '~g')"
+# label only the powers of ten of a log axis (the minor ticks stay unlabelled)
+_DECADES = "abs(log(datum.value) / log(10) - round(log(datum.value) / log(10))) < 1e-6 ? datum.label : ''"
 
 
 def _svg(chart):
@@ -42,16 +44,35 @@ def _svg(chart):
 
 
 def _ops_points(a: Analysis) -> pd.DataFrame:
+    """One point per operator on the roofline; operators at the same point (q/k/v/o_proj in decode, the two
+    norms, the two adds) share one labelled point, so that the labels stay readable."""
     ops = a.ops
     ops = ops[(ops.flops > 0) & (ops.bytes > 0)]  # zero-FLOP copies (embedding, KV append) are off a log axis
-    return pd.DataFrame({
+    df = pd.DataFrame({
         "op": ops.op, "intensity": ops.intensity, "tflop_s": ops.attainable_flop_s / 1e12,
         "bound": ops.bound, "dtype": ops.compute_dtype, "time_share_pct": 100 * ops.time_share,
         "time_ms": 1e3 * ops.total_time_s,
     })
+    key = [df.intensity.map(lambda v: f"{v:.3g}"), df.tflop_s.map(lambda v: f"{v:.3g}"), df.dtype]
+    out = df.groupby(key, sort=False, as_index=False).agg(
+        op=("op", ", ".join), intensity=("intensity", "first"), tflop_s=("tflop_s", "first"),
+        bound=("bound", "first"), dtype=("dtype", "first"), time_share_pct=("time_share_pct", "sum"),
+        time_ms=("time_ms", "sum"))
+    names = out.op.str.split(", ")
+    out["label"] = [", ".join(n) if len(n) <= 2 else f"{n[0]}, {n[1]} +{len(n) - 2}" for n in names]
+    # stagger the labels of points that crowd together (within a factor 2 in intensity): the k-th label of a
+    # crowd is drawn 2^k higher on the log axis, joined to its point by a thin leader line
+    order = out.sort_values("intensity").index
+    rank, last, k = {}, None, 0
+    for i in order:
+        x = out.at[i, "intensity"]
+        k = k + 1 if last is not None and x < 2 * last else 0
+        rank[i], last = k, (x if k == 0 else last)
+    out["label_y"] = out.tflop_s * 2.0 ** out.index.map(rank)
+    return out
 
 
-def operator_roofline_chart(a: Analysis, *, title: str = "", width: int = 520, height: int = 320) -> alt.LayerChart:
+def operator_roofline_chart(a: Analysis, *, title: str = "", width: int = 480, height: int = 320) -> alt.LayerChart:
     """Every operator of an analysis on its device's roofline (log–log), sized by its share of the pass's time.
 
     One roofline per compute data type the operators use; colour says memory- or compute-bound; hover for
@@ -74,12 +95,14 @@ def operator_roofline_chart(a: Analysis, *, title: str = "", width: int = 520, h
         fill=alt.Fill("bound:N", scale=color_scale(BOUND_COLORS, ["memory", "compute"])),
         tooltip=["op:N", alt.Tooltip("intensity:Q", format=".3~g"), alt.Tooltip("tflop_s:Q", format=".3~g"),
                  "bound:N", "dtype:N", alt.Tooltip("time_share_pct:Q", format=".1f")])
-    labels = points.mark_text(align="left", dx=6, dy=-6, fontSize=9).encode(text="op:N", size=alt.value(9),
-                                                                                fill=alt.value("#333"))
+    labels = alt.Chart(pts).mark_text(align="left", dx=7, dy=-4, fontSize=9, color="#333").encode(
+        x=x, y=alt.Y("label_y:Q", scale=alt.Scale(type="log")), text="label:N")
+    leaders = alt.Chart(pts[pts.label_y > pts.tflop_s]).mark_rule(color="#bbbbbb", strokeWidth=0.8).encode(
+        x=x, y="tflop_s:Q", y2="label_y:Q")
     title = title or (f"{a.model.name} on {a.device.display_name}: {a.stage}, batch {a.batch}, seq_len {a.seq_len}, "
                       f"W{a.w_bits}A{a.a_bits}KV{a.kv_bits}")
-    return _svg(alt.layer(roof, points, labels).properties(width=width, height=height, title=title)
-                .resolve_scale(color="independent"))
+    return _svg(alt.layer(roof, leaders, points, labels).properties(width=width, height=height, title=title)
+                .resolve_scale(color="independent").configure_legend(orient="bottom", direction="horizontal"))
 
 
 def operator_grid(model: str = "llama-2-7b", devices: Sequence[str] = ("a6000", "h100-sxm"),
@@ -109,9 +132,10 @@ def operator_grid(model: str = "llama-2-7b", devices: Sequence[str] = ("a6000", 
                         cfgs.append({"c": code, "device": name, "stage": stage, "batch": b, "seq_len": s,
                                      "bits": label, "ms": round(an.time_s * 1e3, 4)})
                         rows.append(pd.DataFrame({
-                            "c": code, "op": p.op.to_numpy(),
+                            "c": code, "op": p.label.to_numpy(),
                             "x": [float(f"{v:.3g}") for v in p.intensity],
                             "y": [float(f"{v:.3g}") for v in p.tflop_s],
+                            "ly": [float(f"{v:.3g}") for v in p.label_y],
                             "b": p.bound.str[0].to_numpy(),
                             "s": [round(v, 1) for v in p.time_share_pct]}))
     return pd.concat(rows, ignore_index=True), pd.DataFrame(cfgs)
@@ -121,7 +145,7 @@ def _code(device_index, stage, batch, seq_len, bits_index) -> str:
     return f"{device_index}{stage[0]}{batch}_{seq_len}_{bits_index}"
 
 
-def operator_roofline_explorer_chart(grid: tuple[pd.DataFrame, pd.DataFrame], *, width: int = 520,
+def operator_roofline_explorer_chart(grid: tuple[pd.DataFrame, pd.DataFrame], *, width: int = 480,
                                      height: int = 320) -> alt.LayerChart:
     """The operators of a model on the roofline, with dropdowns for device, stage, batch, sequence length and
     bits that work in the static page (Altair parameters over :func:`operator_grid`'s precomputed grid).
@@ -173,14 +197,16 @@ def operator_roofline_explorer_chart(grid: tuple[pd.DataFrame, pd.DataFrame], *,
                 "datum.label == 'm' ? 'memory' : 'compute'"))),
         tooltip=[alt.Tooltip("op:N", title="operator"), alt.Tooltip("x:Q", title="FLOPs/byte"),
                  alt.Tooltip("y:Q", title="TFLOP/s"), alt.Tooltip("s:Q", title="% of time")])
-    labels = points.mark_text(align="left", dx=6, dy=-6, fontSize=9).encode(
-        text="op:N", size=alt.value(9), fill=alt.value("#333"))
+    labels = base.mark_text(align="left", dx=7, dy=-4, fontSize=9, color="#333").encode(
+        x=x, y=alt.Y("ly:Q", scale=y_scale, axis=y_ax), text="op:N")
+    leaders = base.transform_filter("datum.ly > datum.y").mark_rule(color="#bbbbbb", strokeWidth=0.8).encode(
+        x=x, y=y, y2="ly:Q")
     total = alt.Chart(cfgs[["c", "ms"]]).transform_filter(selected).transform_calculate(
         text="'one pass: ' + format(datum.ms, ',.4~g') + ' ms'").mark_text(
         align="left", x=8, y=12, fontWeight="bold").encode(text="text:N")
-    chart = alt.layer(roof, points, labels, total).add_params(*params).properties(
+    chart = alt.layer(roof, leaders, points, labels, total).add_params(*params).properties(
         width=width, height=height, title="Every operator of one pass on the roofline (pick the setting below)")
-    return _svg(chart.resolve_scale(color="independent"))
+    return _svg(chart.resolve_scale(color="independent").configure_legend(orient="bottom", direction="horizontal"))
 
 
 def memory_bars_chart(df: pd.DataFrame, *, relative: bool = True, column: str = "stage", title: str = "",
@@ -319,3 +345,20 @@ def devices_decode_table(model: str, devices: Sequence[str | Device], **kw) -> p
         rows.append({"device": a.device.display_name, "bandwidth_GB_s": a.device.bandwidth / 1e9,
                      "time_s": a.time_s})
     return pd.DataFrame(rows)
+
+
+def decode_intensity_chart(df: pd.DataFrame, ridge: float | None = None, *, title: str = "", width: int = 420,
+                           height: int = 260) -> alt.LayerChart:
+    """Arithmetic intensity of decode operators versus batch (log–log), with the device's ridge point as a
+    dashed line: ``df`` from ``survey.decode_intensity_table``. Introduced in Chapter 2."""
+    x = alt.X("batch:Q", scale=alt.Scale(type="log", base=2), title="batch size (sequences)")
+    y = alt.Y("intensity:Q", scale=alt.Scale(type="log"), title=_X, axis=alt.Axis(labelExpr=_DECADES))
+    lines = alt.Chart(df).mark_line(point=True).encode(
+        x=x, y=y, color=alt.Color("op:N", title="operator", scale=alt.Scale(scheme="tableau10")),
+        tooltip=["op:N", "batch:Q", alt.Tooltip("intensity:Q", format=".3~g"), "bound:N"])
+    layers = [lines]
+    if ridge:
+        rule = alt.Chart(pd.DataFrame({"ridge": [ridge], "label": [f"ridge point {ridge:.0f}"]}))
+        layers += [rule.mark_rule(strokeDash=[6, 4], color="black").encode(y="ridge:Q"),
+                   rule.mark_text(align="left", x=4, dy=-6, fontSize=10).encode(y="ridge:Q", text="label:N")]
+    return _svg(alt.layer(*layers).properties(width=width, height=height, title=title))
