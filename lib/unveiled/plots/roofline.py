@@ -117,8 +117,11 @@ def roofline_chart(lines: Iterable, points: pd.DataFrame | None = None, *, log: 
     xscale = alt.Scale(type="log", domain=[lo, hi]) if log else alt.Scale(domain=[lo, hi], nice=False)
     if y_domain is None:
         top = float(df["tflop_s"].max())
-        y_domain = _decades(max(float(df["tflop_s"][df["tflop_s"] > 0].min()), top / 1e4), top * 1.5) if log \
-            else [0.0, top * 1.1]
+        ys = list(df["tflop_s"][df["tflop_s"] > 0])
+        if points is not None and "flop_s" in points:
+            ys += [v / 1e12 for v in points["flop_s"] if v > 0]
+            top = max(top, max(ys))
+        y_domain = _decades(max(min(ys), top / 1e9), top * 1.5) if log else [0.0, top * 1.1]
     yscale = alt.Scale(type="log", domain=list(y_domain)) if log else alt.Scale(domain=list(y_domain), nice=False)
     if color == "dtype":
         dts = list(dict.fromkeys(df["dtype"]))
@@ -147,7 +150,7 @@ def roofline_chart(lines: Iterable, points: pd.DataFrame | None = None, *, log: 
         layers.append(alt.Chart(bands).mark_text(baseline="bottom", dy=-6, fontWeight="bold").encode(
             x=alt.X("mid:Q", scale=xscale), y=alt.value(height), text="label:N", fill=fill,
         ).transform_calculate(mid="sqrt(datum.x * datum.x2)" if log else "(datum.x + datum.x2) / 2"))
-    layers.append(base.mark_line(strokeWidth=2.5))
+    layers.append(base.mark_line(strokeWidth=2.5, clip=True))
     if annotate_ridges:
         ridges = df[df["intensity"] == df["ridge"]]
         layers.append(base.transform_filter(alt.datum.intensity == alt.datum.ridge).mark_point(
