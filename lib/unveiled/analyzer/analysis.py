@@ -134,15 +134,16 @@ def evaluate(spec: ModelSpec, device: Device, st: Setting) -> _Evaluation:
     shape = np.broadcast_shapes(*(np.shape(v) for v in (st.batch, st.seq_len, st.w_bits, st.a_bits, st.kv_bits)))
     full = (len(ops), *shape)
 
-    if shape == ():
-        def stack(attr):
-            return np.array([float(getattr(op, attr)) for op in ops])
+    keys = ("flops", "load_weight", "load_act", "store_act", "load_kv", "store_kv")
+    if shape == ():  # one configuration: plain floats, one array (the common, latency-sensitive case)
+        table = np.array([[float(op.flops), float(op.load_weight), float(op.load_act), float(op.store_act),
+                           float(op.load_kv), float(op.store_kv)] for op in ops])
+        cols = dict(zip(keys, table.T, strict=True))
     else:
-        def stack(attr):
-            return np.stack([np.broadcast_to(np.asarray(getattr(op, attr), dtype=float), shape) for op in ops])
-
-    flops = stack("flops")
-    parts = {k: stack(k) for k in ("load_weight", "load_act", "store_act", "load_kv", "store_kv")}
+        cols = {k: np.stack([np.broadcast_to(np.asarray(getattr(op, k), dtype=float), shape) for op in ops])
+                for k in keys}
+    flops = cols["flops"]
+    parts = {k: cols[k] for k in keys[1:]}
     total = parts["load_weight"] + parts["load_act"] + parts["store_act"] + parts["load_kv"] + parts["store_kv"]
     names, dtype_idx = _dtype_indices(ops, device, st, shape)
     time = np.empty(full)

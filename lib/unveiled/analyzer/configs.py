@@ -308,8 +308,9 @@ def _param_rows(s: ModelSpec) -> list[tuple[str, int, int]]:
     return [(c, p, n) for c, p, n, _ in _param_rows_classed(s)]
 
 
+@functools.lru_cache(maxsize=256)
 def param_classes(s: ModelSpec) -> dict[str, int]:
-    """Parameters per storage class: ``{"linear": ..., "embedding": ..., "other": ...}``."""
+    """Parameters per storage class: ``{"linear": ..., "embedding": ..., "other": ...}`` (do not mutate)."""
     out = {"linear": 0, "embedding": 0, "other": 0}
     for _, p, n, cls in _param_rows_classed(s):
         out[cls] += p * n
