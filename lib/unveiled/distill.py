@@ -76,6 +76,8 @@ __all__ = [
     "model_table",
     "next_token_table",
     "reverse_kl",
+    "smollm2_blackbox",
+    "smollm2_continuations",
     "step_costs",
     "student_report",
     "teacher_samples",
@@ -1174,7 +1176,7 @@ def student_report(
     students: dict[str, torch.nn.Module],
     teacher: torch.nn.Module,
     val: torch.Tensor,
-    samples: torch.Tensor | None = None,
+    samples: tuple[torch.Tensor, torch.Tensor] | None = None,
     max_chars: int | None = None,
     sample_count: int = 64,
     seed: int = 0,
@@ -1186,8 +1188,8 @@ def student_report(
     teacher's nats/char on text the student samples at τ = 1: the *precision* MiniLLM argues reverse KL
     improves), ``acceptance_text`` and ``acceptance_greedy`` (α = E[Σ min(p, q)] as a speculative draft
     for the teacher, at τ = 1 and τ = 0, teacher-forced on the validation text) and ``acceptance_samples``
-    (α at τ = 1 on the teacher's own samples, the text speculative sampling actually sees).
-    Introduced in Chapter 4.
+    (α at τ = 1 on the teacher's own samples, the text speculative sampling actually sees; ``samples`` is
+    :func:`teacher_samples`'s pair, and only the generated positions count). Introduced in Chapter 4.
     """
     from .evaluation import perplexity
 
@@ -1196,8 +1198,8 @@ def student_report(
     rows = []
     with torch.inference_mode():
         teacher_logits = [teacher(chunks[i : i + 32]) for i in range(0, len(chunks), 32)]
-        sample_logits = None if samples is None else [teacher(samples[i : i + 32, :-1])
-                                                      for i in range(0, len(samples), 32)]
+        seqs, smask = (None, None) if samples is None else samples
+        sample_logits = None if seqs is None else [teacher(seqs[i : i + 32, :-1]) for i in range(0, len(seqs), 32)]
         prompts = chunks[:sample_count, :16] if len(chunks) >= sample_count else chunks[:, :16]
         for name, model in students.items():
             ent, acc1, acc0, n = 0.0, 0.0, 0.0, 0
@@ -1209,12 +1211,13 @@ def student_report(
                 acc0 += float(expected_acceptance(t_logits, s_logits, 0.0, reduction="sum"))
                 n += t_logits.shape[0] * t_logits.shape[1]
             acc_s = float("nan")
-            if samples is not None:
+            if seqs is not None:
                 tot, cnt = 0.0, 0
-                for i, t_logits in zip(range(0, len(samples), 32), sample_logits, strict=True):
-                    s_logits = model(samples[i : i + 32, :-1])
-                    tot += float(expected_acceptance(t_logits, s_logits, 1.0, reduction="sum"))
-                    cnt += t_logits.shape[0] * t_logits.shape[1]
+                for i, t_logits in zip(range(0, len(seqs), 32), sample_logits, strict=True):
+                    acc = expected_acceptance(t_logits, model(seqs[i : i + 32, :-1]), 1.0, reduction="none")
+                    keep = smask[i : i + 32]
+                    tot += float(acc[keep].double().sum())
+                    cnt += int(keep.sum())
                 acc_s = tot / cnt
             from .generation import generate
 
@@ -1329,7 +1332,7 @@ def tiny_eval() -> pd.DataFrame:
     torch.set_num_threads(2)
     teacher = load("M")
     windows, val = tiny_data()
-    samples, _ = tiny_sample_windows(teacher, windows, n=256, seed=1)
+    samples = tiny_sample_windows(teacher, windows, n=256, seed=1)
     students = {"teacher": teacher, **{name: load_student(name) for name in TINY_RUNS}}
     report = student_report(students, teacher, val, samples=samples)
     report = report[report.student != "teacher"].reset_index(drop=True).pipe(
@@ -1465,6 +1468,97 @@ def decode_on_this_machine(
     df = pd.DataFrame(rows)
     df["overhead_factor"] = df.measured_tpot_s / df.predicted_tpot_s
     return df
+
+
+# --------------------------------------------------------------------------------------------------
+# Black-box distillation from the real pretrained model (SmolLM2) into a character model
+# --------------------------------------------------------------------------------------------------
+
+
+def smollm2_continuations(n: int = 160, prompt_tokens: int = 48, new_tokens: int = 64, temperature: float = 1.0,
+                          seed: int = 0, batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
+    """SmolLM2-135M's continuations of ``n`` passages of Tiny Shakespeare's training split (black-box outputs).
+
+    Each prompt is the first ``prompt_tokens`` BPE tokens of a seeded 600-character passage; SmolLM2 samples
+    ``new_tokens`` more at ``temperature``. Returns ``prompt`` and ``continuation`` texts. Only text crosses
+    over: this is how a character model can learn from a BPE model. Introduced in Chapter 4.
+    """
+    from .generation import generate
+    from .smollm2 import load_smollm2, smollm2_tokenizer
+    from .text import corpus_split
+
+    model = load_smollm2(progress=progress)
+    tok = smollm2_tokenizer()
+    text = corpus_split("train")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(text) - 600, (n,), generator=gen).tolist()
+    prompts = torch.tensor([tok.encode(text[s : s + 600])[:prompt_tokens] for s in starts])
+    rows = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc="SmolLM2 continuations", leave=False)
+    for i in range(0, n, batch_size):
+        out = generate(model, prompts[i : i + batch_size], new_tokens, temperature=temperature, seed=seed + i,
+                       progress=False)
+        for row in out.tolist():
+            rows.append({"prompt": tok.decode(row[:prompt_tokens]), "continuation": tok.decode(row[prompt_tokens:])})
+        if bar is not None:
+            bar.update(len(out))
+    if bar is not None:
+        bar.close()
+    return pd.DataFrame(rows)
+
+
+def _char_windows(texts: Sequence[str], seq_len: int) -> tuple[torch.Tensor, int, int]:
+    """Character windows of the concatenated texts (characters outside the 65-character vocabulary dropped)."""
+    from .text import shakespeare_tokenizer
+
+    tok = shakespeare_tokenizer()
+    joined = "\n".join(texts)
+    ids = tok.encode(joined, errors="skip")
+    return text_windows(torch.tensor(ids), seq_len, stride=seq_len // 2), len(joined), len(ids)
+
+
+@experiment("smollm2_blackbox", "Black-box distillation from SmolLM2-135M into the character student S")
+def smollm2_blackbox(steps: int = 80, held_out: int = 32) -> pd.DataFrame:
+    """Fine-tune the shipped student S on SmolLM2's text and measure how far it moves towards its teacher.
+
+    SmolLM2 (49,152 BPE tokens) and S (65 characters) share no vocabulary, so no token-level loss applies; the
+    student can still train on SmolLM2's text (sequence-level distillation [Kim & Rush 2016]). S is
+    fine-tuned for ``steps`` steps (16 × 128 characters, lr 1e-3) on the continuations of 128 passages and
+    evaluated, before and after, on ``held_out`` other continuations (the teacher's distribution) and on
+    Tiny Shakespeare's validation text. Rows: ``model`` (before/after), ``teacher_text_loss``,
+    ``shakespeare_val_loss`` (nats/char), plus the characters dropped as out of vocabulary.
+    Introduced in Chapter 4.
+    """
+    from .zoo import load
+
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    conts = smollm2_continuations()
+    gen_time = time.perf_counter() - t0
+    texts = conts.continuation.tolist()
+    train, _, _ = _char_windows(texts[held_out:], TINY_SEQ_LEN)
+    test, chars, kept = _char_windows(texts[:held_out], TINY_SEQ_LEN)
+    _, val = tiny_data()
+    student = load("S")
+    rows = []
+
+    def evaluate(label: str, model) -> None:
+        with torch.inference_mode():
+            logits = model(test[:, :-1])
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), test[:, 1:].reshape(-1)).item()
+        rows.append({"model": label, "teacher_text_loss": nll, "shakespeare_val_loss": tiny_val_loss(model, val),
+                     "generation_time_s": gen_time, "train_windows": len(train),
+                     "dropped_char_fraction": 1 - kept / chars})
+
+    evaluate("S before", student)
+    settings = replace(TINY_BASE, steps=steps, lr=1e-3, warmup_fraction=0.1)
+    distill(student, train, settings, progress=True)
+    evaluate("S after black-box distillation from SmolLM2", student)
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------------
