@@ -5,6 +5,11 @@
 * :mod:`.exactness` — the identities and the seeded chi-square test that prove it exact;
 * :mod:`.analytic` — expected tokens per pass, the speedup model, the verification pass on the roofline, and
   the roofline of dynamic parameter reduction (early exit, contextual sparsity, mixture of experts);
+* :mod:`.timing` — measured verification passes and plain vs speculative decoding on this machine;
+* :mod:`.medusa` (extra heads, tree attention), :mod:`.jacobi` (Jacobi iteration), :mod:`.early_exit`
+  (CALM-style), :mod:`.sparsity` (Deja Vu-style), :mod:`.moe` (top-k mixture of experts);
+* :mod:`.smol_draft` — the distilled draft model for SmolLM2; :mod:`.toy` — a table model for fast exactness
+  tests; :mod:`.experiments` — the cached measurements of the chapter.
 
 Introduced in Chapter 6.
 """
@@ -34,6 +39,7 @@ from .speculative import (
     PromptLookupDraft,
     Proposal,
     SpeculativeResult,
+    explain_round,
     plain_generate,
     residual_distribution,
     speculative_accept,
@@ -54,6 +60,7 @@ __all__ = [
     "expected_distinct_experts",
     "expected_speedup",
     "expected_tokens_per_pass",
+    "explain_round",
     "moe_decode_table",
     "output_distribution",
     "plain_generate",

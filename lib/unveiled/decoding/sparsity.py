@@ -29,6 +29,7 @@ __all__ = [
     "SparseMLP",
     "SparsityPredictor",
     "mlp_contributions",
+    "mlp_inputs",
     "oracle_mask",
     "sparse_model",
     "train_sparsity_predictors",
@@ -110,8 +111,10 @@ class SparseMLP(nn.Module):
         return out
 
 
-def _mlp_inputs(model, x: torch.Tensor) -> list[torch.Tensor]:
-    """The input of every block's MLP (after its post-attention norm), teacher-forced on ``x``."""
+def mlp_inputs(model, x: torch.Tensor) -> list[torch.Tensor]:
+    """The input of every block's MLP (after its post-attention norm), teacher-forced on ``x`` ``[B, T]``.
+
+    What a contextual-sparsity predictor sees. Introduced in Chapter 6."""
     states = model.hidden_states(x)
     inputs = []
     for i, block in enumerate(model.layers):
@@ -149,7 +152,7 @@ def train_sparsity_predictors(model, tokens: Sequence[int] | torch.Tensor, keep:
     for step in range(steps):
         x, _ = random_batch(data, batch_size, seq_len, gen)
         with torch.no_grad():
-            inputs = _mlp_inputs(model, x)
+            inputs = mlp_inputs(model, x)
             labels = [oracle_mask(mlp_contributions(b.mlp, h), keep).float() for b, h in zip(model.layers, inputs,
                                                                                             strict=True)]
         loss, recall = 0.0, 0.0
@@ -198,7 +201,7 @@ def union_sparsity(model, tokens: Sequence[int] | torch.Tensor, keep: float = 0.
     window = 128
     n = (len(data) // window) * window
     x = data[:n].reshape(-1, window)[:8]
-    inputs = _mlp_inputs(model, x)
+    inputs = mlp_inputs(model, x)
     masks = [oracle_mask(mlp_contributions(b.mlp, h), keep).reshape(-1, b.mlp.gate_proj.weight.shape[0])
              for b, h in zip(model.layers, inputs, strict=True)]
     gen = torch.Generator().manual_seed(int(seed))

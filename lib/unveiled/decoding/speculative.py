@@ -36,6 +36,7 @@ __all__ = [
     "Proposal",
     "SpeculativeResult",
     "check_sampling",
+    "explain_round",
     "plain_generate",
     "residual_distribution",
     "speculative_accept",
@@ -105,6 +106,7 @@ def speculative_accept(
     q: torch.Tensor,
     draft_tokens: Sequence[int] | torch.Tensor,
     generator: torch.Generator | None = None,
+    trace: list | None = None,
 ) -> list[int]:
     """The accept/reject step of speculative sampling: the tokens one verification pass emits.
 
@@ -113,7 +115,8 @@ def speculative_accept(
     with probability ``min(1, p_i(x)/q_i(x))``; at the first rejection a replacement is drawn from
     ``norm(max(0, p_i − q_i))`` and the round ends; if all ``k`` are accepted a bonus token is drawn from
     ``p_k``. Returns 1 to ``k + 1`` token ids, distributed exactly as sampling from the target
-    [Leviathan et al. 2023; Chen et al. 2023]. Introduced in Chapter 6.
+    [Leviathan et al. 2023; Chen et al. 2023]. If ``trace`` is a list, one dict per decision is appended
+    (position, token, p, q, u, outcome) for display. Introduced in Chapter 6.
     """
     tokens = _check_accept_args(p, q, draft_tokens)
     out: list[int] = []
@@ -126,11 +129,20 @@ def speculative_accept(
         u = float(torch.rand((), generator=generator))
         if u * qx < px:
             out.append(x)
+            if trace is not None:
+                trace.append({"position": i, "draft_token": x, "p": px, "q": qx, "u": u, "outcome": "accepted",
+                              "emitted": x})
             continue
         r = residual_distribution(p[i], q[i])
         out.append(int(torch.multinomial(r, 1, generator=generator)))
+        if trace is not None:
+            trace.append({"position": i, "draft_token": x, "p": px, "q": qx, "u": u,
+                          "outcome": "rejected: drawn from the residual", "emitted": out[-1]})
         return out
     out.append(int(torch.multinomial(p[len(tokens)], 1, generator=generator)))
+    if trace is not None:
+        trace.append({"position": len(tokens), "draft_token": None, "p": None, "q": None, "u": None,
+                      "outcome": "bonus: drawn from the target", "emitted": out[-1]})
     return out
 
 
@@ -487,6 +499,36 @@ def speculative_generate(
     if bar is not None:
         bar.close()
     return SpeculativeResult(tokens, prompt_len, rows, time.perf_counter() - t_start, draft=draft.name, k=k)
+
+
+@torch.inference_mode()
+def explain_round(
+    target: Any,
+    draft: Draft,
+    context: Sequence[int] | torch.Tensor,
+    k: int = 4,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One speculative round in detail: the draft's ``k`` proposals, ``p(x)``, ``q(x)``, the uniform draw ``u``,
+    the decision and the emitted token, one row per decision (as :func:`speculative_accept` makes them).
+
+    Runs exactly the code of :func:`speculative_generate`'s first round. Introduced in Chapter 6.
+    """
+    k = check_int("k (draft length)", k, minimum=1)
+    temperature = check_sampling(temperature)
+    tokens = _prompt_list(context)
+    gen = torch.Generator().manual_seed(int(seed))
+    draft.reset()
+    cache = target.new_cache()
+    if len(tokens) > 1:
+        target(torch.tensor([tokens[:-1]], dtype=torch.long), cache)
+    prop = draft.propose(tokens, k, temperature, None, None, gen)
+    p = _probs(target(torch.tensor([[tokens[-1], *prop.tokens]], dtype=torch.long), cache)[0], temperature,
+               None, None)
+    trace: list[dict] = []
+    speculative_accept(p, prop.probs, prop.tokens, gen, trace=trace)
+    return pd.DataFrame(trace)
 
 
 @torch.inference_mode()

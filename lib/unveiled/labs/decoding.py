@@ -104,6 +104,8 @@ def check_speculative_accept(fn: Callable, *, raise_on_fail: bool = True, show: 
     chi-square test over 8,000 rounds (false-alarm rate 1e-4, Bonferroni over positions) that the emitted
     tokens follow the target. Introduced in Chapter 6.
     """
+    if not callable(fn):
+        raise TypeError(f"Lab 6.1: pass your function itself (e.g. check(my_fn)), got {type(fn).__name__}")
     v = 5
     p_greedy = _one_hot([2, 0, 4], v)
     q_greedy = _one_hot([2, 3], v)

@@ -1,0 +1,243 @@
+"""Chapter 6's cached experiments: measurements too long for the chapter's time budget.
+
+Each function is registered with :func:`unveiled.results.experiment` and writes one table under
+``data/results/decoding.experiments.<name>.csv`` when run with
+``python -m unveiled.results run decoding.experiments.<name>`` (from the repository root, 2 torch threads).
+The chapter reads the tables with :func:`unveiled.results.cached` and reruns a small setting live.
+Introduced in Chapter 6.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..results import experiment
+
+__all__ = [
+    "MOE_SHAPE",
+    "SMOLLM2_LAYER_SKIP",
+    "chat_prompt_ids",
+    "early_exit_sweep",
+    "medusa_jacobi_tiny",
+    "moe_cpu",
+    "shakespeare_prompt_ids",
+    "smollm2_drafts",
+    "smollm2_speculative",
+    "smollm2_verification",
+    "sparsity_sweep",
+    "tiny_acceptance",
+]
+
+#: Blocks the self-speculative SmolLM2 draft keeps (the first 10 of 30: LayerSkip-style early exit).
+SMOLLM2_LAYER_SKIP = tuple(range(10))
+#: A Mixtral-like MoE layer scaled down to fit this CPU: h = 1024, I = 3584, 8 experts, top-2 (fp32).
+MOE_SHAPE = {"hidden_size": 1024, "intermediate_size": 3584, "num_experts": 8, "top_k": 2}
+
+
+def shakespeare_prompt_ids(tokenizer, chars: int = 600) -> list[int]:
+    """A fixed prompt: the validation split of Tiny Shakespeare from its first speaker line, ``chars`` long."""
+    from ..text import corpus_split
+
+    val = corpus_split("val")
+    start = val.index("\n\n") + 2
+    return tokenizer.encode(val[start:start + chars])
+
+
+def chat_prompt_ids(tokenizer) -> list[int]:
+    """A fixed chat prompt for SmolLM2-Instruct (a request it answers in its own words)."""
+    from ..smollm2 import chat_prompt
+
+    return tokenizer.encode(chat_prompt("Write a short poem about the sea in the style of Shakespeare."))
+
+
+def smollm2_drafts(target) -> dict:
+    """The drafts measured for SmolLM2: the shipped distilled draft, prompt lookup, and layer skipping."""
+    from .smol_draft import load_smol_draft
+    from .speculative import LayerSkipDraft, ModelDraft, PromptLookupDraft
+
+    v = target.config.vocab_size
+    return {
+        "small model": ModelDraft(load_smol_draft(), name="small model"),
+        "prompt lookup": PromptLookupDraft(v, max_ngram=3, name="prompt lookup"),
+        "layer skip": LayerSkipDraft(target, SMOLLM2_LAYER_SKIP, name="layer skip"),
+    }
+
+
+def _this_machine():
+    from ..measure import measure_machine
+
+    return measure_machine(register=False, progress=False).device
+
+
+@experiment("smollm2_verification", "SmolLM2-135M (fp32, 2 threads): time of one pass vs tokens scored, measured "
+                                    "and predicted by the roofline of this CPU")
+def smollm2_verification() -> pd.DataFrame:
+    """Measured time of a SmolLM2 pass scoring ``T`` tokens against 128 cached ones (best of 9), next to the
+    analyzer's prediction on this machine's measured roofline (fp32 weights and activations). Chapter 6."""
+    from ..smollm2 import load_smollm2
+    from .analytic import verification_cost
+    from .timing import measure_verification
+
+    torch.set_num_threads(2)
+    tokens = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
+    model = load_smollm2(progress=False)
+    measured = measure_verification(model, tokens=tokens, context_len=128, repeats=9)
+    dev = _this_machine()
+    pred = verification_cost("smollm2-135m", dev, tokens=tokens, context_len=128, w_bits=32, a_bits=32)
+    out = measured.merge(pred[["tokens", "time_s", "relative_time"]].rename(
+        columns={"time_s": "predicted_time_s", "relative_time": "predicted_relative_time"}), on="tokens")
+    out["bandwidth_b_s"] = dev.bandwidth
+    out["peak_fp32_flop_s"] = dev.peak("fp32")
+    return out
+
+
+@experiment("smollm2_speculative", "SmolLM2-135M: plain vs speculative greedy decoding with three drafts and "
+                                   "k = 1..6, tokens/s measured in one run, identical output checked")
+def smollm2_speculative() -> pd.DataFrame:
+    """:func:`~unveiled.decoding.compare_decoding` for SmolLM2 on two prompts (a Shakespeare continuation,
+    96 new tokens, k in 1..6 for every draft; a chat request, k = 4), 2 repeats, best of each. Chapter 6."""
+    from ..smollm2 import load_smollm2, smollm2_tokenizer
+    from .timing import compare_decoding
+
+    torch.set_num_threads(2)
+    target = load_smollm2(progress=False)
+    tok = smollm2_tokenizer()
+    drafts = smollm2_drafts(target)
+    a = compare_decoding(target, drafts, shakespeare_prompt_ids(tok), max_new_tokens=96, ks=(1, 2, 3, 4, 6),
+                         repeats=2).assign(prompt="Shakespeare continuation")
+    b = compare_decoding(target, drafts, chat_prompt_ids(tok), max_new_tokens=96, ks=(4,),
+                         repeats=2).assign(prompt="chat request")
+    return pd.concat([a, b], ignore_index=True)
+
+
+@experiment("tiny_acceptance", "Tiny models: S (and M's own first block, and prompt lookup) drafting for M, "
+                                "acceptance and tokens per pass vs k, greedy and sampled")
+def tiny_acceptance() -> pd.DataFrame:
+    """Acceptance rate and tokens per target pass of three drafts for M on a Shakespeare prompt, k = 1..8,
+    at temperature 0 (300 tokens, identical output checked) and 1 (mean over 5 seeds). Chapter 6."""
+    from ..text import corpus_split, shakespeare_tokenizer
+    from ..zoo import load
+    from .analytic import expected_tokens_per_pass
+    from .speculative import (
+        LayerSkipDraft,
+        ModelDraft,
+        PromptLookupDraft,
+        plain_generate,
+        speculative_generate,
+    )
+
+    torch.set_num_threads(2)
+    target, small = load("M"), load("S")
+    prompt = shakespeare_tokenizer().encode(corpus_split("val")[:256])
+    drafts = {"small model": ModelDraft(small, name="small model"),
+              "layer skip": LayerSkipDraft(target, [0], name="layer skip"),
+              "prompt lookup": PromptLookupDraft(target.config.vocab_size, name="prompt lookup")}
+    plain = plain_generate(target, prompt, 300).new_tokens
+    rows = []
+    for name, draft in drafts.items():
+        for k in range(1, 9):
+            for temperature in (0.0, 1.0):
+                seeds = (0,) if temperature == 0 else range(5)
+                res = [speculative_generate(target, draft, prompt, 300, k=k, temperature=temperature, seed=s)
+                       for s in seeds]
+                alpha = float(np.mean([r.acceptance_rate for r in res]))
+                rows.append({"draft": name, "k": k, "temperature": temperature, "acceptance_rate": alpha,
+                             "tokens_per_pass": float(np.mean([r.tokens_per_pass for r in res])),
+                             "predicted_tokens_per_pass": float(expected_tokens_per_pass(alpha, k)),
+                             "identical": bool(res[0].new_tokens == plain) if temperature == 0 else None})
+    return pd.DataFrame(rows)
+
+
+@experiment("medusa_jacobi_tiny", "Medusa heads trained on frozen M (3 heads, 600 steps) and Jacobi decoding of M: "
+                                   "head accuracy, tokens per pass, identical greedy output")
+def medusa_jacobi_tiny() -> pd.DataFrame:
+    """Train 3 Medusa heads on M (600 steps, seeded), then greedy-decode 300 tokens with Medusa's tree and with
+    Jacobi iteration (block 4 and 8, with and without the n-gram pool). Chapter 6."""
+    from ..text import corpus_split, shakespeare_tokenizer
+    from ..zoo import load
+    from .jacobi import jacobi_generate
+    from .medusa import medusa_generate, train_medusa_heads
+    from .speculative import plain_generate
+
+    torch.set_num_threads(2)
+    model = load("M")
+    tok = shakespeare_tokenizer()
+    heads, log = train_medusa_heads(model, tok.encode(corpus_split("train")), num_heads=3, steps=600, seed=0)
+    prompt = tok.encode(corpus_split("val")[:256])
+    plain = plain_generate(model, prompt, 300).new_tokens
+    tail = log.tail(50).mean()
+    rows = [{"method": "Medusa (3 heads, 10-node tree)", **{f"head{j}_acc": float(tail[f"head{j}_acc"])
+                                                           for j in (1, 2, 3)}}]
+    r = medusa_generate(model, heads, prompt, 300)
+    rows[0].update(tokens_per_pass=r.tokens_per_pass, identical=r.new_tokens == plain)
+    for block in (4, 8):
+        for pool in (False, True):
+            j = jacobi_generate(model, prompt, 300, block_size=block, pool=pool)
+            rows.append({"method": f"Jacobi (block {block}{', n-gram pool' if pool else ''})",
+                         "tokens_per_pass": j.tokens_per_pass, "identical": j.new_tokens == plain})
+    return pd.DataFrame(rows)
+
+
+@experiment("early_exit_sweep", "CALM-style early exit on M: blocks run per token vs agreement with full greedy")
+def early_exit_sweep() -> pd.DataFrame:
+    """Greedy decoding of 300 tokens with early exit at several thresholds λ: mean blocks run per token and
+    the fraction of tokens equal to the full model's greedy output (first divergence position too). Chapter 6."""
+    from ..text import corpus_split, shakespeare_tokenizer
+    from ..zoo import load
+    from .early_exit import early_exit_generate
+    from .speculative import plain_generate
+
+    torch.set_num_threads(2)
+    model = load("M")
+    prompt = shakespeare_tokenizer().encode(corpus_split("val")[:256])
+    plain = plain_generate(model, prompt, 300).new_tokens
+    rows = []
+    for lam in (1.01, 0.99, 0.95, 0.9, 0.8, 0.6, 0.4, 0.2, 0.0):
+        r = early_exit_generate(model, prompt, 300, threshold=lam)
+        same = [a == b for a, b in zip(r.new_tokens, plain, strict=True)]
+        rows.append({"threshold": lam, "mean_layers": r.extra["mean_layers"],
+                     "layer_fraction": r.extra["mean_layers"] / model.config.num_layers,
+                     "first_divergence": same.index(False) if False in same else len(same),
+                     "token_agreement": float(np.mean(same))})
+    return pd.DataFrame(rows)
+
+
+@experiment("sparsity_sweep", "Contextual sparsity on M: validation perplexity when each MLP computes a fraction "
+                               "of its neurons, oracle vs trained predictor")
+def sparsity_sweep() -> pd.DataFrame:
+    """Perplexity on the first 16,384 validation characters with ``keep`` of the MLP neurons (oracle top-|a|
+    and a rank-32 predictor per block trained for 300 steps at each keep), plus predictor recall. Chapter 6."""
+    from ..evaluation import perplexity
+    from ..text import corpus_split, shakespeare_tokenizer
+    from ..zoo import load
+    from .sparsity import sparse_model, train_sparsity_predictors
+
+    torch.set_num_threads(2)
+    model = load("M")
+    tok = shakespeare_tokenizer()
+    val = tok.encode(corpus_split("val")[:16_384])
+    train = tok.encode(corpus_split("train"))
+    dense = perplexity(model, val, window=256).perplexity
+    rows = [{"keep": 1.0, "selector": "dense", "perplexity": dense, "recall": 1.0}]
+    for keep in (0.1, 0.2, 0.3, 0.5, 0.7):
+        rows.append({"keep": keep, "selector": "oracle",
+                     "perplexity": perplexity(sparse_model(model, keep), val, window=256).perplexity, "recall": 1.0})
+        preds, log = train_sparsity_predictors(model, train, keep=keep, rank=32, steps=300, seed=0)
+        rows.append({"keep": keep, "selector": "predictor",
+                     "perplexity": perplexity(sparse_model(model, keep, preds), val, window=256).perplexity,
+                     "recall": float(log.recall.tail(30).mean())})
+    return pd.DataFrame(rows)
+
+
+@experiment("moe_cpu", "A Mixtral-like MoE layer (h=1024, I=3584, 8 experts, top-2, fp32) on this CPU: decode "
+                       "step time vs batch and experts touched")
+def moe_cpu() -> pd.DataFrame:
+    """:func:`~unveiled.decoding.moe.measure_moe_decode` for :data:`MOE_SHAPE`, batches 1..64, best of 7.
+    Chapter 6."""
+    from .moe import MoELayer, measure_moe_decode
+
+    torch.set_num_threads(2)
+    layer = MoELayer(**MOE_SHAPE, seed=0)
+    return measure_moe_decode(layer, batches=(1, 2, 4, 8, 16, 32, 64), repeats=7)
