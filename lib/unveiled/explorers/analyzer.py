@@ -53,16 +53,19 @@ def operator_graph_html(a: Analysis) -> str:
     return '<div style="max-height:520px;overflow-y:auto;padding-right:4px">' + "".join(boxes) + "</div>"
 
 
-def operator_roofline_svg(a: Analysis, *, width: int = 470, height: int = 330) -> str:
-    """An SVG of every operator of an analysis on its device's roofline (log–log). Chapter 2."""
-    ops = a.ops[(a.ops.flops > 0) & (a.ops.bytes > 0)]
-    dtypes = [d for d in ("fp32", "fp16", "int8", "int4") if d in set(ops.compute_dtype)] or ["fp16"]
+def operator_roofline_svg(a: Analysis, *, width: int = 560, height: int = 330) -> str:
+    """An SVG of every operator of an analysis on its device's roofline (log–log). Operators at the same point
+    share a label; crowded labels are staggered upwards with a leader line. Introduced in Chapter 2."""
+    from ..plots.inference import _ops_points
+
+    pts = _ops_points(a)
+    dtypes = [d for d in ("fp32", "fp16", "int8", "int4") if d in set(pts.dtype)] or ["fp16"]
     dev = a.device
-    lo_x = 10.0 ** math.floor(math.log10(max(ops.intensity.min() / 2, 1e-2)))
-    hi_x = 10.0 ** math.ceil(math.log10(max(ops.intensity.max() * 2, 2 * max(dev.ridge_point(d) for d in dtypes))))
-    top = max(dev.peak(d) for d in dtypes) / 1e12
+    lo_x = 10.0 ** math.floor(math.log10(max(pts.intensity.min() / 2, 1e-2)))
+    hi_x = 10.0 ** math.ceil(math.log10(max(pts.intensity.max() * 2, 2 * max(dev.ridge_point(d) for d in dtypes))))
+    top = max(max(dev.peak(d) for d in dtypes) / 1e12, pts.label_y.max())
     hi_y = 10.0 ** math.ceil(math.log10(top * 1.5))
-    lo_y = 10.0 ** math.floor(math.log10(max(min(dev.bandwidth * lo_x / 1e12, ops.attainable_flop_s.min() / 1e12), 1e-6)))
+    lo_y = 10.0 ** math.floor(math.log10(max(min(dev.bandwidth * lo_x / 1e12, pts.tflop_s.min()), 1e-6)))
     ml, mr, mt, mb = 56, 12, 12, 38
     pw, ph = width - ml - mr, height - mt - mb
 
@@ -83,20 +86,22 @@ def operator_roofline_svg(a: Analysis, *, width: int = 470, height: int = 330) -
     out.append(f'<text transform="translate(12,{mt + ph / 2}) rotate(-90)" text-anchor="middle">TFLOP/s</text>')
     for i, d in enumerate(dtypes):
         r, peak = dev.ridge_point(d), dev.peak(d) / 1e12
-        pts = [(lo_x, dev.bandwidth * lo_x / 1e12), (r, peak), (hi_x, peak)]
+        pts_line = [(lo_x, dev.bandwidth * lo_x / 1e12), (r, peak), (hi_x, peak)]
         c = PRECISION_COLORS.get(d, "#333")
         out.append('<polyline fill="none" stroke-width="2" stroke="' + c + '" points="'
-                   + " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts) + '"/>')
+                   + " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts_line) + '"/>')
         out.append(f'<text x="{ml + pw - 4}" y="{sy(peak) - 3 - 10 * i:.1f}" text-anchor="end" fill="{c}">'
                    f'{d.upper()} roof, ridge {r:.0f}</text>')
-    for _, r in ops.iterrows():
-        x, y = sx(r.intensity), sy(r.attainable_flop_s / 1e12)
-        rad = 3 + 9 * math.sqrt(r.time_share)
+    for _, r in pts.iterrows():
+        x, y, ly = sx(r.intensity), sy(r.tflop_s), sy(r.label_y)
+        rad = 3 + 9 * math.sqrt(r.time_share_pct / 100)
+        if ly < y - 1:
+            out.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{x:.1f}" y2="{ly:.1f}" stroke="#bbb" stroke-width="0.8"/>')
         out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{rad:.1f}" fill="{BOUND_COLORS[r.bound]}" '
                    f'fill-opacity="0.75" stroke="black" stroke-width="0.5"><title>{html.escape(r.op)}: '
-                   f'{r.intensity:.3g} FLOPs/byte, {r.attainable_flop_s / 1e12:.3g} TFLOP/s, '
-                   f'{100 * r.time_share:.1f} % of the time</title></circle>')
-        out.append(f'<text x="{x + rad + 2:.1f}" y="{y - 2:.1f}" font-size="8" fill="#333">{html.escape(r.op)}</text>')
+                   f'{r.intensity:.3g} FLOPs/byte, {r.tflop_s:.3g} TFLOP/s, '
+                   f'{r.time_share_pct:.1f} % of the time</title></circle>')
+        out.append(f'<text x="{x + 6:.1f}" y="{ly - 3:.1f}" font-size="9" fill="#333">{html.escape(r.label)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -199,5 +204,5 @@ def analyzer_explorer(model: str = "llama-2-7b", device: str = "a6000", *, stage
         w.HBox([label("batch"), c["batch"], label("sequence", "80px"), c["seq_len"]]),
         w.HBox([label("W bits"), c["w_bits"], label("A bits"), c["a_bits"], label("KV bits"), c["kv_bits"]]),
     ])
-    details = w.VBox([roof, w.HBox([label("operator", "80px"), op_pick]), detail])
-    return w.VBox([controls, summary, w.HBox([graph, details])])
+    details = w.VBox([w.HBox([label("operator", "80px"), op_pick]), detail])
+    return w.VBox([controls, summary, roof, w.HBox([graph, details])])

@@ -23,6 +23,7 @@ __all__ = [
     "bandwidth_chart",
     "conventions_chart",
     "decode_intensity_chart",
+    "devices_decode_table",
     "flash_attention_chart",
     "memory_bars_chart",
     "operator_grid",
@@ -202,7 +203,7 @@ def operator_roofline_explorer_chart(grid: tuple[pd.DataFrame, pd.DataFrame], *,
     leaders = base.transform_filter("datum.ly > datum.y").mark_rule(color="#bbbbbb", strokeWidth=0.8).encode(
         x=x, y=y, y2="ly:Q")
     total = alt.Chart(cfgs[["c", "ms"]]).transform_filter(selected).transform_calculate(
-        text="'one pass: ' + format(datum.ms, ',.4~g') + ' ms'").mark_text(
+        text="'one pass: ' + (datum.ms < 1000 ? format(datum.ms, ',.4~g') + ' ms' : format(datum.ms / 1000, ',.4~g') + ' s')").mark_text(
         align="left", x=8, y=12, fontWeight="bold").encode(text="text:N")
     chart = alt.layer(roof, leaders, points, labels, total).add_params(*params).properties(
         width=width, height=height, title="Every operator of one pass on the roofline (pick the setting below)")
@@ -212,7 +213,8 @@ def operator_roofline_explorer_chart(grid: tuple[pd.DataFrame, pd.DataFrame], *,
 def memory_bars_chart(df: pd.DataFrame, *, relative: bool = True, column: str = "stage", title: str = "",
                       width: int = 110, height: int = 180) -> alt.FacetChart:
     """Stacked memory bars (weights, KV cache, temporary activations) per setting, one panel per (batch,
-    sequence) group: the survey's Figs 7 and 11. ``df`` comes from ``figure7_data``/``figure11_data``."""
+    sequence) group: the survey's Figs 7 and 11 [Yuan et al. 2024]. ``df`` comes from
+    ``figure7_data``/``figure11_data``. Introduced in Chapter 2."""
     df = df.assign(group="batch " + df.batch.astype(str) + ", seq " + df.seq_len.astype(str),
                    GB=df.bytes / 1e9)
     value = "relative:Q" if relative else "GB:Q"
@@ -233,7 +235,8 @@ def memory_bars_chart(df: pd.DataFrame, *, relative: bool = True, column: str = 
 def time_lines_chart(df: pd.DataFrame, x: str, y: str = "time_s", color: str = "setting", *, log_x: bool = False,
                      title: str = "", x_title: str | None = None, y_title: str = "time (s)", width: int = 420,
                      height: int = 260) -> alt.Chart:
-    """Lines of ``y`` versus ``x``, one per ``color`` value in the book's precision palette: Figs 8 and 9."""
+    """Lines of ``y`` versus ``x``, one per ``color`` value in the book's precision palette: the survey's Figs 8
+    and 9 [Yuan et al. 2024]. Introduced in Chapter 2."""
     order = list(dict.fromkeys(df[color]))
     palette = {s: PRECISION_COLORS.get(str(s).lower(), "#333333") for s in order}
     df = df[[x, y, color]].assign(**{y: df[y].map(lambda v: float(f"{v:.4g}"))})  # only what is drawn
@@ -250,7 +253,8 @@ def serving_chart(df: pd.DataFrame, *, memory_limit_gb: float | None = 48.0, tit
     """Throughput, latency and memory versus batch, one line per sequence length (the survey's Fig. 19).
 
     ``df`` comes from ``figure19_data``; with several devices, a dropdown (working in the static page) picks
-    one. A dashed rule marks the device memory (``memory_limit_gb``, or each device's own with several)."""
+    one. A dashed rule marks the device memory (``memory_limit_gb``, or each device's own with several).
+    Introduced in Chapter 2."""
     devices = list(dict.fromkeys(df.device))
     param = None
     fields = ["throughput_tokens_per_s", "latency_s", "memory_GB"]
@@ -289,23 +293,29 @@ def serving_chart(df: pd.DataFrame, *, memory_limit_gb: float | None = 48.0, tit
 def bandwidth_chart(df: pd.DataFrame, devices: pd.DataFrame | None = None, *, title: str = "",
                     width: int = 420, height: int = 260) -> alt.LayerChart:
     """Decode time versus memory bandwidth (the survey's Fig. 20, right), with real devices as labelled points
-    when ``devices`` (columns ``device``, ``bandwidth_GB_s``, ``time_s``) is given."""
+    when ``devices`` (columns ``device``, ``bandwidth_GB_s``, ``time_s``) is given. Introduced in Chapter 2."""
     x = alt.X("bandwidth_TB_s:Q", title="memory bandwidth (TB/s)")
     y = alt.Y("time_s:Q", title="decode time per token (s)")
     line = alt.Chart(df.assign(bandwidth_TB_s=df.bandwidth_GB_s / 1e3)).mark_line(point=True, color="#4c78a8").encode(
         x=x, y=y, tooltip=[alt.Tooltip("bandwidth_TB_s:Q", format=".2f"), alt.Tooltip("time_s:Q", format=".4~g")])
     layers = [line]
     if devices is not None:
-        d = devices.assign(bandwidth_TB_s=devices.bandwidth_GB_s / 1e3)
+        d = devices.sort_values("bandwidth_GB_s").assign(bandwidth_TB_s=devices.bandwidth_GB_s / 1e3)
+        d["side"] = [i % 2 for i in range(len(d))]  # alternate labels above and below their points
         pts = alt.Chart(d).mark_point(filled=True, size=70, color=STAGE_COLORS["decode"]).encode(
             x=x, y=y, tooltip=["device:N", alt.Tooltip("bandwidth_TB_s:Q", format=".2f"),
                                alt.Tooltip("time_s:Q", format=".4~g")])
-        layers += [pts, pts.mark_text(align="left", dx=6, dy=-4, fontSize=9, color="#333").encode(text="device:N")]
+        text = alt.Chart(d).encode(x=x, y=y, text="device:N")
+        layers += [pts, text.transform_filter("datum.side == 0").mark_text(
+                       align="left", dx=5, dy=-9, fontSize=9, color="#333"),
+                   text.transform_filter("datum.side == 1").mark_text(
+                       align="left", dx=5, dy=12, fontSize=9, color="#333")]
     return _svg(alt.layer(*layers).properties(width=width, height=height, title=title))
 
 
 def conventions_chart(exact: Analysis, paper: Analysis, *, title: str = "", width: int = 420) -> alt.Chart:
-    """Time of each operator kind (all its instances) under the paper and the exact conventions, side by side."""
+    """Time of each operator kind (all its instances) under the paper and the exact conventions, side by side.
+    Introduced in Chapter 2."""
     rows = []
     for label, a in (("paper (LLM-Viewer)", paper), ("exact", exact)):
         for _, r in a.ops.iterrows():
@@ -315,14 +325,16 @@ def conventions_chart(exact: Analysis, paper: Analysis, *, title: str = "", widt
     chart = alt.Chart(df).mark_bar().encode(
         y=alt.Y("op:N", sort=order, title=None), x=alt.X("time_ms:Q", title="time of all instances (ms)"),
         yOffset="conventions:N",
-        color=alt.Color("conventions:N", title=None, scale=alt.Scale(range=["#bab0ac", "#4c78a8"])),
+        color=alt.Color("conventions:N", title=None, scale=alt.Scale(
+            domain=["paper (LLM-Viewer)", "exact"], range=["#bab0ac", "#4c78a8"]), sort=["paper (LLM-Viewer)", "exact"]),
         tooltip=["op:N", "conventions:N", alt.Tooltip("time_ms:Q", format=".4~g")])
-    return _svg(chart.properties(width=width, title=title))
+    return _svg(chart.properties(width=width, height=alt.Step(16), title=title))
 
 
 def flash_attention_chart(df: pd.DataFrame, *, title: str = "", width: int = 150, height: int = 160) -> alt.FacetChart:
     """Reduction (%) of memory access and time from FlashAttention per case and convention (the survey's
-    Fig. 16). ``df``: ``figure16_data`` outputs concatenated with a ``conventions`` column."""
+    Fig. 16) [Yuan et al. 2024; Dao et al. 2022]. ``df``: ``figure16_data`` outputs concatenated with a
+    ``conventions`` column. Introduced in Chapter 2."""
     long = df.melt(id_vars=["stage", "case", "conventions"],
                    value_vars=["memory_access_reduction_pct", "time_reduction_pct"], var_name="what",
                    value_name="reduction_pct")
@@ -338,7 +350,8 @@ def flash_attention_chart(df: pd.DataFrame, *, title: str = "", width: int = 150
 
 
 def devices_decode_table(model: str, devices: Sequence[str | Device], **kw) -> pd.DataFrame:
-    """Decode time per token of ``model`` on each device (exact convention): for Fig. 20's real-device points."""
+    """Decode time per token of ``model`` on each device (exact convention): for Fig. 20's real-device points.
+    Introduced in Chapter 2."""
     rows = []
     for d in devices:
         a = analyze(model, d, stage="decode", **kw)
