@@ -18,30 +18,38 @@ import numpy as np
 import unveiled as uv
 
 
-def median_time(fn, repeat: int = 7, number: int = 1) -> float:
+def median_time(fn, repeat: int = 7, number: int = 1, clock=time.perf_counter) -> float:
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = clock()
         for _ in range(number):
             fn()
-        times.append((time.perf_counter() - t) / number)
+        times.append((clock() - t) / number)
     return statistics.median(times)
 
 
 def main() -> None:
     print(f"machine: {uv.machine_description()}")
+    try:
+        import os
+
+        print(f"load average (1 min): {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+              "(a shared machine: wall times scale with the load; CPU times much less)")
+    except OSError:
+        pass
     print()
     print("one analyze call (median):")
     cases = [("llama-2-7b", "decode", 8, 2048), ("llama-2-7b", "prefill", 1, 2048),
              ("mixtral-8x7b", "decode", 32, 4096), ("deepseek-v3", "decode", 32, 4096)]
     for name, stage, batch, seq in cases:
         uv.analyze(name, "h100-sxm", stage=stage, batch=batch, seq_len=seq)  # warm the config cache
-        t = median_time(lambda n=name, s=stage, b=batch, L=seq: uv.analyze(n, "h100-sxm", stage=s, batch=b, seq_len=L),
-                        number=200)
+        call = lambda n=name, s=stage, b=batch, L=seq: uv.analyze(n, "h100-sxm", stage=s, batch=b, seq_len=L)  # noqa: E731
+        t = median_time(call, number=200)
+        cpu = median_time(call, number=200, clock=time.process_time)
         with_table = median_time(lambda n=name, s=stage, b=batch, L=seq:
                                  uv.analyze(n, "h100-sxm", stage=s, batch=b, seq_len=L).ops, number=50)
-        print(f"  {name:13s} {stage:8s} batch {batch:3d} seq {seq:5d}: {t * 1e3:6.3f} ms "
-              f"(with the operator DataFrame built: {with_table * 1e3:6.3f} ms)")
+        print(f"  {name:13s} {stage:8s} batch {batch:3d} seq {seq:5d}: {t * 1e3:6.3f} ms wall, {cpu * 1e3:6.3f} ms CPU "
+              f"(with the operator DataFrame built: {with_table * 1e3:6.3f} ms wall)")
 
     print()
     batches = list(range(1, 51))
