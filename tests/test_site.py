@@ -110,7 +110,7 @@ def test_every_page_renders_offline_without_errors(server, browser, built_site):
             has_widgets = p.locator("script[type='application/vnd.jupyter.widget-state+json']").count()
             if has_widgets and p.locator(".jupyter-widgets, .widget-box, .widget-slider").count() == 0:
                 problems.append(f"{page}: ipywidgets did not render")
-            if "Error loading script" in p.content():
+            if "Error loading script" in p.locator("body").inner_text():  # Altair's visible failure text
                 problems.append(f"{page}: a script failed to load")
         finally:
             visit.close()
