@@ -8,6 +8,7 @@
   SmoothQuant [Xiao et al. 2023]; :mod:`.outliers`: LLM.int8() [Dettmers et al. 2022]; :mod:`.rotation`:
   Hadamard rotations, QuaRot-style [Ashkboos et al. 2024];
 * :mod:`.kernels`: PyTorch's CPU int8/int4 weight-only kernels and decode timing;
+* :mod:`.qpeft`: LoRA adapters on a frozen quantized model (Q-PEFT, QLoRA-style);
 * :mod:`.analysis`: the survey's roofline use case for quantization (§3.1.1), computed with the analyzer;
 * :mod:`.methods`: the survey's map of quantization methods (Fig. 10) as data;
 * :mod:`.experiments`: the cached perplexity sweeps on SmolLM2-135M and the tiny models.
@@ -26,6 +27,7 @@ from .kernels import *  # noqa: F403
 from .layers import *  # noqa: F403
 from .methods import *  # noqa: F403
 from .outliers import *  # noqa: F403
+from .qpeft import *  # noqa: F403
 from .rotation import *  # noqa: F403
 from .smoothing import *  # noqa: F403
 from .uniform import *  # noqa: F403

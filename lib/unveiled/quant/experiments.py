@@ -42,6 +42,7 @@ __all__ = [
     "calibration_batch",
     "eval_tokens",
     "live_perplexity",
+    "outlier_profiles",
     "perplexities",
     "run_recipes",
 ]
@@ -359,3 +360,63 @@ def tiny_sweep() -> pd.DataFrame:
         df.insert(0, "model", f"tiny-{name.lower()}")
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+def outlier_profiles(model: Decoder, calibration: torch.Tensor, layer: str = "layers.10.self_attn.q_proj",
+                     alpha: float = 0.5) -> pd.DataFrame:
+    """The per-channel max |x| of one linear layer's input, sorted, as is / after SmoothQuant / after rotation.
+
+    Shows what each transform does to activation outliers (the first two share the model's basis; the
+    rotated input is ``x Q``). Columns: ``transform``, ``rank``, ``absmax`` and, per transform, the
+    max/median ratio in ``df.attrs["max_over_median"]``. Introduced in Chapter 3.
+    """
+    from .layers import collect_input_stats
+
+    model = _check_model(model)
+    kinds = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "gate_proj": "mlp_in",
+             "up_proj": "mlp_in", "down_proj": "mlp_down"}
+    kind = kinds.get(layer.rsplit(".", 1)[-1])
+    if kind is None:
+        raise ValueError(f"layer must be a q/k/v, gate/up or down projection, got {layer!r}")
+    variants = {
+        "as is": (model, layer),
+        f"SmoothQuant (α = {alpha})": (smooth_model(model, calibration, alpha, kinds=(kind,)), layer),
+        "Hadamard rotation": (rotate_model(model), layer + (".linear" if kind == "mlp_down" else "")),
+    }
+    frames, ratios = [], {}
+    for name, (m, lname) in variants.items():
+        amax = collect_input_stats(m, calibration, [lname])[lname]["absmax"]
+        ordered = torch.sort(amax, descending=True).values
+        ratios[name] = float(ordered[0] / ordered.median())
+        frames.append(pd.DataFrame({"transform": name, "rank": range(len(ordered)), "absmax": ordered.numpy()}))
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["max_over_median"] = ratios
+    return out
+
+
+@_experiment("tiny_qlora", "Tiny model S: LoRA adapters (rank 8) trained 150 steps on a frozen int3/int2 g32 base "
+             "(QLoRA-style) and, as a control, on the floating-point model")
+def tiny_qlora(steps: int = 150) -> pd.DataFrame:
+    """Q-PEFT in miniature: how much of the quantization loss LoRA on the frozen low-bit model wins back.
+
+    Introduced in Chapter 3."""
+    from .. import zoo
+    from ..text import corpus_split, shakespeare_tokenizer
+    from .qpeft import add_lora, lora_finetune, lora_parameters
+
+    torch.set_num_threads(2)
+    base = zoo.load("S")
+    train = shakespeare_tokenizer().encode(corpus_split("train"))
+    tokens = eval_tokens("tiny")
+    rows = []
+    for label, spec in (("FP", None), ("int3 g32", _asym(3, 32)), ("int2 g32", _asym(2, 32))):
+        m = copy.deepcopy(base) if spec is None else quantize_model(base, spec)
+        before = perplexities(m, tokens, LIVE_TOKENS["tiny"])["perplexity"]
+        add_lora(m, rank=8)
+        log = lora_finetune(m, train, steps=steps, batch_size=8, seq_len=128, lr=3e-3)
+        after = perplexities(m, tokens, LIVE_TOKENS["tiny"])["perplexity"]
+        adapters = sum(p.numel() for p in lora_parameters(m))
+        rows.append({"model": "tiny-s", "base": label, "steps": steps, "perplexity_before": before,
+                     "perplexity_after": after, "adapter_params": adapters,
+                     "final_train_loss": float(log["loss"].tail(10).mean())})
+    return pd.DataFrame(rows)

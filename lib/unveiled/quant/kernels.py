@@ -31,6 +31,7 @@ __all__ = [
     "Int4WeightOnlyLinear",
     "Int8WeightOnlyLinear",
     "decode_speed",
+    "decode_speed_vs_roofline",
     "gemv_benchmark",
     "int4_kernel_available",
     "int8_kernel_available",
@@ -223,4 +224,44 @@ def gemv_benchmark(out_features: int = 4096, in_features: int = 4096, repeats: i
     df = pd.DataFrame(rows)
     if "fp32" in set(df["kind"]):
         df["speedup_vs_fp32"] = float(df.loc[df["kind"] == "fp32", "time_s"].iloc[0]) / df["time_s"]
+    return df
+
+
+def decode_speed_vs_roofline(model: Decoder, analyzer_model: str, device, prompt: Sequence[int] | torch.Tensor, *,
+                             kinds: Sequence[str] = ("fp32", "bf16", "int8", "int4"), new_tokens: int = 12,
+                             group_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """Measure greedy decode speed of ``model`` in each weight format and put the roofline's prediction beside it.
+
+    ``"fp32"`` runs the model as is; ``"bf16"``, ``"int8"`` and ``"int4"`` run :func:`lowbit_model` copies
+    (head included). The prediction is :func:`unveiled.analyze` for one decode step of ``analyzer_model`` on
+    ``device`` (e.g. the measured ``uv.measure_machine().device``) with the same weight, head and activation
+    widths and a KV cache as long as the context. Columns: ``kind``, ``w_bits``, ``measured_s`` (median per
+    token), ``predicted_s``, ``measured_over_predicted``, ``speedup_vs_fp32`` (measured), ``predicted_speedup``.
+    Introduced in Chapter 3.
+    """
+    from ..analyzer import analyze
+
+    bits = {"fp32": (32, 32, None), "bf16": (16, 16, None), "int8": (8, 16, None), "int4": (4, 16, group_size)}
+    rows = []
+    it = list(kinds)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="decode speed", leave=False)
+    context = len(prompt) + new_tokens // 2
+    for kind in it:
+        check_choice("kind", kind, tuple(bits))
+        m = model if kind == "fp32" else lowbit_model(model, kind, group_size=group_size)
+        speed = decode_speed(m, prompt, new_tokens=new_tokens)
+        w, a, g = bits[kind]
+        pred = analyze(analyzer_model, device, stage="decode", batch=1, seq_len=context, w_bits=w, a_bits=a,
+                       kv_bits=a, head_bits=w, group_size=g).time_s
+        rows.append({"kind": kind, "w_bits": w, "measured_s": speed["time_per_token_s"], "predicted_s": pred})
+        if m is not model:
+            del m
+    df = pd.DataFrame(rows)
+    df["measured_over_predicted"] = df["measured_s"] / df["predicted_s"]
+    ref = df.loc[df["kind"] == kinds[0]]
+    df["speedup_vs_fp32"] = float(ref["measured_s"].iloc[0]) / df["measured_s"]
+    df["predicted_speedup"] = float(ref["predicted_s"].iloc[0]) / df["predicted_s"]
     return df

@@ -28,7 +28,7 @@ def quant_methods(figure_class: str | None = None) -> pd.DataFrame:
 
     ``figure_class`` filters to ``"PTQ"``, ``"QAT"`` or ``"Q-PEFT"``. Introduced in Chapter 3.
     """
-    df = pd.read_csv(io.StringIO(data_file("quant_methods.csv").read_text()))
+    df = pd.read_csv(io.StringIO(data_file("quant_methods.csv").read_text()), dtype={"arxiv": str})
     df["date"] = pd.to_datetime(dict(year=df["year"], month=df["month"], day=1))
     if figure_class is not None:
         check_choice("figure_class", figure_class, FIGURE_CLASSES)

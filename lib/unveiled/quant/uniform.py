@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import pandas as pd
 import torch
 
 from .._validate import check_choice, check_int
@@ -29,6 +30,7 @@ __all__ = [
     "compute_params",
     "dequantize",
     "dequantize_values",
+    "error_table",
     "fake_quantize",
     "pack_codes",
     "quantize",
@@ -363,3 +365,21 @@ def bits_per_weight(spec: QuantSpec | None, group_size: int | None = None, dtype
         g = check_int("group_size", group_size)
     zero_bits = 0 if spec.symmetric else (spec.scale_bits if spec.zero_point == "float" else spec.bits)
     return spec.bits + (spec.scale_bits + zero_bits) / g
+
+
+def error_table(x: torch.Tensor, specs: list[QuantSpec]) -> pd.DataFrame:
+    """Round-to-nearest error of ``x`` under each spec: mean squared and maximum absolute error, stored bits.
+
+    Columns: ``label``, ``bits``, ``granularity`` (``"tensor"``, ``"channel"`` or ``"g<size>"``), ``symmetric``,
+    ``mse``, ``max_abs_error``, ``bits_per_weight`` (codes plus scales and zero points). Introduced in Chapter 3.
+    """
+    x = check_tensor("x", x)
+    rows = []
+    for spec in specs:
+        spec = _check_spec(spec)
+        err = fake_quantize(x, spec).double() - x.double()
+        gran = f"g{spec.group_size}" if spec.granularity == "group" else spec.granularity
+        rows.append({"label": spec.label, "bits": spec.bits, "granularity": gran, "symmetric": spec.symmetric,
+                     "mse": float((err**2).mean()), "max_abs_error": float(err.abs().max()),
+                     "bits_per_weight": 8 * storage_bytes(x.shape, spec) / x.numel()})
+    return pd.DataFrame(rows)
