@@ -53,6 +53,7 @@ _LAZY: dict[str, str] = {
     "MachineMeasurement": "measure",
     # Live explorers (Chapter 1)
     "roofline_explorer": "explorers.roofline",
+    "kv_explorer": "explorers.kvcache",
     # The book's models (appendix "The models in this book")
     "Decoder": "models",
     "DecoderConfig": "models",

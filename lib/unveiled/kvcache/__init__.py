@@ -23,7 +23,14 @@ from .paged import (
     gather_kv,
     paged_attention,
 )
-from .quality import capture_kv, grouping_error, key_channel_stats, streaming_nll, streaming_perplexity
+from .quality import (
+    capture_kv,
+    compare_caches,
+    grouping_error,
+    key_channel_stats,
+    streaming_nll,
+    streaming_perplexity,
+)
 from .quantized import (
     GROUPINGS,
     QuantizedKVCache,
@@ -71,6 +78,7 @@ __all__ = [
     "attention_variants",
     "block_size_sweep",
     "capture_kv",
+    "compare_caches",
     "decode_traffic",
     "dequantize",
     "fake_quantize",

@@ -394,7 +394,7 @@ class PagedKVCache:
     """A KV cache for :class:`~unveiled.models.Decoder` whose tokens live in blocks of a shared pool.
 
     Each of the ``B`` batch rows is a sequence with its own block table in a :class:`BlockManager`; every
-    layer has a key pool and a value pool ``[num_blocks, K, block_size, d]`` indexed by the same physical
+    layer has a key pool and a value pool ``[num_blocks, block_size, K, d]`` indexed by the same physical
     block ids. ``update`` writes the new tokens into their slots and returns the gathered ``[B, K, L, d]``
     keys and values, so the model computes exactly what a contiguous cache gives it. :meth:`fork` returns a
     second cache whose sequences share every block with this one (copy-on-write on the first write into a
@@ -416,6 +416,7 @@ class PagedKVCache:
         self._len: list[int] = []
         self._offset = 0
         self._table: torch.Tensor | None = None
+        self._rows: list[list[int]] = []
 
     # -- pools ------------------------------------------------------------------------------------
 
@@ -423,7 +424,7 @@ class PagedKVCache:
         kp, vp = self._pools["k"], self._pools["v"]
         n = self.manager.allocator.num_blocks
         while len(kp) <= layer:
-            shape = (n, like.shape[1], self.block_size, like.shape[3])
+            shape = (n, self.block_size, like.shape[1], like.shape[3])
             kp.append(like.new_zeros(shape))
             vp.append(like.new_zeros(shape))
         for pool in (kp, vp):
@@ -464,43 +465,60 @@ class PagedKVCache:
         while len(self._len) <= layer:
             self._len.append(0)
         n = self._len[layer]
-        if n + t > self.manager.length(self._seqs[0]):
-            grow = n + t - self.manager.length(self._seqs[0])
-            copies = []
+        have = self.manager.length(self._seqs[0])
+        if n + t > have:
+            copies, grew = [], False
             for seq in self._seqs:
-                copies += self.manager.append(seq, grow)
+                before = len(self.manager._tables[seq])
+                copies += self.manager.append(seq, n + t - have)
+                grew |= len(self.manager._tables[seq]) != before
             self._ensure_pool(layer, k)
             self._copy_blocks(copies)
-            self._table = None
-        self._ensure_pool(layer, k)
+            if grew or copies:
+                self._table = None
+        elif layer >= len(self._pools["k"]):
+            self._ensure_pool(layer, k)
         if self._table is None:
-            self._table = torch.tensor([self.manager.block_table(s) for s in self._seqs], dtype=torch.long)
-        pos = torch.arange(n, n + t)
-        blocks = self._table[:, pos // self.block_size]  # [B, T]
-        offs = (pos % self.block_size).expand(b, t)
+            self._refresh_table()
         kp, vp = self._pools["k"][layer], self._pools["v"][layer]
-        kp[blocks, :, offs] = k.transpose(1, 2)  # [B, T, K, d] into the slots
-        vp[blocks, :, offs] = v.transpose(1, 2)
+        bs = self.block_size
+        if t == 1:  # a decode step: one slot per sequence, addressed with plain ints
+            off = n % bs
+            for i, row in enumerate(self._rows):
+                kp[row[n // bs], off] = k[i, :, 0]
+                vp[row[n // bs], off] = v[i, :, 0]
+        else:
+            pos = torch.arange(n, n + t)
+            blocks = self._table[:, pos // bs]  # [B, T]
+            offs = (pos % bs).expand(b, t)
+            kp[blocks, offs] = k.transpose(1, 2)  # [B, T, K, d] into the slots
+            vp[blocks, offs] = v.transpose(1, 2)
         self._len[layer] = n + t
         if layer == 0:
             self._offset = n + t
         return self._gather(kp, n + t), self._gather(vp, n + t)
 
+    def _refresh_table(self) -> None:
+        self._rows = [self.manager.block_table(s) for s in self._seqs]
+        self._table = torch.tensor(self._rows, dtype=torch.long).reshape(len(self._rows), -1)
+
     def keys(self, layer: int) -> torch.Tensor:
-        """The keys ``layer`` holds, gathered into ``[B, K, L, d]`` (a copy)."""
+        """The keys ``layer`` holds, gathered into ``[B, K, L, d]``."""
         return self._gather(self._pools["k"][layer], self._len[layer])
 
     def values(self, layer: int) -> torch.Tensor:
-        """The values ``layer`` holds, gathered into ``[B, K, L, d]`` (a copy)."""
+        """The values ``layer`` holds, gathered into ``[B, K, L, d]``."""
         return self._gather(self._pools["v"][layer], self._len[layer])
 
     def _gather(self, pool: torch.Tensor, length: int) -> torch.Tensor:
+        """Blocks of every row in table order, flattened to tokens: ``[B, K, length, d]`` (a strided view of
+        one gathered copy)."""
         if self._table is None:
-            self._table = torch.tensor([self.manager.block_table(s) for s in self._seqs], dtype=torch.long)
+            self._refresh_table()
+        b = self._table.shape[0]
         nb = math.ceil(length / self.block_size)
-        g = pool[self._table[:, :nb]]  # [B, nb, K, bs, d]
-        b, _, kv_heads, bs, d = g.shape
-        return g.transpose(1, 2).reshape(b, kv_heads, nb * bs, d)[:, :, :length]
+        g = pool.index_select(0, self._table[:, :nb].reshape(-1))  # [B·nb, bs, K, d]
+        return g.view(b, nb * self.block_size, *pool.shape[2:])[:, :length].transpose(1, 2)
 
     def crop(self, n: int) -> None:
         """Keep the first ``n`` tokens (blocks past them go back to the pool)."""

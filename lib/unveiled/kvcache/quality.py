@@ -23,6 +23,7 @@ from .quantized import fake_quantize
 
 __all__ = [
     "capture_kv",
+    "compare_caches",
     "grouping_error",
     "key_channel_stats",
     "streaming_nll",
@@ -70,6 +71,34 @@ def streaming_perplexity(model, tokens, make_cache, chunk: int = 8, skip: int = 
         raise ValueError(f"skip={skip} leaves no token to score")
     mean = float(nll.mean())
     return {"nll": mean, "perplexity": math.exp(mean), "tokens": len(nll)}
+
+
+def compare_caches(model, tokens, caches: dict[str, Callable[[], object] | None], chunk: int = 16,
+                   smooth: int = 64, every: int = 8, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stream the same text through several caches: per-position loss curves and a summary table.
+
+    Returns ``(curves, summary)``: ``curves`` has the loss of each cache averaged over a trailing window of
+    ``smooth`` predictions, every ``every`` positions (columns ``policy``, ``position``, ``nll``); ``summary``
+    has one row per cache with the mean loss over the whole text and over its second half. Introduced in
+    Chapter 5.
+    """
+    smooth = check_int("smooth", smooth)
+    every = check_int("every", every)
+    curves, rows = [], []
+    items = caches.items()
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc="caches", leave=False)
+    for name, make in items:
+        nll = streaming_nll(model, tokens, make, chunk=chunk)
+        csum = torch.cat([torch.zeros(1, dtype=nll.dtype), nll.cumsum(0)])
+        for end in range(smooth, len(nll) + 1, every):
+            curves.append({"policy": name, "position": end, "nll": float((csum[end] - csum[end - smooth]) / smooth)})
+        half = len(nll) // 2
+        rows.append({"policy": name, "nll": float(nll.mean()), "perplexity": math.exp(float(nll.mean())),
+                     "nll_second_half": float(nll[half:].mean())})
+    return pd.DataFrame(curves), pd.DataFrame(rows)
 
 
 @torch.inference_mode()
