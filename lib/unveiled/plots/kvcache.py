@@ -135,9 +135,11 @@ def kv_quant_chart(sweep: pd.DataFrame, *, title: str = "", width: int = 380, he
     base_ppl = float(sweep.loc[sweep.scheme == "full precision", "perplexity"].iloc[0])
     df = _round(q[["scheme", "kv_bits", "perplexity"]], ["perplexity"])
     order = list(dict.fromkeys(df.scheme))
+    lo, hi = min(df.perplexity.min(), base_ppl), df.perplexity.max()
     lines = alt.Chart(df).mark_line(point=alt.OverlayMarkDef(size=30)).encode(
-        x=alt.X("kv_bits:O", title="KV bits", sort="descending"),
-        y=alt.Y("perplexity:Q", title="perplexity", scale=alt.Scale(type="log")),
+        x=alt.X("kv_bits:O", title="KV bits", sort="descending", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("perplexity:Q", title="perplexity (log scale)",
+                scale=alt.Scale(type="log", nice=False, domain=[0.9 * lo, 1.1 * hi])),
         color=alt.Color("scheme:N", title=None, sort=order, legend=alt.Legend(orient="right", labelLimit=320)),
         tooltip=["scheme:N", "kv_bits:O", alt.Tooltip("perplexity:Q", format=".4~g")])
     rule = alt.Chart(pd.DataFrame({"perplexity": [round(base_ppl, 3)], "label": ["full precision"]}))
