@@ -361,6 +361,7 @@ def run_campaign(out: pathlib.Path, repeats: int = 5, threads: int = 2) -> pd.Da
     from .measure import measure_machine
 
     torch.set_num_threads(threads)
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     m = measure_machine(progress=True)
     dev = m.device
@@ -382,7 +383,10 @@ def run_campaign(out: pathlib.Path, repeats: int = 5, threads: int = 2) -> pd.Da
                      "notes": dev.notes},
         "repeats": repeats,
         "duration_s": round(time.perf_counter() - t0, 1),
-        "caveat": "measured on a shared 2-core machine; best-of-repeats times are the least disturbed ones",
+        "load_average_1_5_15min": {"before": [round(x, 2) for x in load_before],
+                                   "after": [round(x, 2) for x in os.getloadavg()]},
+        "caveat": "measured on a shared 2-core machine (see the load averages: other jobs ran alongside); "
+                  "best-of-repeats times are the least disturbed ones",
     }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
     return df

@@ -310,7 +310,7 @@ def model_card_markdown(info: dict) -> str:
         f"Character-level on Tiny Shakespeare (first 90 %), {tr['steps']} steps of {tr['batch_size']}×{tr['seq_len']} "
         f"characters, AdamW lr {tr['lr']} (β {tuple(tr['betas'])}, weight decay {tr['weight_decay']}), clip "
         f"{tr['grad_clip']}, cosine schedule with {tr['warmup_fraction']:.0%} warm-up, seed {tr['seed']}.",
-        f"Reproduce with `python -m unveiled.zoo train {info['name']}`.",
+        f"Reproduce with `python -m unveiled.zoo train {info['name']} --threads {info['machine']['torch_threads']}`.",
         "",
         f"- training time: {info['train_time_s']:.0f} s on {info['machine']['cpu']} "
         f"({info['machine']['torch_threads']} torch threads, shared machine: wall time is indicative only)",
