@@ -122,7 +122,8 @@ def kv_weights_crossover(m, batch: int = 1, w_bits: int = 16, kv_bits: int = 16)
 def kv_size_table(models: Iterable, seq_len: int = 4096, batch: int = 1, kv_bits: int = 16,
                   w_bits: int = 16) -> pd.DataFrame:
     """One row per model: attention kind, cached elements and bytes per token, per sequence and per batch,
-    the weights, and the context length at which one sequence's cache outweighs them. Introduced in Chapter 5.
+    the weights, and the context length at which one sequence's cache outweighs them (``num_kv_heads`` is 0
+    for MLA, which caches a latent vector instead of per-head keys and values). Introduced in Chapter 5.
     """
     rows = []
     for m in models:

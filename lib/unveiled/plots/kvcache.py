@@ -81,8 +81,8 @@ def memory_wall_chart(wall: pd.DataFrame, capacities: dict[str, float], *, title
     return _svg(alt.layer(lines, rules, labels).properties(width=width, height=height, title=title))
 
 
-def decode_traffic_chart(traffic: pd.DataFrame, *, title: str = "", width: int = 300,
-                         height: int = 220) -> alt.HConcatChart:
+def decode_traffic_chart(traffic: pd.DataFrame, *, title: str = "", width: int = 270,
+                         height: int = 200) -> alt.HConcatChart:
     """Share of a decode step's bytes that are KV cache, and the step's time, versus context length.
 
     ``traffic`` comes from :func:`~unveiled.kvcache.decode_traffic` with a ``label`` column naming each
@@ -91,7 +91,7 @@ def decode_traffic_chart(traffic: pd.DataFrame, *, title: str = "", width: int =
     df = traffic.assign(kv_pct=100 * traffic.kv_share, time_ms=1e3 * traffic.time_s)
     df = _round(df[["label", "seq_len", "kv_pct", "time_ms"]], ["kv_pct", "time_ms"])
     order = list(dict.fromkeys(df.label))
-    color = alt.Color("label:N", title=None, sort=order)
+    color = alt.Color("label:N", title=None, sort=order, legend=alt.Legend(orient="bottom", columns=3))
     x = _log_x("seq_len:Q", "context length (tokens)")
     share = alt.Chart(df).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
         x=x, y=alt.Y("kv_pct:Q", title="KV share of bytes read (%)", scale=alt.Scale(domain=[0, 100])),
@@ -104,8 +104,8 @@ def decode_traffic_chart(traffic: pd.DataFrame, *, title: str = "", width: int =
                             time.properties(width=width, height=height)).properties(title=title))
 
 
-def key_outliers_chart(stats: pd.DataFrame, layer: int, *, title: str = "", width: int = 200,
-                       height: int = 150) -> alt.FacetChart:
+def key_outliers_chart(stats: pd.DataFrame, layer: int, *, title: str = "", width: int = 160,
+                       height: int = 130) -> alt.FacetChart:
     """Mean |key| and |value| per channel of one layer, one panel per key/value head and tensor.
 
     ``stats`` comes from :func:`~unveiled.kvcache.key_channel_stats`. Introduced in Chapter 5.
@@ -119,14 +119,15 @@ def key_outliers_chart(stats: pd.DataFrame, layer: int, *, title: str = "", widt
     chart = alt.Chart(long).mark_bar(width=2).encode(
         x=alt.X("channel:Q", title="channel", scale=alt.Scale(domain=[0, int(long.channel.max()) + 1])),
         y=alt.Y("mean_abs:Q", title="mean |x| over tokens"),
-        color=alt.Color("tensor:N", title=None, scale=color_scale({"keys": "#d62728", "values": "#1f77b4"})),
+        color=alt.Color("tensor:N", title=None, scale=color_scale({"keys": "#d62728", "values": "#1f77b4"}),
+                        legend=None),
         tooltip=["tensor:N", "head:Q", "channel:Q", "mean_abs:Q", alt.Tooltip("ratio:Q", title="× median channel")],
     ).properties(width=width, height=height)
     return _svg(chart.facet(row=alt.Row("tensor:N", title=None), column=alt.Column("head:N", title="key/value head"))
                 .resolve_scale(y="independent").properties(title=title))
 
 
-def kv_quant_chart(sweep: pd.DataFrame, *, title: str = "", width: int = 380, height: int = 240) -> alt.LayerChart:
+def kv_quant_chart(sweep: pd.DataFrame, *, title: str = "", width: int = 420, height: int = 240) -> alt.LayerChart:
     """Perplexity versus KV bits, one line per quantization layout, the full-precision cache as a rule.
 
     ``sweep`` is the cached table ``kvcache.experiments.smollm2_kv_quant``. Log y. Introduced in Chapter 5.
@@ -140,7 +141,7 @@ def kv_quant_chart(sweep: pd.DataFrame, *, title: str = "", width: int = 380, he
         x=alt.X("kv_bits:O", title="KV bits", sort="descending", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("perplexity:Q", title="perplexity (log scale)",
                 scale=alt.Scale(type="log", nice=False, domain=[0.9 * lo, 1.1 * hi])),
-        color=alt.Color("scheme:N", title=None, sort=order, legend=alt.Legend(orient="right", labelLimit=320)),
+        color=alt.Color("scheme:N", title=None, sort=order, legend=alt.Legend(orient="bottom", columns=2, labelLimit=320)),
         tooltip=["scheme:N", "kv_bits:O", alt.Tooltip("perplexity:Q", format=".4~g")])
     rule = alt.Chart(pd.DataFrame({"perplexity": [round(base_ppl, 3)], "label": ["full precision"]}))
     rule_line = rule.mark_rule(strokeDash=[4, 3], color="#333").encode(y="perplexity:Q", tooltip=["label:N", "perplexity:Q"])
@@ -167,7 +168,7 @@ def block_size_chart(sweep: pd.DataFrame, *, title: str = "", width: int = 380, 
     return _svg(alt.layer(bars, rules).properties(width=width, height=height, title=title))
 
 
-def eviction_chart(curves: pd.DataFrame, *, title: str = "", width: int = 460, height: int = 240,
+def eviction_chart(curves: pd.DataFrame, *, title: str = "", width: int = 520, height: int = 240,
                    limit: float | None = None) -> alt.LayerChart:
     """Smoothed per-token loss versus position, one line per cache policy (long text, fixed budget).
 
@@ -179,7 +180,8 @@ def eviction_chart(curves: pd.DataFrame, *, title: str = "", width: int = 460, h
     chart = alt.Chart(df).mark_line().encode(
         x=alt.X("position:Q", title="position in the stream (tokens)"),
         y=alt.Y("nll:Q", title="loss (nats/token, moving average)", scale=alt.Scale(zero=False)),
-        color=alt.Color("policy:N", title=None, sort=order, legend=alt.Legend(labelLimit=300)),
+        color=alt.Color("policy:N", title=None, sort=order,
+                        legend=alt.Legend(orient="bottom", columns=2, labelLimit=300)),
         tooltip=["policy:N", "position:Q", "nll:Q"])
     layers = [chart]
     if limit is not None:
@@ -188,7 +190,7 @@ def eviction_chart(curves: pd.DataFrame, *, title: str = "", width: int = 460, h
     return _svg(alt.layer(*layers).properties(width=width, height=height, title=title))
 
 
-def explorer_chart(grid: pd.DataFrame, *, width: int = 300, height: int = 230) -> alt.HConcatChart:
+def explorer_chart(grid: pd.DataFrame, *, width: int = 265, height: int = 220) -> alt.HConcatChart:
     """The static hardware trade-off explorer: pick a model, a device and a batch (widgets that work in the
     static page); see memory (weights + KV) against the device's capacity and the roofline decode time
     versus context length, one line per KV bit width. Filled points fit the device, hollow ones do not.
@@ -222,7 +224,8 @@ def explorer_chart(grid: pd.DataFrame, *, width: int = 300, height: int = 230) -
     ).transform_calculate(model=f"{names}[datum.m]", device=f"{dnames}[datum.d]",
                           fits="datum.f ? 'yes' : 'no'")
     order = [b for b in ("16", "8", "4", "2") if b in set(df.k)]
-    color = alt.Color("k:N", title="KV bits", scale=color_scale(KV_BIT_COLORS, order), sort=order)
+    color = alt.Color("k:N", title="KV bits", scale=color_scale(KV_BIT_COLORS, order), sort=order,
+                      legend=alt.Legend(orient="bottom", direction="horizontal"))
     x = _log_x("s:Q", "context length (tokens)")
     tip = ["model:N", "device:N", alt.Tooltip("b:Q", title="batch"), alt.Tooltip("s:Q", title="context"),
            alt.Tooltip("k:N", title="KV bits"), alt.Tooltip("mem:Q", title="memory (GB)"),
