@@ -159,13 +159,14 @@ def test_sampling_with_temperature_follows_the_warped_target():
 
 
 @pytest.mark.parametrize("kind", ["small model", "layer skip (first block)", "layer skip (blocks 0, 2)",
-                                  "prompt lookup", "the target itself"])
+                                  "layer skip (by importance)", "prompt lookup", "the target itself"])
 @pytest.mark.parametrize("k", [1, 3, 6])
 def test_greedy_speculative_equals_plain_greedy(target, prompt, kind, k):
     drafts = {
         "small model": lambda: ModelDraft(tiny_decoder(1, layers=1)),
         "layer skip (first block)": lambda: LayerSkipDraft(target, [0]),
         "layer skip (blocks 0, 2)": lambda: LayerSkipDraft(target, [0, 2]),
+        "layer skip (by importance)": lambda: LayerSkipDraft.by_importance(target, prompt * 3, keep=2),
         "prompt lookup": lambda: PromptLookupDraft(24),
         "the target itself": lambda: ModelDraft(target),
     }
@@ -193,6 +194,12 @@ def test_kv_rollback_leaves_the_cache_consistent(target, prompt):
     full = target(seq)[0, -1]
     step = target(seq[:, -1:], cache)[0, -1]
     assert torch.allclose(full, step, atol=1e-4)
+
+
+def test_layer_selection_keeps_first_and_last_blocks(target, prompt):
+    d = LayerSkipDraft.by_importance(target, prompt * 3, keep=2)
+    assert d.layers == [0, 2]
+    assert LayerSkipDraft.by_importance(target, prompt, keep=3).layers == [0, 1, 2]
 
 
 def test_prompt_lookup_copies_the_latest_match():

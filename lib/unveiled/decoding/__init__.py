@@ -14,6 +14,7 @@
 Introduced in Chapter 6.
 """
 
+from . import early_exit, jacobi, medusa, moe, smol_draft, sparsity, toy  # sub-modules as dec.medusa, ...
 from .analytic import (
     best_draft_length,
     dynamic_reduction_table,
@@ -45,6 +46,7 @@ from .speculative import (
     speculative_accept,
     speculative_generate,
 )
+from .timing import compare_decoding, measure_verification
 
 __all__ = [
     "Draft",
@@ -56,11 +58,17 @@ __all__ = [
     "acceptance_probability",
     "best_draft_length",
     "chi_square_test",
+    "compare_decoding",
     "dynamic_reduction_table",
+    "early_exit",
     "expected_distinct_experts",
     "expected_speedup",
     "expected_tokens_per_pass",
     "explain_round",
+    "jacobi",
+    "measure_verification",
+    "medusa",
+    "moe",
     "moe_decode_table",
     "output_distribution",
     "plain_generate",
@@ -68,8 +76,11 @@ __all__ = [
     "residual_distribution",
     "simulate_distinct_experts",
     "simulate_tokens_per_pass",
+    "smol_draft",
+    "sparsity",
     "speculative_accept",
     "speculative_exactness_test",
     "speculative_generate",
+    "toy",
     "verification_cost",
 ]

@@ -63,7 +63,7 @@ class DraftTrainSettings:
     on the teacher's ``top_k`` probabilities (renormalised over the kept tokens). The teacher scores every
     ``teacher_every``-th window (its pass is the expensive part); the others train on the text alone."""
 
-    steps: int = 3000
+    steps: int = 1500
     lr: float = 3e-3
     batch_size: int = 32
     seq_len: int = 128
@@ -76,7 +76,7 @@ class DraftTrainSettings:
     grad_clip: float = 1.0
     seed: int = 0
     teacher_batch: int = 8
-    teacher_every: int = 4
+    teacher_every: int = 6
 
 
 DRAFT_SETTINGS = DraftTrainSettings()
@@ -172,8 +172,8 @@ def _teacher_targets(windows: torch.Tensor, s: DraftTrainSettings, cache_path: p
     idx, logp = tc.targets.indices.long(), tc.targets.log_probs.float()
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"indices": idx.to(torch.int32), "log_probs": logp.half(), "windows": windows,
-                   "time_s": torch.tensor(tc.time_s)}, str(cache_path))
+        save_file({"indices": idx.to(torch.int32).contiguous(), "log_probs": logp.half().contiguous(),
+                   "windows": windows.contiguous(), "time_s": torch.tensor(tc.time_s)}, str(cache_path))
     return idx, logp, tc.time_s
 
 
@@ -422,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.teacher_only:
         from ..distill import text_windows
 
-        windows = text_windows(_train_tokens(), DRAFT_SETTINGS.seq_len)[::DRAFT_SETTINGS.teacher_every]
+        windows = text_windows(_train_tokens(), DRAFT_SETTINGS.seq_len)
+        windows = windows[torch.arange(0, len(windows), DRAFT_SETTINGS.teacher_every)]
         _, _, t = _teacher_targets(windows, DRAFT_SETTINGS, pathlib.Path(args.teacher_cache), True)
         print(f"teacher targets for {len(windows)} windows in {t:.0f} s -> {args.teacher_cache}")
         return 0

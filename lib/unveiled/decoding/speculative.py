@@ -304,6 +304,25 @@ class LayerSkipDraft(ModelDraft):
         self.layers = layers
         super().__init__(_LayerSubset(target, layers), name=name or f"layer skip ({len(layers)}/{n} blocks)")
 
+    @classmethod
+    def by_importance(cls, target: Any, tokens: Sequence[int] | torch.Tensor, keep: int,
+                      name: str | None = None) -> LayerSkipDraft:
+        """A layer-skip draft that keeps the first and last blocks and the ``keep − 2`` others that change the
+        residual stream most on ``tokens`` (mean ``‖h_out − h_in‖ / ‖h_in‖``, one teacher-forced pass).
+
+        A cheap stand-in for Draft & Verify's search over skipped layers [Zhang et al. 2024]: blocks whose
+        update is small matter least to the prediction. Introduced in Chapter 6.
+        """
+        n = target.config.num_layers
+        keep = check_int("keep", keep, minimum=2, maximum=n)
+        x = torch.as_tensor(tokens, dtype=torch.long).flatten()[None]
+        with torch.inference_mode():
+            states = target.hidden_states(x)
+        change = [float(((states[i + 1] - states[i]).norm(dim=-1) / states[i].norm(dim=-1).clamp_min(1e-6)).mean())
+                  for i in range(n)]
+        middle = sorted(range(1, n - 1), key=lambda i: -change[i])[: keep - 2]
+        return cls(target, sorted({0, n - 1, *middle}), name=name)
+
 
 class PromptLookupDraft:
     """Draft by copying: find the latest earlier occurrence of the last n tokens and propose what followed.

@@ -77,14 +77,14 @@ def compare_decoding(
     drafts: Mapping[str, Draft],
     prompt: Sequence[int] | torch.Tensor,
     max_new_tokens: int = 64,
-    ks: Sequence[int] = (1, 2, 4),
+    ks: Sequence[int] | Mapping[str, Sequence[int]] = (1, 2, 4),
     repeats: int = 2,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Plain greedy decoding vs speculative decoding with each draft and draft length, measured in one run.
 
-    Every configuration runs ``repeats`` times, interleaved with the plain baseline; the best time of each is
-    kept. Columns: ``draft``, ``k``, ``tokens_per_s``, ``plain_tokens_per_s``, ``speedup`` (their ratio),
+    ``ks`` is one list of draft lengths for every draft, or a dict giving each draft its own. Every
+    configuration runs ``repeats`` times, interleaved with the plain baseline; the best time of each is kept. Columns: ``draft``, ``k``, ``tokens_per_s``, ``plain_tokens_per_s``, ``speedup`` (their ratio),
     ``identical`` (greedy output equals the plain output token for token), ``acceptance_rate`` α,
     ``tokens_per_pass``, ``cost_ratio`` ``c`` (draft time per proposed token over a plain decode step),
     ``verify_ratio`` ``v`` (verification pass over a plain decode step) and ``predicted_speedup``
@@ -92,7 +92,11 @@ def compare_decoding(
     """
     repeats = check_int("repeats", repeats)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens)
-    configs = [(name, int(k)) for name in drafts for k in ks]
+    per_draft = ks if isinstance(ks, Mapping) else {name: ks for name in drafts}
+    missing = sorted(set(drafts) - set(per_draft))
+    if missing:
+        raise ValueError(f"ks has no draft lengths for {missing}")
+    configs = [(name, check_int("k (draft length)", int(k))) for name in drafts for k in per_draft[name]]
     bar = None
     if progress:
         from tqdm.auto import tqdm
