@@ -4,6 +4,7 @@ chapter makes about them."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import unveiled as uv
 from unveiled import kvcache as kv
@@ -22,6 +23,15 @@ def test_cached_tables_have_their_provenance_and_settings():
     assert (quant.tokens == kvexp.QUANT_TOKENS).all()
     assert len(evict) == 1 + 3 * len(kvexp.EVICTION_BUDGETS)
     assert (evict.tokens == kvexp.EVICTION_TOKENS - kvexp.EVICTION_SKIP).all()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # As the experiments do: on a shared 2-core machine two threads mostly wait on each other.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +93,17 @@ def test_heavy_hitters_keep_the_first_token_on_smollm2(smol):
     for layer in range(smol.config.num_layers):
         kept = cache.kept_positions(layer)[0]
         assert (kept == 0).any(dim=-1).all(), f"layer {layer}: a head evicted the first token"
+
+
+def test_the_tiny_model_eviction_claims_of_the_chapter():
+    # Section 5.5: past its 256-character training length the tiny model's full cache degrades, H2O (original
+    # positions) with it, while window caches (positions within the cache) stay flat; sinks change little.
+    tiny = uv.zoo.load("S")
+    stream = uv.text.shakespeare_tokenizer().encode(uv.text.corpus_split("val"))[: 3 * 256 + 1]
+    policies = {"full": None, "window": lambda: kv.SinkWindowCache(64, num_sinks=0),
+                "sinks": lambda: kv.SinkWindowCache(64, num_sinks=4), "h2o": lambda: kv.HeavyHitterCache(64)}
+    _, summary = kv.compare_caches(tiny, stream, policies, chunk=16)
+    late = summary.set_index("policy").nll_second_half
+    assert late["window"] < late["full"] - 0.1
+    assert abs(late["sinks"] - late["window"]) < 0.05
+    assert late["h2o"] > late["window"] + 0.1
