@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import math
+from typing import TYPE_CHECKING
 
 from ..analyzer.analysis import Analysis, analyze
 from ..analyzer.configs import model_names
@@ -19,6 +20,9 @@ from ..analyzer.sweep import sweep
 from ..hardware import device_names
 from ..plots.style import BOUND_COLORS
 from .analyzer import operator_roofline_svg
+
+if TYPE_CHECKING:
+    import ipywidgets
 
 __all__ = ["quant_explorer", "speedup_svg", "tradeoff_html"]
 
@@ -95,7 +99,7 @@ def speedup_svg(model: str, device: str, *, w_bits: int, a_bits: int, kv_bits: i
 
 
 def quant_explorer(model: str = "llama-2-13b", device: str = "a6000", *, w_bits: int = 4, a_bits: int = 16,
-                   kv_bits: int = 16, batch: int = 1, seq_len: int = 1024):
+                   kv_bits: int = 16, batch: int = 1, seq_len: int = 1024) -> ipywidgets.VBox:
     """The live explorer: dropdowns for model, device, bits, batch and sequence length. Introduced in Chapter 3."""
     import ipywidgets as w
 

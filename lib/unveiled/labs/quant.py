@@ -96,7 +96,7 @@ def _lab_weights(seed: int, shape: tuple[int, int], shift: float = 0.0) -> torch
 
 
 def check_group_quantize(fn: Callable, *, raise_on_fail: bool = True, show: bool = True) -> LabReport:
-    """Check ``group_quantize(w, bits, group_size)`` -> dequantized tensor of ``w``'s shape (Lab 3.1)."""
+    """Check ``group_quantize(w, bits, group_size)`` -> dequantized tensor of ``w``'s shape (Lab 3.1, Chapter 3)."""
     cases = []
     for name, w, bits, g in [
         ("4 bits, groups of 16 along the input dimension (8×64)", _lab_weights(0, (8, 64)), 4, 16),
@@ -216,7 +216,7 @@ def _gptq_variant(w, u, quant, *, divide=True, cols="from_j", sign=-1.0, propaga
 
 
 def check_gptq_columns(fn: Callable, *, raise_on_fail: bool = True, show: bool = True) -> LabReport:
-    """Check ``gptq_columns(W, U, quantize_column)`` -> quantized ``W`` (dequantized values) (Lab 3.2)."""
+    """Check ``gptq_columns(W, U, quantize_column)`` -> quantized ``W``, dequantized values (Lab 3.2, Chapter 3)."""
     cases = []
     for name, seed, rows, cols, bits, identity in [
         ("correlated inputs, 4 bits, 16×32", 0, 16, 32, 4, False),

@@ -17,7 +17,7 @@ import pandas as pd
 from ..analyzer.analysis import resolve_device
 from ..analyzer.sweep import sweep
 from ..hardware import Device
-from .style import BOUND_COLORS, PRECISION_COLORS, STAGE_COLORS, color_scale
+from .style import BOUND_COLORS, PRECISION_COLORS, color_scale
 
 __all__ = [
     "activation_profile_chart",
@@ -329,7 +329,3 @@ def tradeoff_explorer_chart(grid: tuple[pd.DataFrame, list[str]], devices: Seque
     chart = alt.hconcat(left, op_panel).add_params(*params).properties(title=title)
     return _svg(chart.resolve_scale(color="independent"))
 
-
-def stage_colors() -> dict[str, str]:
-    """The book's stage palette (re-exported for the chapter's captions)."""
-    return dict(STAGE_COLORS)

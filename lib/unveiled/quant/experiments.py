@@ -239,7 +239,9 @@ A4_TOKEN = QuantSpec(4, symmetric=True, granularity="token")
 
 
 def smollm2_rtn_recipes() -> list[Recipe]:
-    """Round-to-nearest weight quantization of SmolLM2: bits × granularity, plus the Q4_1 grid itself."""
+    """Round-to-nearest weight quantization of SmolLM2: bits × granularity, plus the Q4_1 grid itself.
+
+    Introduced in Chapter 3."""
     out = [FP]
     for bits in (8, 4, 3, 2):
         for group in (None, 64, 32):
@@ -252,18 +254,19 @@ def smollm2_rtn_recipes() -> list[Recipe]:
 
 
 def smollm2_method_recipes() -> list[Recipe]:
-    """RTN, GPTQ and AWQ at 3 and 4 bits, per channel and in groups of 64."""
+    """RTN, GPTQ and AWQ at 4 and 3 bits per channel, and at 3 bits in groups of 64. Introduced in Chapter 3."""
     out = [FP]
-    for bits in (4, 3):
-        for group in (None, 64):
-            gran = f"g{group}" if group else "per-channel"
-            for method in ("rtn", "gptq", "awq"):
-                out.append(Recipe(f"{method.upper()} int{bits} {gran}", method, _asym(bits, group)))
+    for bits, group in ((4, None), (3, None), (3, 64)):
+        gran = f"g{group}" if group else "per-channel"
+        for method in ("rtn", "gptq", "awq"):
+            out.append(Recipe(f"{method.upper()} int{bits} {gran}", method, _asym(bits, group)))
     return out
 
 
 def smollm2_activation_recipes() -> list[Recipe]:
-    """W8A8 (naive per-tensor and per-token, SmoothQuant, LLM.int8()) and W4A4 with and without rotation."""
+    """W8A8 (naive per-tensor and per-token, SmoothQuant, LLM.int8()) and W4A4 with and without rotation.
+
+    Introduced in Chapter 3."""
     return [
         FP,
         Recipe("W8A16", "rtn", W8),
@@ -285,7 +288,8 @@ def smollm2_activation_recipes() -> list[Recipe]:
 
 
 def tiny_recipes() -> list[Recipe]:
-    """The tiny models: RTN bits × granularity, and GPTQ/AWQ at 3 bits."""
+    """The tiny models: RTN bits × granularity, GPTQ and AWQ at 4 and 3 bits, W8A8 and W4A4. Introduced in
+    Chapter 3."""
     out = [Recipe("FP", "none")]
     for bits in (8, 4, 3, 2):
         for group in (None, 32):
@@ -317,8 +321,8 @@ def smollm2_rtn() -> pd.DataFrame:
     return _smollm2_run(smollm2_rtn_recipes())
 
 
-@_experiment("smollm2_methods", "SmolLM2-135M: RTN vs GPTQ vs AWQ at 4 and 3 bits, per-channel and g64 "
-             "(calibration: 16 x 256 tokens of the training split)")
+@_experiment("smollm2_methods", "SmolLM2-135M: RTN vs GPTQ vs AWQ at 4 and 3 bits per channel and at 3 bits "
+             "in groups of 64 (calibration: 16 x 256 tokens of the training split)")
 def smollm2_methods() -> pd.DataFrame:
     """GPTQ and AWQ against RTN on SmolLM2-135M (see :func:`smollm2_method_recipes`). Introduced in Chapter 3."""
     return _smollm2_run(smollm2_method_recipes())

@@ -12,6 +12,7 @@ With ``H = I`` nothing is propagated and GPTQ is round-to-nearest. Introduced in
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +45,7 @@ class GPTQResult:
 
     ``losses[r]`` is the sum over columns of ``(w − q)² / (2·U_jj²)`` for row ``r``; their total equals
     ``½·tr(ΔW H_damped ΔWᵀ)``, the (damped) layer objective of the final error ``ΔW = W − Ŵ``.
+    Introduced in Chapter 3.
     """
 
     qweight: QuantizedTensor
@@ -76,7 +78,9 @@ def layer_error(weight: torch.Tensor, qweight: torch.Tensor, hessian: torch.Tens
 
 
 def rtn_error(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec) -> float:
-    """:func:`layer_error` of plain round-to-nearest on the same grid (the baseline GPTQ improves on)."""
+    """:func:`layer_error` of plain round-to-nearest on the same grid (the baseline GPTQ improves on).
+
+    Introduced in Chapter 3."""
     from .uniform import fake_quantize
 
     return layer_error(weight, fake_quantize(weight, spec), hessian)
@@ -144,7 +148,8 @@ def gptq_quantize(
         perm = torch.argsort(torch.diag(H), descending=True, stable=True)
         W, H = W[:, perm], H[perm][:, perm]
     H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=torch.float64)
-    U = _inverse_cholesky_upper(H).to(work)
+    with _one_thread():  # LAPACK on a few hundred columns: threads cost more than they give on a busy machine
+        U = _inverse_cholesky_upper(H).to(work)
 
     # Grids: [rows, n_groups, 1] scale and zero, indexed by the group of each *original* column.
     g = spec.group_size if spec.granularity == "group" else cols
@@ -166,6 +171,34 @@ def gptq_quantize(
     Q = torch.zeros_like(W)
     codes = torch.zeros_like(W)
     losses = torch.zeros(rows, dtype=work)
+    with _one_thread():
+        _column_loop(W, U, Q, codes, losses, scale, zero, group_of, spec, g, dynamic_groups, block_size)
+
+    if perm is not None:
+        inv = torch.argsort(perm)
+        Q, codes = Q[:, inv], codes[:, inv]
+    if spec.granularity == "tensor":
+        scale, zero = scale[:1], zero[:1]
+    qt = QuantizedTensor(codes.to(torch.int16), scale[..., None], zero[..., None], spec,
+                         tuple(weight.shape))
+    return GPTQResult(qweight=qt, weight=Q.to(weight.dtype), losses=losses, perm=perm)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run small, sequential tensor ops on one thread: intra-op parallelism only adds synchronisation to
+    vector operations of a few hundred elements (tenfold slower on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _column_loop(W, U, Q, codes, losses, scale, zero, group_of, spec, g, dynamic_groups, block_size) -> None:
+    """GPTQ's column-by-column rounding with lazy batch updates, in place on ``W``, ``Q``, ``codes``, ``losses``."""
+    cols = W.shape[1]
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         W1 = W[:, i1:i2].clone()
@@ -192,15 +225,6 @@ def gptq_quantize(
             W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
-
-    if perm is not None:
-        inv = torch.argsort(perm)
-        Q, codes = Q[:, inv], codes[:, inv]
-    if spec.granularity == "tensor":
-        scale, zero = scale[:1], zero[:1]
-    qt = QuantizedTensor(codes.to(torch.int16), scale[..., None], zero[..., None], spec,
-                         tuple(weight.shape))
-    return GPTQResult(qweight=qt, weight=Q.to(weight.dtype), losses=losses, perm=perm)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,12 +295,16 @@ def gptq_model(
         linears = _block_linears(block, f"layers.{i}", select)
         xtx = {n: None for n in linears}
         count = {n: 0 for n in linears}
+        last: dict = {}  # q/k/v (and gate/up) read the same tensor: compute its XᵀX once
 
-        def hook_for(n, xtx=xtx, count=count):
+        def hook_for(n, xtx=xtx, count=count, last=last):
             def hook(_m, args):
-                a = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-                xtx[n] = a.T @ a if xtx[n] is None else xtx[n] + a.T @ a
-                count[n] += a.shape[0]
+                x = args[0]
+                if last.get("input") is not x:
+                    a = x.detach().reshape(-1, x.shape[-1]).float()
+                    last["input"], last["xtx"], last["n"] = x, (a.T @ a).double(), a.shape[0]
+                xtx[n] = last["xtx"] if xtx[n] is None else xtx[n] + last["xtx"]
+                count[n] += last["n"]
             return hook
 
         handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in linears.items()]

@@ -40,12 +40,12 @@ __all__ = [
 
 
 def int8_kernel_available() -> bool:
-    """Whether this PyTorch has the CPU int8 weight-only matmul (``aten._weight_int8pack_mm``)."""
+    """Whether this PyTorch has the CPU int8 weight-only matmul (``aten._weight_int8pack_mm``). Chapter 3."""
     return hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 
 def int4_kernel_available() -> bool:
-    """Whether this PyTorch has the CPU int4 weight-only matmul and its packing operator."""
+    """Whether this PyTorch has the CPU int4 weight-only matmul and its packing operator. Chapter 3."""
     return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(
         torch.ops.aten, "_convert_weight_to_int4pack_for_cpu"
     )

@@ -296,7 +296,7 @@ def collect_input_stats(
             s["abssum"] += x.abs().sum(0, dtype=torch.float64)
             s["count"] += x.shape[0]
             if hessian:
-                s["xtx"] += (x.T @ x).double()
+                s["xtx"] += (x.T @ x).double()  # fp32 product, fp64 running sum
 
         return hook
 

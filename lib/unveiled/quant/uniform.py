@@ -108,7 +108,9 @@ class QuantSpec:
 
 
 def check_tensor(name: str, x: object, *, dims: tuple[int, ...] | None = None) -> torch.Tensor:
-    """Check that ``x`` is a finite floating-point tensor (NaN or inf weights are refused with a clear message)."""
+    """Check that ``x`` is a finite floating-point tensor (NaN or inf weights are refused with a clear message).
+
+    Introduced in Chapter 3."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
