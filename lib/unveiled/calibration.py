@@ -39,6 +39,7 @@ from .hardware import Device
 
 __all__ = [
     "CLASSES",
+    "CLOCKS",
     "FEATURES",
     "CalibrationFit",
     "classify_op",
@@ -101,19 +102,40 @@ def default_scenarios(models: Iterable[str] = ("S", "M", "SmolLM2")) -> list[Sce
 # --------------------------------------------------------------------------------------------------
 
 
-def measure_pass(model, stage: str, batch: int, seq_len: int, repeats: int = 5, seed: int = 0) -> dict:
+CLOCKS = ("wall", "thread")
+
+
+def _clock(name: str):
+    """``"wall"``: elapsed time. ``"thread"``: CPU time of the calling thread, which excludes the time the
+    thread waits while other processes run, so on a busy shared machine it approximates the wall time of a
+    quiet one. It only sees the calling thread's work, so it needs ``torch.set_num_threads(1)``."""
+    import torch
+
+    check_choice("clock", name, CLOCKS)
+    if name == "thread":
+        if torch.get_num_threads() != 1:
+            raise ValueError(f"clock='thread' measures one thread's CPU time; call torch.set_num_threads(1) first "
+                             f"(now {torch.get_num_threads()})")
+        return time.thread_time
+    return time.perf_counter
+
+
+def measure_pass(model, stage: str, batch: int, seq_len: int, repeats: int = 5, seed: int = 0,
+                 clock: str = "wall") -> dict:
     """Time one prefill or decode pass of a :class:`~unveiled.models.Decoder` (best and median of ``repeats``).
 
     Prefill runs ``batch`` prompts of ``seq_len`` tokens through a fresh KV cache (logits for every position).
-    Decode appends one token per sequence to a cache already holding ``seq_len - 1`` tokens, so the new token
-    attends to ``seq_len`` keys, as the analyzer's decode stage assumes; the cache is cropped back between
-    repeats. One warm-up pass precedes the timed ones. Introduced in the appendix "The models in this book".
+    Decode appends one token per sequence to a cache already holding ``seq_len - 1`` (random) keys and values,
+    so the new token attends to ``seq_len`` keys, as the analyzer's decode stage assumes; the cache is cropped
+    back between repeats. One warm-up pass precedes the timed ones. ``clock="thread"`` times CPU time instead of wall time
+    (see :data:`CLOCKS`; single-threaded only). Introduced in the appendix "The models in this book".
     """
     import torch
 
     check_choice("stage", stage, ("prefill", "decode"))
     batch, seq_len = check_int("batch", batch), check_int("seq_len", seq_len, minimum=2)
     repeats = check_int("repeats", repeats)
+    now = _clock(clock)
     gen = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
     times = []
@@ -122,19 +144,23 @@ def measure_pass(model, stage: str, batch: int, seq_len: int, repeats: int = 5, 
             tokens = torch.randint(0, vocab, (batch, seq_len), generator=gen)
             for i in range(repeats + 1):
                 cache = model.new_cache()
-                t0 = time.perf_counter()
+                t0 = now()
                 model(tokens, cache)
                 if i:
-                    times.append(time.perf_counter() - t0)
+                    times.append(now() - t0)
         else:
-            context = torch.randint(0, vocab, (batch, seq_len - 1), generator=gen)
             new = torch.randint(0, vocab, (batch, 1), generator=gen)
             cache = model.new_cache()
-            model(context, cache)
+            # The step's cost depends on how many keys are cached, not on their values: fill the cache with
+            # random keys and values instead of paying for a prefill of batch x (seq_len - 1) tokens.
+            cfg = model.config
+            shape = (batch, cfg.num_kv_heads, seq_len - 1, cfg.head_dim)
+            for layer in range(cfg.num_layers):
+                cache.update(layer, torch.randn(shape, generator=gen), torch.randn(shape, generator=gen))
             for i in range(repeats + 1):
-                t0 = time.perf_counter()
+                t0 = now()
                 model(new, cache)
-                elapsed = time.perf_counter() - t0
+                elapsed = now() - t0
                 cache.crop(seq_len - 1)
                 if i:
                     times.append(elapsed)
@@ -152,7 +178,7 @@ def _load_models(names: Iterable[str]) -> dict:
 
 
 def measure_scenarios(scenarios: Iterable[Scenario], models: Mapping | None = None, repeats: int = 5,
-                      progress: bool = True) -> pd.DataFrame:
+                      progress: bool = True, clock: str = "wall") -> pd.DataFrame:
     """Time every scenario; returns one row per scenario with ``measured_s`` (best) and ``measured_median_s``.
 
     ``models`` maps calibration names ("S", "M", "SmolLM2") to decoders; missing ones are loaded.
@@ -170,7 +196,7 @@ def measure_scenarios(scenarios: Iterable[Scenario], models: Mapping | None = No
     rows = []
     for s in it:
         rows.append({"model": s.model, "stage": s.stage, "batch": s.batch, "seq_len": s.seq_len,
-                     **measure_pass(models[s.model], s.stage, s.batch, s.seq_len, repeats=repeats)})
+                     **measure_pass(models[s.model], s.stage, s.batch, s.seq_len, repeats=repeats, clock=clock)})
     return pd.DataFrame(rows)
 
 
@@ -242,7 +268,8 @@ class CalibrationFit:
         for c in CLASSES:
             e = getattr(self, f"e_{c}")
             rows.append({"term": f"{c} operators", "coefficient": e, "unit": "× roofline time",
-                         "meaning": f"reach {100 / e:.1f} % of their roof" if e > 0 else "not identifiable here"})
+                         "meaning": f"reach {100 / e:.1f} % of their roof" if e > 0
+                         else "fitted as 0: their roofline time is absorbed by the per-operator overhead"})
         rows.append({"term": "per operator", "coefficient": self.c_op_s * 1e6, "unit": "µs",
                      "meaning": "dispatch overhead per operator instance"})
         rows.append({"term": "per pass", "coefficient": self.c_pass_s * 1e6, "unit": "µs",
@@ -349,24 +376,42 @@ def stored_device(provenance: Mapping) -> Device:
     )
 
 
-def run_campaign(out: pathlib.Path, repeats: int = 5, threads: int = 2) -> pd.DataFrame:
-    """Measure the roofline and every default scenario; write ``<out>.csv`` and ``<out>.json``."""
+def run_campaign(out: pathlib.Path, repeats: int = 5, threads: int = 2, clock: str = "wall") -> pd.DataFrame:
+    """Measure the roofline and every default scenario; write ``<out>.csv`` and ``<out>.json``.
+
+    With ``clock="thread"`` (one thread only) both the scenarios and ``measure_machine``'s kernels are timed
+    in CPU time of the measuring thread, so that a campaign on a busy shared machine approximates a quiet one.
+    """
     import os
     import platform
+    from unittest import mock
 
     import torch
 
-    from . import __version__
+    from . import __version__, measure
     from .environment import cpu_name
-    from .measure import measure_machine
 
     torch.set_num_threads(threads)
+    now = _clock(clock)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    m = measure_machine(progress=True)
+
+    def timed_repeats(fn, repeats):
+        fn()
+        out = []
+        for _ in range(repeats):
+            start = now()
+            fn()
+            out.append(now() - start)
+        return out
+
+    # measure_machine times its kernels with one private helper; swap its clock for the campaign's.
+    with mock.patch.object(measure, "_time_repeats", timed_repeats):
+        m = measure.measure_machine(progress=True, cache=False, register=False)
     dev = m.device
-    df = measure_scenarios(default_scenarios(), repeats=repeats)
+    df = measure_scenarios(default_scenarios(), repeats=repeats, clock=clock)
     df["threads"] = threads
+    df["clock"] = clock
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out.with_suffix(".csv"), index=False, float_format="%.6g")
     meta = {
@@ -376,12 +421,18 @@ def run_campaign(out: pathlib.Path, repeats: int = 5, threads: int = 2) -> pd.Da
         "command": "python -m unveiled.calibration measure",
         "date": _dt.date.today().isoformat(),
         "machine": {"cpu": cpu_name(), "usable_cores": len(os.sched_getaffinity(0)), "torch_threads": threads,
-                    "platform": platform.platform(), "description": m.description},
+                    "platform": platform.platform(), "description": m.description,
+                    "process_niceness": os.nice(0)},
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
                      "unveiled": __version__},
         "roofline": {"bandwidth_b_s": dev.bandwidth, "peaks_flop_s": dict(dev.peaks),
                      "notes": dev.notes},
         "repeats": repeats,
+        "clock": clock,
+        "clock_note": ("CPU time of the single measuring thread (time.thread_time), for the passes and for "
+                       "measure_machine's kernels: it excludes time spent waiting while other jobs ran, so it "
+                       "approximates a quiet machine's wall time (memory-bandwidth contention still shows)")
+        if clock == "thread" else "wall-clock time (time.perf_counter)",
         "duration_s": round(time.perf_counter() - t0, 1),
         "load_average_1_5_15min": {"before": [round(x, 2) for x in load_before],
                                    "after": [round(x, 2) for x in os.getloadavg()]},
@@ -400,8 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="data/measurements/cpu_passes", help="output path without extension")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clock", choices=CLOCKS, default="wall",
+                   help="'thread': CPU time of the measuring thread (needs --threads 1; for busy machines)")
     args = parser.parse_args(argv)
-    df = run_campaign(pathlib.Path(args.out), repeats=args.repeats, threads=args.threads)
+    df = run_campaign(pathlib.Path(args.out), repeats=args.repeats, threads=args.threads, clock=args.clock)
     print(f"wrote {args.out}.csv ({len(df)} rows) and {args.out}.json")
     fit = fit_calibration(predict_scenarios(df, stored_device(json.loads(pathlib.Path(args.out + '.json').read_text()))))
     print(fit.table().to_string(index=False))
