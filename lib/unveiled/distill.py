@@ -996,6 +996,10 @@ def measure_decode(
 # The book's experiment: student S distilled from teacher M on Tiny Shakespeare
 # --------------------------------------------------------------------------------------------------
 
+#: Torch threads of the cached experiments. One: on a shared 2-core machine, two OpenMP threads that spin while
+#: waiting for each other were measured ten times slower than one thread for these small tensors.
+EXPERIMENT_THREADS = 1
+
 #: Context of the tiny distillation runs (characters per training window).
 TINY_SEQ_LEN = 128
 #: Shared settings of the tiny runs: 400 steps of 16 × 128 characters (819,200 characters, under one pass
@@ -1029,8 +1033,10 @@ def _tiny_runs() -> dict[str, TinyRun]:
         TinyRun("tv", "total variation", replace(kd, loss="tv"), description="DistillSpec's TVD, cached top-16"),
         TinyRun("seqkd", "teacher samples (black-box)", TINY_BASE, data="teacher_samples",
                 description="cross-entropy on M's sampled continuations; no logits"),
-        TinyRun("gkd", "on-policy JSD (λ = 0.5)", replace(kd, loss="jsd", beta=0.5, on_policy_fraction=0.5),
-                description="GKD: half the steps on the student's own samples, scored by the live teacher"),
+        TinyRun("gkd", "on-policy JSD (λ = 0.5)",
+                replace(kd, loss="jsd", beta=0.5, on_policy_fraction=0.5, prompt_len=96),
+                description="GKD: on half the steps the student continues 96 characters of text by 32 of its "
+                            "own, which the live teacher scores"),
     ]
     return {r.name: r for r in runs}
 
@@ -1070,7 +1076,9 @@ def tiny_sample_windows(teacher, windows: torch.Tensor, n: int = 2048, prompt_le
     """
     ids = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))[:n]
     new = windows.shape[1] - prompt_len
-    return teacher_samples(teacher, windows[ids, :prompt_len], new, temperature=1.0, seed=seed, progress=progress)
+    # Large batches: generation is one forward call per token, and on a CPU the per-call overhead dominates.
+    return teacher_samples(teacher, windows[ids, :prompt_len], new, temperature=1.0, seed=seed, batch_size=256,
+                           progress=progress)
 
 
 def train_tiny_run(
@@ -1143,7 +1151,7 @@ def tiny_runs() -> pd.DataFrame:
     from .models import save_model
     from .zoo import load
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(EXPERIMENT_THREADS)
     teacher = load("M")
     windows, val = tiny_data()
     sched = batch_schedule(len(windows), TINY_BASE.steps, TINY_BASE.batch_size, TINY_BASE.seed)
@@ -1169,7 +1177,16 @@ def tiny_runs() -> pd.DataFrame:
                    metadata={"run": name, "method": spec.method, "settings": res.summary()})
     cols = ["run", "step", "lr", "loss", "ce", "kd", "on_policy", "time_s", "val_loss_16k", "val_loss",
             "teacher_time_s", "cache_time_s", "samples_time_s"]
-    return pd.concat(frames, ignore_index=True)[cols]
+    out = pd.concat(frames, ignore_index=True)[cols]
+    out["teacher_sha256"] = _teacher_sha()
+    return out
+
+
+def _teacher_sha() -> str:
+    """The SHA-256 of the shipped teacher M the cached tables were made with (tests compare it with the card)."""
+    from .zoo import card
+
+    return card("M")["weights_sha256"]
 
 
 def student_report(
@@ -1256,14 +1273,15 @@ def live_runs(progress: bool = True) -> pd.DataFrame:
                              settings=settings, progress=progress)
         rows.append({"run": name, "alpha": settings.alpha, "steps": settings.steps, "batch_size": settings.batch_size,
                      "val_loss_8k": res.final_val_loss, "final_train_loss": float(res.log.loss.iloc[-1]),
-                     "time_s": res.time_s, "cache_time_s": res.cache_time_s if settings.alpha else 0.0})
+                     "time_s": res.time_s, "cache_time_s": res.cache_time_s if settings.alpha else 0.0,
+                     "teacher_sha256": _teacher_sha()})
     return pd.DataFrame(rows)
 
 
 @experiment("live_check", "The chapter's short live distillation runs (60 steps), cached for comparison")
 def live_check() -> pd.DataFrame:
     """:func:`live_runs`, cached. Introduced in Chapter 4."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(EXPERIMENT_THREADS)
     return live_runs()
 
 
@@ -1329,7 +1347,7 @@ def tiny_eval() -> pd.DataFrame:
     from .results import cached
     from .zoo import load
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(EXPERIMENT_THREADS)
     teacher = load("M")
     windows, val = tiny_data()
     samples = tiny_sample_windows(teacher, windows, n=256, seed=1)
@@ -1529,15 +1547,22 @@ def smollm2_blackbox(steps: int = 80, held_out: int = 32) -> pd.DataFrame:
     student can still train on SmolLM2's text (sequence-level distillation [Kim & Rush 2016]). S is
     fine-tuned for ``steps`` steps (16 × 128 characters, lr 1e-3) on the continuations of 128 passages and
     evaluated, before and after, on ``held_out`` other continuations (the teacher's distribution) and on
-    Tiny Shakespeare's validation text. Rows: ``model`` (before/after), ``teacher_text_loss``,
+    Tiny Shakespeare's validation text. The continuations are kept in ``data/distill/smollm2_continuations.csv``
+    and reused when present (generating them is the slow part). Rows: ``model`` (before/after), ``teacher_text_loss``,
     ``shakespeare_val_loss`` (nats/char), plus the characters dropped as out of vocabulary.
     Introduced in Chapter 4.
     """
-    from .zoo import load
+    from .zoo import card, load
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(EXPERIMENT_THREADS)
+    saved = _checkpoint_dir() / "smollm2_continuations.csv"
     t0 = time.perf_counter()
-    conts = smollm2_continuations()
+    if saved.is_file():  # generating is the slow part (SmolLM2 on a CPU): reuse the shipped continuations
+        conts = pd.read_csv(saved, keep_default_na=False)
+    else:
+        conts = smollm2_continuations()
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        conts.to_csv(saved, index=False)
     gen_time = time.perf_counter() - t0
     texts = conts.continuation.tolist()
     train, _, _ = _char_windows(texts[held_out:], TINY_SEQ_LEN)
@@ -1552,7 +1577,7 @@ def smollm2_blackbox(steps: int = 80, held_out: int = 32) -> pd.DataFrame:
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), test[:, 1:].reshape(-1)).item()
         rows.append({"model": label, "teacher_text_loss": nll, "shakespeare_val_loss": tiny_val_loss(model, val),
                      "generation_time_s": gen_time, "train_windows": len(train),
-                     "dropped_char_fraction": 1 - kept / chars})
+                     "dropped_char_fraction": 1 - kept / chars, "student_sha256": card("S")["weights_sha256"]})
 
     evaluate("S before", student)
     settings = replace(TINY_BASE, steps=steps, lr=1e-3, warmup_fraction=0.1)
