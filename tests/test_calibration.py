@@ -127,3 +127,15 @@ def test_thread_clock_needs_one_thread():
             cal.measure_pass(m, "decode", 1, 8, clock="cpu")
     finally:
         torch.set_num_threads(before)
+
+
+def test_charts_of_the_appendix_build():
+    from unveiled import zoo
+    from unveiled.plots import models as mplots
+
+    df = cal.load_measurements()
+    err = cal.prediction_errors(cal.predict_scenarios(df, cal.stored_device(df.attrs["provenance"])), loo=False)
+    spec = mplots.predicted_vs_measured(err).to_dict()
+    assert len(spec["hconcat"]) == 2
+    curves = mplots.training_curves({n: zoo.card(n) for n in ("S", "M")}).to_dict()
+    assert curves["encoding"]["y"]["field"] == "loss"

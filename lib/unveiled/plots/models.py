@@ -31,7 +31,7 @@ def training_curves(cards: dict[str, dict]) -> alt.Chart:
             x=alt.X("step:Q", title="training step"),
             y=alt.Y("loss:Q", title="loss (nats per character)", scale=alt.Scale(zero=False)),
             color=alt.Color("model:N", title="model"),
-            strokeDash=alt.StrokeDash("split:N", title=None),
+            strokeDash=alt.StrokeDash("split:N", title=None, legend=alt.Legend(symbolType="stroke")),
             tooltip=["model", "split", "step", alt.Tooltip("loss:Q", format=".3f")],
         )
         .properties(width=480, height=260)
@@ -63,10 +63,11 @@ def predicted_vs_measured(errors: pd.DataFrame) -> alt.HConcatChart:
             x=alt.X("predicted_s:Q", title=f"predicted time, {predictor} (s)",
                     scale=alt.Scale(type="log", domain=domain)),
             y=alt.Y("measured_s:Q", title="measured time (s)", scale=alt.Scale(type="log", domain=domain)),
-            color=alt.Color("stage:N", scale=color_scale(STAGE_COLORS, ["prefill", "decode"]), title="stage"),
-            shape=alt.Shape("model:N", title="model"),
+            color=alt.Color("stage:N", scale=color_scale(STAGE_COLORS, ["prefill", "decode"]), title="stage",
+                            legend=alt.Legend(orient="bottom")),
+            shape=alt.Shape("model:N", title="model", legend=alt.Legend(orient="bottom")),
             tooltip=["model", "stage", "batch", "seq_len", alt.Tooltip("predicted_s:Q", format=".2e"),
                      alt.Tooltip("measured_s:Q", format=".2e")],
         )
-        panels.append((diagonal + points).properties(width=260, height=260, title=predictor))
+        panels.append((diagonal + points).properties(width=250, height=250, title=predictor))
     return alt.hconcat(*panels)
