@@ -20,7 +20,6 @@ from unveiled.text import corpus_split
 
 @pytest.fixture(scope="module")
 def model():
-    torch.set_num_threads(2)
     return sm.load_smollm2(progress=False)
 
 

@@ -67,7 +67,7 @@ def test_retraining_reproduces_the_first_steps_of_the_shipped_run(card_threads):
     assert got == pytest.approx(rep["train_loss"], abs=rep["tolerance"])
 
 
-def test_training_is_deterministic():
+def test_training_is_deterministic(card_threads):
     a = zoo.train("S", stop_after=4, progress=False, evaluate=False)
     b = zoo.train("S", stop_after=4, progress=False, evaluate=False)
     assert a.log.train_loss.tolist() == b.log.train_loss.tolist()
@@ -97,8 +97,8 @@ def test_damaged_weights_are_refused(monkeypatch):
 
 
 @pytest.mark.slow
-def test_command_line_writes_weights_and_cards(tmp_path):
-    assert zoo.main(["train", "S", "--steps", "2", "--threads", "2", "--out", str(tmp_path)]) == 0
+def test_command_line_writes_weights_and_cards(tmp_path, card_threads):
+    assert zoo.main(["train", "S", "--steps", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
     info = json.loads((tmp_path / "tiny-s.json").read_text())
     assert info["training"]["steps"] == 2 and (tmp_path / "tiny-s.safetensors").is_file()
     assert "# Model card: S" in (tmp_path / "tiny-s.md").read_text()
