@@ -33,9 +33,10 @@ the :class:`CacheProtocol` interface:
   **with the ``T`` new entries last** (the causal mask is built from that rule, so evicting caches work);
 * ``offset`` (int): the absolute position of the next token, i.e. how many tokens were ever appended. The
   model reads it *before* running the layers to place the new tokens; it may exceed ``len(cache)`` for caches
-  that evict (StreamingLLM sinks + window);
+  that evict (StreamingLLM sinks + window), which typically advance it in ``update(0, ...)``;
 * ``__len__``: tokens currently held (by layer 0);
-* ``crop(n)``: keep the first ``n`` tokens (``offset`` becomes ``n``): the rollback speculative decoding needs;
+* ``crop(n)``: keep the first ``n`` tokens (``offset`` becomes ``n``; a negative ``n`` drops ``-n`` from the
+  end): the rollback speculative decoding needs;
 * optional ``keys_before_rope`` (bool, default False): when True the model hands over un-rotated keys and
   rotates the returned keys by their *position in the cache* (0..L'-1) and the queries by L'-T..L'-1, as
   StreamingLLM does [Xiao et al. 2024];
