@@ -45,10 +45,15 @@ def source() -> str:
     )
 
 
-def cell() -> dict:
+CELL_ID = "colab-setup"
+PLACEHOLDER = "# placeholder for the Colab set-up cell"
+
+
+def cell(cell_id: str = CELL_ID) -> dict:
     return {
         "cell_type": "code",
         "execution_count": None,
+        "id": cell_id,
         "metadata": {"tags": list(TAGS)},
         "outputs": [],
         "source": source().splitlines(keepends=True),
@@ -63,14 +68,19 @@ def notebooks() -> list[pathlib.Path]:
 def write(path: pathlib.Path) -> bool:
     nb = json.loads(path.read_text())
     cells = nb["cells"]
+    # A placeholder left where the set-up cell should go is replaced, never kept next to it.
+    kept = [c for c in cells if not "".join(c["source"]).startswith(PLACEHOLDER)]
+    removed = len(cells) - len(kept)
+    cells[:] = kept
     first = next((i for i, c in enumerate(cells) if c["cell_type"] == "code"), None)
-    new = cell()
     if first is not None and "google.colab" in "".join(cells[first]["source"]):
-        if cells[first]["source"] == new["source"] and cells[first]["metadata"].get("tags") == TAGS:
+        new = cell(cells[first].get("id") or CELL_ID)
+        if all(cells[first].get(k) == new[k] for k in ("source", "metadata", "id")) and not removed:
             return False
         cells[first] = new
     else:
-        cells.insert(0 if first is None else first, new)
+        ids = {c.get("id") for c in cells}
+        cells.insert(0 if first is None else first, cell(CELL_ID if CELL_ID not in ids else f"{CELL_ID}-1"))
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     return True
 
