@@ -248,3 +248,13 @@ def test_ci_runs_the_readme_test_command_and_the_full_build():
     assert "bash tools/test.sh" in ci and "bash tools/build.sh" in ci
     assert "jupyter-book build" in (ROOT / "tools" / "build_book.py").read_text()
     assert '"-W", "-n", "--keep-going"' in (ROOT / "tools" / "build_book.py").read_text()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_notebook_is_valid_nbformat_with_cell_ids(path):
+    import nbformat
+
+    nb = nbformat.reads(path.read_text(), as_version=4)
+    nbformat.validate(nb)
+    cell_ids = [c.get("id") for c in nb.cells]
+    assert all(cell_ids) and len(set(cell_ids)) == len(cell_ids), f"{path.name}: every cell needs a unique id"
