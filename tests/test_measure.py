@@ -124,3 +124,14 @@ def test_default_array_size_exceeds_the_cache_within_limits():
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_thread_clock_and_bad_clock():
+    from unveiled import measure
+
+    rows = measure.measure_bandwidth(1 << 16, repeats=2, clock="thread")
+    assert (rows["time_s"] >= 0).all()
+    with pytest.raises(ValueError, match="clock must be one of"):
+        measure.measure_bandwidth(1 << 16, repeats=2, clock="cpu")
+    with pytest.raises(ValueError, match="clock must be one of"):
+        measure.measure_machine(clock="sundial", cache=False, register=False, progress=False)

@@ -100,13 +100,25 @@ def _torch():
         return None
 
 
-def _time_repeats(fn: Callable[[], object], repeats: int) -> list[float]:
+CLOCKS = ("wall", "thread")
+
+
+def _clock(clock: str) -> Callable[[], float]:
+    """``"wall"``: elapsed time. ``"thread"``: CPU time of the calling thread, which leaves out the time spent
+    waiting for other jobs on a busy shared machine (meaningful with one compute thread only)."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+    return time.perf_counter if clock == "wall" else time.thread_time
+
+
+def _time_repeats(fn: Callable[[], object], repeats: int, clock: str = "wall") -> list[float]:
+    now = _clock(clock)
     fn()  # warm-up: page faults, thread-pool start-up, kernel selection
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(now() - t0)
     return times
 
 
@@ -147,7 +159,7 @@ def _progress(total: int, enabled: bool, desc: str) -> Iterator[Callable[[str], 
 
 
 def measure_bandwidth(array_bytes: int | None = None, repeats: int = 7, *, seed: int = 0,
-                      progress: bool = False) -> pd.DataFrame:
+                      progress: bool = False, clock: str = "wall") -> pd.DataFrame:
     """Time STREAM-style copy and triad kernels on two large float32 arrays; one row per repeat.
 
     ``copy`` is ``a[:] = b`` (reads and writes one array: 2 words per element); ``triad`` is the in-place
@@ -175,9 +187,9 @@ def measure_bandwidth(array_bytes: int | None = None, repeats: int = 7, *, seed:
         triad = lambda: np.add(a, b, out=a)  # noqa: E731
     rows = []
     with _progress(2, progress, "bandwidth") as step:
-        rows += _rows("copy", "bandwidth", "fp32", 0.0, 2.0 * n * 4, _time_repeats(copy, repeats))
+        rows += _rows("copy", "bandwidth", "fp32", 0.0, 2.0 * n * 4, _time_repeats(copy, repeats, clock))
         step("copy")
-        rows += _rows("triad", "bandwidth", "fp32", 2.0 * n, 3.0 * n * 4, _time_repeats(triad, repeats))
+        rows += _rows("triad", "bandwidth", "fp32", 2.0 * n, 3.0 * n * 4, _time_repeats(triad, repeats, clock))
         step("triad")
     return pd.DataFrame(rows, columns=_RAW_COLUMNS)
 
@@ -187,7 +199,8 @@ def _torch_dtype(torch, dtype: str):
 
 
 def measure_matmul(sizes: int | tuple[int, ...] = (1024, 2048), dtypes: tuple[str, ...] = ("fp32", "bf16"),
-                   repeats: int = 5, *, seed: int = 0, progress: bool = False) -> pd.DataFrame:
+                   repeats: int = 5, *, seed: int = 0, progress: bool = False,
+                   clock: str = "wall") -> pd.DataFrame:
     """Time square ``n×n`` matrix multiplications per size and data type (PyTorch; NumPy for fp32 without it).
 
     A large GEMM has intensity ``2n / (3 × bytes per element)`` ops/byte (hundreds for ``n ≥ 1024``), far
@@ -228,7 +241,7 @@ def measure_matmul(sizes: int | tuple[int, ...] = (1024, 2048), dtypes: tuple[st
                 step(f"{dtype} skipped")
                 continue
             try:
-                times = _time_repeats(fn, _repeats_for(repeats, flops, nbytes))
+                times = _time_repeats(fn, _repeats_for(repeats, flops, nbytes), clock)
             except RuntimeError:  # e.g. a dtype without a CPU kernel in this build
                 step(f"{dtype} unsupported")
                 continue
@@ -294,7 +307,8 @@ _CACHE: dict[tuple, MachineMeasurement] = {}
 
 def measure_machine(*, array_bytes: int | None = None, matmul_sizes: tuple[int, ...] = (1024, 2048),
                     dtypes: tuple[str, ...] = ("fp32", "bf16"), repeats: int = 5, seed: int = 0,
-                    register: bool = True, cache: bool = True, progress: bool = True) -> MachineMeasurement:
+                    register: bool = True, cache: bool = True, progress: bool = True,
+                    clock: str = "wall") -> MachineMeasurement:
     """Measure this machine's memory bandwidth and matmul peaks and return them as a :class:`Device`.
 
     The device is named ``"this-machine"`` (kind ``"cpu"``); its ``bandwidth`` is the best triad rate and its
@@ -302,11 +316,14 @@ def measure_machine(*, array_bytes: int | None = None, matmul_sizes: tuple[int, 
     roof, even where it is slower than fp32). With ``register=True`` it becomes available as
     ``uv.hardware("this-machine")``. With ``cache=True`` a second call with the same settings returns the
     first result instead of measuring again. It takes a few seconds (tqdm bar); sizes are fixed and data
-    seeded, so only the timings vary between runs. Introduced in Chapter 1.
+    seeded, so only the timings vary between runs. ``clock="thread"`` times the CPU time of the measuring
+    thread instead of elapsed time (with one PyTorch thread), for measurements on a busy shared machine.
+    Introduced in Chapter 1.
     """
+    _clock(clock)
     dtypes = (dtypes,) if isinstance(dtypes, str) else tuple(dtypes)
     matmul_sizes = (matmul_sizes,) if not isinstance(matmul_sizes, (tuple, list)) else tuple(matmul_sizes)
-    key = (array_bytes, matmul_sizes, dtypes, repeats, seed)
+    key = (array_bytes, matmul_sizes, dtypes, repeats, seed, clock)
     if cache and key in _CACHE:
         result = _CACHE[key]
         if register:
@@ -317,9 +334,9 @@ def measure_machine(*, array_bytes: int | None = None, matmul_sizes: tuple[int, 
         return result
     array_bytes = default_array_bytes() if array_bytes is None else array_bytes
     with _progress(2, progress, "measuring this machine") as step:
-        bw = measure_bandwidth(array_bytes, repeats, seed=seed)
+        bw = measure_bandwidth(array_bytes, repeats, seed=seed, clock=clock)
         step("bandwidth")
-        mm = measure_matmul(matmul_sizes, dtypes, repeats, seed=seed)
+        mm = measure_matmul(matmul_sizes, dtypes, repeats, seed=seed, clock=clock)
         step("matmul")
     raw = pd.concat([bw, mm], ignore_index=True)
     summary = _summarise(raw)
