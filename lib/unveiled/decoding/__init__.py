@@ -46,7 +46,7 @@ from .speculative import (
     speculative_accept,
     speculative_generate,
 )
-from .timing import compare_decoding, measure_verification
+from .timing import TransposedLinear, compare_decoding, measure_verification, transpose_linears
 
 __all__ = [
     "Draft",
@@ -55,6 +55,7 @@ __all__ = [
     "PromptLookupDraft",
     "Proposal",
     "SpeculativeResult",
+    "TransposedLinear",
     "acceptance_probability",
     "best_draft_length",
     "chi_square_test",
@@ -82,5 +83,6 @@ __all__ = [
     "speculative_exactness_test",
     "speculative_generate",
     "toy",
+    "transpose_linears",
     "verification_cost",
 ]

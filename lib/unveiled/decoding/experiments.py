@@ -86,22 +86,26 @@ def _this_machine():
     return measure_machine(register=False, progress=False).device
 
 
-@experiment("smollm2_verification", "SmolLM2-135M (fp32, 1 thread): time of one pass vs tokens scored, measured "
-                                    "and predicted by the roofline of this CPU")
+@experiment("smollm2_verification", "SmolLM2-135M (fp32, 1 thread): time of one pass vs tokens scored, with "
+                                    "nn.Linear and with transposed weights, measured; and the roofline's prediction")
 def smollm2_verification() -> pd.DataFrame:
-    """Measured time of a SmolLM2 pass scoring ``T`` tokens against 128 cached ones (best of 9), next to the
-    analyzer's prediction on this machine's measured roofline (fp32 weights and activations). Chapter 6."""
+    """Measured time of a SmolLM2 pass scoring ``T`` tokens against 128 cached ones (best of 9), for the
+    model as loaded (``nn.Linear``) and with every weight stored transposed (:func:`transpose_linears`), next to
+    the analyzer's prediction on this machine's measured roofline (fp32 weights and activations). Chapter 6."""
     from ..smollm2 import load_smollm2
     from .analytic import verification_cost
-    from .timing import measure_verification
+    from .timing import measure_verification, transpose_linears
 
     torch.set_num_threads(THREADS)
     tokens = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
     model = load_smollm2(progress=False)
-    measured = measure_verification(model, tokens=tokens, context_len=128, repeats=9)
+    frames = [measure_verification(model, tokens=tokens, context_len=128, repeats=9).assign(layout="nn.Linear")]
+    transpose_linears(model)
+    frames.append(measure_verification(model, tokens=tokens, context_len=128, repeats=9)
+                  .assign(layout="transposed weights"))
     dev = _this_machine()
     pred = verification_cost("smollm2-135m", dev, tokens=tokens, context_len=128, w_bits=32, a_bits=32)
-    out = measured.merge(pred[["tokens", "time_s", "relative_time"]].rename(
+    out = pd.concat(frames, ignore_index=True).merge(pred[["tokens", "time_s", "relative_time"]].rename(
         columns={"time_s": "predicted_time_s", "relative_time": "predicted_relative_time"}), on="tokens")
     out["bandwidth_b_s"] = dev.bandwidth
     out["peak_fp32_flop_s"] = dev.peak("fp32")
@@ -111,13 +115,16 @@ def smollm2_verification() -> pd.DataFrame:
 @experiment("smollm2_speculative", "SmolLM2-135M: plain vs speculative greedy decoding with three drafts and "
                                    "several k, tokens/s measured in one run, identical output checked")
 def smollm2_speculative() -> pd.DataFrame:
-    """:func:`~unveiled.decoding.compare_decoding` for SmolLM2 on two prompts (a Shakespeare continuation, 64 new
-    tokens, the draft lengths of :data:`SMOLLM2_KS`; a chat request, k = 3), 3 repeats, best of each. Chapter 6."""
+    """:func:`~unveiled.decoding.compare_decoding` for SmolLM2 (weights stored transposed, which makes the
+    verification pass cheaper on a CPU, see :func:`transpose_linears`; plain decoding uses the same model) on two
+    prompts (a Shakespeare continuation, 64 new tokens, the draft lengths of :data:`SMOLLM2_KS`; a chat request,
+    k = 3), 3 repeats, best of each. Chapter 6."""
     from ..smollm2 import load_smollm2, smollm2_tokenizer
-    from .timing import compare_decoding
+    from .timing import compare_decoding, transpose_linears
 
     torch.set_num_threads(THREADS)
     target = load_smollm2(progress=False)
+    transpose_linears(target)
     tok = smollm2_tokenizer()
     drafts = smollm2_drafts(target)
     a = compare_decoding(target, drafts, shakespeare_prompt_ids(tok), max_new_tokens=64, ks=SMOLLM2_KS,

@@ -38,6 +38,8 @@ DRAFT_COLORS: dict[str, str] = {
     "Medusa": "#ff7f0e",
     "Jacobi": "#8c564b",
     "measured": "#d62728",
+    "measured, nn.Linear": "#d62728",
+    "measured, transposed weights": "#ff7f0e",
     "roofline": "#7f7f7f",
 }
 _SVG = {"embedOptions": {"renderer": "svg"}}
@@ -52,17 +54,21 @@ def _round(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
 
 
 def verification_chart(measured: pd.DataFrame, predicted: pd.DataFrame | None = None, title: str = "") -> alt.Chart:
-    """Time of one forward pass vs tokens scored in it, relative to one token (log x): measured points and the
-    roofline prediction. ``measured``/``predicted`` have ``tokens`` and ``relative_time`` (see
-    :func:`unveiled.decoding.measure_verification` and :func:`unveiled.decoding.verification_cost`)."""
-    frames = [measured.assign(source="measured")[["tokens", "relative_time", "source"]]]
+    """Time of one forward pass vs tokens scored in it, relative to one token (log x): measured points (one line
+    per ``layout`` when the table has that column) and the roofline prediction. Tables have ``tokens`` and
+    ``relative_time`` (see :func:`unveiled.decoding.measure_verification` and
+    :func:`unveiled.decoding.verification_cost`)."""
+    m = measured.copy()
+    m["source"] = ("measured, " + m["layout"]) if "layout" in m else "measured"
+    frames = [m[["tokens", "relative_time", "source"]]]
     if predicted is not None:
         frames.append(predicted.assign(source="roofline")[["tokens", "relative_time", "source"]])
     df = _round(pd.concat(frames, ignore_index=True))
+    sources = list(dict.fromkeys(df.source))
     enc = {
         "x": alt.X("tokens:Q", scale=alt.Scale(type="log", base=2), title="tokens scored in one pass (T = k + 1)"),
         "y": alt.Y("relative_time:Q", title="time / time of a 1-token pass", scale=alt.Scale(zero=True)),
-        "color": alt.Color("source:N", scale=color_scale(DRAFT_COLORS, ["measured", "roofline"]), title=None),
+        "color": alt.Color("source:N", scale=color_scale(DRAFT_COLORS, sources), title=None),
         "tooltip": ["source", "tokens", "relative_time"],
     }
     base = alt.Chart(df).encode(**enc)
@@ -78,8 +84,8 @@ def acceptance_chart(df: pd.DataFrame, title: str = "") -> alt.LayerChart:
     :func:`unveiled.decoding.compare_decoding` or the cached acceptance experiment)."""
     d = _round(df[["draft", "k", "tokens_per_pass", "predicted_tokens_per_pass", "acceptance_rate"]])
     drafts = list(dict.fromkeys(d.draft))
-    colour = alt.Color("draft:N", scale=alt.Scale(domain=drafts), title="draft")
-    base = alt.Chart(d).encode(x=alt.X("k:O", title="draft length k"), color=colour,
+    colour = alt.Color("draft:N", scale=color_scale(DRAFT_COLORS, drafts), title="draft")
+    base = alt.Chart(d).encode(x=alt.X("k:O", title="draft length k", axis=alt.Axis(labelAngle=0)), color=colour,
                                tooltip=["draft", "k", "acceptance_rate", "tokens_per_pass", "predicted_tokens_per_pass"])
     measured = base.mark_point(filled=True, size=70).encode(y=alt.Y("tokens_per_pass:Q", title="tokens per target pass"))
     formula = base.mark_line(strokeDash=[5, 3]).encode(y="predicted_tokens_per_pass:Q")
@@ -95,7 +101,7 @@ def speedup_chart(df: pd.DataFrame, title: str = "") -> alt.LayerChart:
     order = list(d.config)
     bars = alt.Chart(d).mark_bar().encode(
         y=alt.Y("config:N", sort=order, title=None), x=alt.X("speedup:Q", title="speedup over plain decoding"),
-        color=alt.Color("draft:N", title="draft"),
+        color=alt.Color("draft:N", scale=color_scale(DRAFT_COLORS, list(dict.fromkeys(d.draft))), title="draft"),
         tooltip=["draft", "k", "speedup", "predicted_speedup", "acceptance_rate", "cost_ratio", "verify_ratio",
                  "identical"])
     ticks = alt.Chart(d).mark_tick(color="black", thickness=2, size=14).encode(
@@ -121,7 +127,8 @@ def speedup_explorer_chart(verify: pd.DataFrame, title: str = "") -> alt.LayerCh
                                  speedup="datum.tokens / (datum.k * c + datum.verify_ratio)",
                                  plain="datum.tokens / (datum.k * c + 1)"))
     x = alt.X("k:Q", title="draft length k", scale=alt.Scale(domain=[1, int(d.k.max())]))
-    line = base.mark_line(point=True, color=STAGE_COLORS["decode"]).encode(
+    red = STAGE_COLORS["decode"]
+    line = base.mark_line(point=alt.OverlayMarkDef(color=red), color=red).encode(
         x=x, y=alt.Y("speedup:Q", title="expected speedup", scale=alt.Scale(domainMin=0)),
         tooltip=[alt.Tooltip("k:Q"), alt.Tooltip("tokens:Q", format=".3f", title="tokens per pass"),
                  alt.Tooltip("verify_ratio:Q", format=".3f", title="v(k)"),
@@ -159,7 +166,7 @@ def moe_chart(table: pd.DataFrame, title: str = "") -> alt.HConcatChart:
             x=x, y="experts_touched:Q", text=alt.Text("experts_touched:Q", format=".2f")),
     ).properties(width=260, height=200)
     right = alt.layer(
-        base.mark_line(point=True, color=STAGE_COLORS["decode"]).encode(
+        base.mark_line(point=alt.OverlayMarkDef(color=STAGE_COLORS["decode"]), color=STAGE_COLORS["decode"]).encode(
             x=x, y=alt.Y("time_ms:Q", title="decode step time (ms)", scale=alt.Scale(domainMin=0)),
             tooltip=["device", "batch", "time_ms"]),
         base.transform_filter("datum.lb == lb").mark_point(size=160, filled=True, color="black").encode(
