@@ -96,6 +96,9 @@ def test_cost_points_place_runs_by_measured_ratios():
     assert pts.cost_plain_steps["fkl (cache: own)"] == pytest.approx(1.1 + 1.2)
     assert pts.cost_plain_steps["fkl (cache: shared)"] == pytest.approx(1.1 + 0.3)
     assert "seqkd" not in pts.index and "gkd (cache: own)" not in pts.index
+    # data-400 (cost 1, loss 2.0) and data-800 (cost 2, loss 1.99): the frontier in between is linear
+    assert pts.data_frontier["fkl (cache: shared)"] == pytest.approx(2.0 - 0.01 * 0.4)
+    assert np.isnan(pts.data_frontier["fkl-online"])
     chart = charts.cost_quality_chart(pts.reset_index())
     assert spec_size(chart) < 20_000
 

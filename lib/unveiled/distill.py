@@ -1632,7 +1632,9 @@ def cost_points(curves: pd.DataFrame, costs: pd.DataFrame, shared_by: int = 5) -
     costs ``steps × ratio``; a cached run costs its steps plus the teacher passes that built the cache, once
     if the run pays for it alone (``cache: own``) or divided among the ``shared_by`` runs that read the same
     cache (``cache: shared``). Black-box and on-policy runs are left out (their costs are of another kind:
-    sampling). Introduced in Chapter 4.
+    sampling). ``data_frontier`` is the loss plain training reaches at the same cost, interpolated linearly
+    between the data-only runs (NaN outside their range): a run below it beats plain training at equal cost.
+    Introduced in Chapter 4.
     """
     ratio = costs.set_index("mode").ratio_to_plain
     last = curves.groupby("run").tail(1).set_index("run")
@@ -1654,7 +1656,12 @@ def cost_points(curves: pd.DataFrame, costs: pd.DataFrame, shared_by: int = 5) -
                          "cost_plain_steps": s.steps * (ratio["cached top-k"] + teacher) / base})
             rows.append({"run": f"{name} (cache: shared)", "method": spec.method, "val_loss": val,
                          "cost_plain_steps": s.steps * (ratio["cached top-k"] + teacher / shared_by) / base})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    data = out[out.method == "data only"].sort_values("cost_plain_steps")
+    lo, hi = data.cost_plain_steps.min(), data.cost_plain_steps.max()
+    out["data_frontier"] = [float(np.interp(c, data.cost_plain_steps, data.val_loss)) if lo <= c <= hi else np.nan
+                            for c in out.cost_plain_steps]
+    return out
 
 
 def with_settings(settings: DistillSettings, **changes) -> DistillSettings:

@@ -114,7 +114,7 @@ def curves_chart(curves: pd.DataFrame, runs: dict[str, str], title: str = "") ->
     df["method"] = df.run.map(runs)
     domain = list(dict.fromkeys(runs.values()))
     return alt.Chart(_round(df)).mark_line(point=True).encode(
-        x=alt.X("step:Q", title="training step (32 × 128 characters each)"),
+        x=alt.X("step:Q", title="training step (16 × 128 characters each)"),
         y=alt.Y("val_loss_16k:Q", title="validation loss (nats/char)", scale=alt.Scale(zero=False)),
         color=alt.Color("method:N", title="objective", scale=color_scale(DIVERGENCE_COLORS, domain)),
         tooltip=["method", "step", "val_loss_16k"],
