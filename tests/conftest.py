@@ -75,3 +75,15 @@ def built_site() -> pathlib.Path:
         if proc.returncode != 0:
             pytest.fail(f"the book build failed (exit {proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
     return ROOT / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests on one torch thread, as the cached experiments and tiny-model cards did: tiny models
+    are fastest there, and on a shared 2-core machine two spinning OpenMP threads mostly wait on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

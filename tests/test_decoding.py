@@ -35,6 +35,10 @@ from unveiled.decoding import (
 from unveiled.decoding.toy import TableLM
 from unveiled.models import Decoder, DecoderConfig
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the cached experiments ran (conftest)
+
+
+
 FALSE_ALARM = 1e-3  # the chance a correct implementation fails one seeded chi-square test below
 
 

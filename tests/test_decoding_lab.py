@@ -9,7 +9,7 @@ from unveiled.decoding import resample_from_target_accept, speculative_accept
 from unveiled.labs import LabCheckFailed
 from unveiled.labs.decoding import CHECKS, check_speculative_accept
 
-pytestmark = pytest.mark.lab_decoding
+pytestmark = [pytest.mark.lab_decoding, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def failing(report) -> dict[str, str]:

@@ -4,11 +4,12 @@ chapter makes about them."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 import unveiled as uv
 from unveiled import kvcache as kv
 from unveiled.kvcache import experiments as kvexp
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the cached experiments ran (conftest)
 
 QUANT = "kvcache.experiments.smollm2_kv_quant"
 EVICTION = "kvcache.experiments.smollm2_kv_eviction"
@@ -24,14 +25,6 @@ def test_cached_tables_have_their_provenance_and_settings():
     assert len(evict) == 1 + 3 * len(kvexp.EVICTION_BUDGETS)
     assert (evict.tokens == kvexp.EVICTION_TOKENS - kvexp.EVICTION_SKIP).all()
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # As the experiments do: on a shared 2-core machine two threads mostly wait on each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -165,7 +165,7 @@ def train_sparsity_predictors(model, tokens: Sequence[int] | torch.Tensor, keep:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        rows.append({"step": step + 1, "loss": float(loss), "recall": recall / len(preds)})
+        rows.append({"step": step + 1, "loss": float(loss.detach()), "recall": recall / len(preds)})
         if bar is not None:
             bar.update(1)
     if bar is not None:
