@@ -301,3 +301,17 @@ def test_cached_results_say_what_the_chapter_says():
     methods = uv.results.cached("quant.smollm2_methods").set_index("label")
     for gran in ("per-channel", "g64"):
         assert methods.loc[f"GPTQ int3 {gran}", "perplexity"] < methods.loc[f"RTN int3 {gran}", "perplexity"]
+    # Section 3.5's computed paragraph compares these; the comparisons it words as facts must hold
+    acts = uv.results.cached("quant.smollm2_activations").set_index("label").perplexity
+    assert acts["W8A8 per-token"] / acts["FP (Q4_1 dequantized)"] < 1.1 < acts["W8A8 per-tensor"] / acts["FP (Q4_1 dequantized)"]
+    assert acts["SmoothQuant a=0.5 W8A8 per-tensor"] < acts["W8A8 per-tensor"]
+    assert acts["W16A4 per-token"] > 10 * acts["W4A16 per-channel sym"]
+    assert acts["Rotated W16A4"] < acts["W16A4 per-token"] / 10
+    assert acts["Rotated W4A4 + GPTQ"] < acts["Rotated W4A4"] < acts["W4A4"]
+    assert acts["Rotated W4A16"] > acts["W4A16 per-channel sym"]
+    assert acts["Rotated FP"] == pytest.approx(acts["FP (Q4_1 dequantized)"], rel=1e-5)
+    # Section 3.8: LoRA on a frozen low-bit base repairs part of the quantization loss, not the FP model
+    qlora = uv.results.cached("quant.tiny_qlora").set_index("base")
+    for base in ("int3 g32", "int2 g32"):
+        assert qlora.perplexity_before["FP"] < qlora.perplexity_after[base] < qlora.perplexity_before[base]
+    assert qlora.perplexity_after["FP"] > 0.99 * qlora.perplexity_before["FP"]

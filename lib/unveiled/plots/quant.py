@@ -120,7 +120,7 @@ def size_vs_perplexity_chart(df: pd.DataFrame, *, color: str = "granularity", ti
     Introduced in Chapter 3."""
     d = df.copy()
     d["size_MB"] = d["size_bytes"] / 1e6
-    d[color] = d[color].replace("", "floating point")
+    d[color] = d[color].fillna("").astype(str).replace("", "floating point")
     d = _round(d[["label", color, "perplexity", "size_MB"]], ["perplexity", "size_MB"])
     order = list(dict.fromkeys(d[color]))
     chart = alt.Chart(d).mark_circle(size=80, opacity=0.85).encode(
