@@ -44,7 +44,11 @@ def solution_body_lines(source: str) -> set[str]:
 
 def test_every_chapter_has_an_edition(edition):
     for path in chapter_paths():
-        assert (edition / path.relative_to(ROOT)).exists(), f"no student edition of {path.name}"
+        student = edition / path.relative_to(ROOT)
+        assert student.exists(), f"no student edition of {path.name}"
+        nb = json.loads(student.read_text())
+        nbformat.validate(nbformat.from_dict(nb))  # valid nbformat 4.5: every cell, banner included, has an id
+        assert all("id" in c for c in nb["cells"]), f"{path.name}: a student cell has no id"
 
 
 @pytest.mark.parametrize("path", chapter_paths(), ids=lambda p: p.name)

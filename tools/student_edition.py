@@ -98,7 +98,8 @@ def student_notebook(nb: dict) -> tuple[dict, int]:
     if n:
         # After the set-up cell and the title, say what this edition is.
         pos = next((j + 1 for j, c in enumerate(cells) if c["cell_type"] == "markdown"), 0)
-        cells.insert(pos, {"cell_type": "markdown", "metadata": {}, "source": BANNER.splitlines(keepends=True)})
+        cells.insert(pos, {"cell_type": "markdown", "id": "student-edition-banner", "metadata": {},
+                          "source": BANNER.splitlines(keepends=True)})
     return nb, n
 
 
