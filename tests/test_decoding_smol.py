@@ -132,3 +132,20 @@ def test_cached_smollm2_speculative_outputs_were_identical():
     assert set(tab.draft) == {"small model", "prompt lookup", "layer skip"}
     # the analytic model at the measured α, c, v is a prediction, not a fit: it must be in the right range
     assert ((tab.predicted_speedup / tab.speedup).between(0.5, 2.0)).all()
+
+
+def test_cached_smollm2_tables_say_what_section_6_4_says():
+    """The words around Figures 6.2 and 6.3 and the takeaway (the numbers themselves are printed from the tables)."""
+    tab = results.cached("decoding.experiments.smollm2_speculative")
+    shakes = tab[tab.prompt == "Shakespeare continuation"]
+    best = shakes.groupby("draft").speedup.max()
+    assert best["prompt lookup"] >= 1.5  # the chapter's goal, reached by n-gram drafting
+    assert best["small model"] < best["prompt lookup"] and best["layer skip"] < 1  # "costs too much"
+    small = shakes[shakes.draft == "small model"]
+    assert small.acceptance_rate.max() < 0.5  # "accepted about a third of the time", "agrees rarely"
+    assert (small.cost_ratio < 0.1).all() and (shakes[shakes.draft == "layer skip"].cost_ratio > 0.5).all()
+    chat = tab[tab.prompt == "chat request"].set_index("draft").speedup
+    assert chat["prompt lookup"] < best["prompt lookup"]  # "gains less on the chat prompt"
+    verif = results.cached("decoding.experiments.smollm2_verification").set_index(["layout", "tokens"])
+    for t in (4, 8, 16):  # "not flat" although the roofline predicts almost flat up to 16 tokens
+        assert verif.relative_time["nn.Linear", t] > 1.3 > verif.predicted_relative_time["nn.Linear", t]
