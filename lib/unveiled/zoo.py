@@ -27,6 +27,7 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import pandas as pd
 import torch
@@ -39,6 +40,7 @@ from .text import corpus_split, shakespeare_tokenizer
 
 __all__ = [
     "ZOO",
+    "ScheduleSettings",
     "TrainResult",
     "TrainSettings",
     "ZooEntry",
@@ -125,8 +127,18 @@ def _entry(name: str | ZooEntry) -> ZooEntry:
     return ZOO[key]
 
 
-def lr_at(step: int, settings: TrainSettings) -> float:
-    """Learning rate at 0-based ``step``: linear warm-up over 3 % of the steps, then cosine to 10 % of peak.
+class ScheduleSettings(Protocol):
+    """What :func:`lr_at` reads from a training recipe (the zoo's, distillation's and the SmolLM2 draft's)."""
+
+    steps: int
+    lr: float
+    warmup_fraction: float
+    min_lr_ratio: float
+
+
+def lr_at(step: int, settings: ScheduleSettings) -> float:
+    """Learning rate at 0-based ``step``: linear warm-up over ``warmup_fraction`` of the steps (3 % in the zoo),
+    then cosine decay to ``min_lr_ratio`` of the peak (10 %). Every training loop of the book uses this schedule.
 
     Introduced in the appendix "The models in this book".
     """

@@ -22,7 +22,6 @@ import argparse
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import pathlib
 import time
@@ -34,6 +33,7 @@ import torch
 
 from .._validate import check_int
 from ..models import Decoder, DecoderConfig, model_from_state
+from ..zoo import lr_at
 
 __all__ = [
     "DRAFT_CONFIG",
@@ -82,13 +82,6 @@ class DraftTrainSettings:
 DRAFT_SETTINGS = DraftTrainSettings()
 
 
-def _lr_at(step: int, s: DraftTrainSettings) -> float:
-    warm = max(1, round(s.warmup_fraction * s.steps))
-    if step < warm:
-        return s.lr * (step + 1) / warm
-    frac = (step - warm) / max(1, s.steps - warm)
-    floor = s.lr * s.min_lr_ratio
-    return floor + 0.5 * (s.lr - floor) * (1 + math.cos(math.pi * min(1.0, frac)))
 
 
 def _train_tokens() -> list[int]:
@@ -235,7 +228,7 @@ def train_smol_draft(settings: DraftTrainSettings = DRAFT_SETTINGS, teacher_cach
     rows = []
     t0 = time.perf_counter()
     for step in range(steps):
-        lr = _lr_at(step, s)
+        lr = lr_at(step, s)
         for g in opt.param_groups:
             g["lr"] = lr
         ids = torch.randint(0, len(windows), (s.batch_size,), generator=gen)
