@@ -113,6 +113,26 @@ def test_scaled_jsd_reduces_to_forward_and_reverse_kl_at_its_ends():
     assert float(d.generalized_jsd(s, t, beta=1e-6, scaled=False)) == pytest.approx(1e-6 * fkl, rel=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_scaled_jsd_keeps_its_precision_next_to_the_ends(dtype):
+    # Regression: the textbook form divided a rounding error of ~eps·|log m| by beta (1 - beta) and, at
+    # beta = 1 - 1e-16, returned values of order 1, some negative (found by the non-negativity property test).
+    s, t = logits_pair(5, scale=3.0, dtype=dtype)
+    fkl = d.forward_kl(s, t, reduction="none")
+    rkl = d.reverse_kl(s, t, reduction="none")
+    for eps in (1e-30, 1e-16, 1e-13):
+        # the true value moves by O(eps): its slope in beta is a chi-square-like sum, ~1e4 for these logits
+        tol = 1e5 * eps + (1e-12 if dtype == torch.float64 else 1e-5)
+        near0 = d.generalized_jsd(s, t, beta=eps, reduction="none")
+        near1 = d.generalized_jsd(s, t, beta=1 - eps, reduction="none")
+        assert torch.allclose(near0, fkl, rtol=tol, atol=tol) and torch.allclose(near1, rkl, rtol=tol, atol=tol)
+    # continuous across the switch between the two formulas (at beta = 1e-3 and 1 - 1e-3)
+    for b in (1e-3, 1 - 1e-3):
+        below = d.generalized_jsd(s, t, beta=b * (1 - 1e-9) if b < 0.5 else 1 - (1 - b) * (1 - 1e-9))
+        above = d.generalized_jsd(s, t, beta=b * (1 + 1e-9) if b < 0.5 else 1 - (1 - b) * (1 + 1e-9))
+        assert float(below) == pytest.approx(float(above), rel=1e-6 if dtype == torch.float64 else 1e-4)
+
+
 def test_jsd_is_symmetric_at_one_half_and_swaps_ends():
     s, t = logits_pair(3)
     assert float(d.generalized_jsd(s, t, 0.5)) == pytest.approx(float(d.generalized_jsd(t, s, 0.5)), rel=1e-12)

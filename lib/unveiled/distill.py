@@ -180,10 +180,45 @@ def _gjsd(log_p: torch.Tensor, log_q: torch.Tensor, beta: float, scaled: bool) -
         return _kl(log_p, log_q) if scaled else torch.zeros(log_p.shape[:-1], dtype=log_p.dtype)
     if beta == 1.0:
         return _kl(log_q, log_p) if scaled else torch.zeros(log_p.shape[:-1], dtype=log_p.dtype)
+    if min(beta, 1 - beta) < _NEAR_LIMIT:
+        scaled_jsd = _scaled_gjsd_near_limit(log_p, log_q, beta)
+        return scaled_jsd if scaled else beta * (1 - beta) * scaled_jsd
     # Mix probabilities, not log-probabilities (mixing logs was a real bug in early GKD code: TRL #2202).
     log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log1p(-beta)]), dim=0)
     jsd = beta * _kl(log_p, log_m) + (1 - beta) * _kl(log_q, log_m)
     return jsd / (beta * (1 - beta)) if scaled else jsd
+
+
+#: Below this distance of beta from 0 or 1 the scaled JSD is computed by :func:`_scaled_gjsd_near_limit`.
+_NEAR_LIMIT = 1e-3
+
+
+def _log_mix_over(log_a: torch.Tensor, log_b: torch.Tensor, w: float) -> torch.Tensor:
+    """log(m / a) for the mixture m = (1 - w)·a + w·b, accurate when it is close to 0: log1p(w·(b/a - 1)) where
+    that argument is small, the direct log-sum-exp form elsewhere (there |log(m/a)| > 0.4, so nothing cancels)."""
+    delta = log_b - log_a
+    zeros = torch.zeros_like(delta)
+    y = w * torch.expm1(torch.where(delta < 30.0, delta, zeros))
+    near_zero = (delta < 30.0) & (y.abs() < 0.5)
+    small = torch.log1p(torch.where(near_zero, y, zeros))
+    log_1mw = math.log1p(-w) if w < 1.0 else -math.inf  # w rounds to 1 when beta < 1e-16
+    large = torch.logaddexp(torch.full_like(delta, log_1mw), math.log(w) + delta)
+    return torch.where(near_zero, small, large)
+
+
+def _scaled_gjsd_near_limit(log_p: torch.Tensor, log_q: torch.Tensor, beta: float) -> torch.Tensor:
+    """JSD_beta / (beta (1 - beta)) for beta within ``_NEAR_LIMIT`` of 0 or 1.
+
+    The textbook form divides a KL of order (1 - beta) by (1 - beta) (or one of order beta by beta): its rounding
+    error, of the order of machine epsilon times |log m|, is magnified by 1/(1 - beta) and the result can even turn
+    negative. Writing beta·KL(p‖m) / (beta (1 - beta)) = -Σ p·log(m/p) / (1 - beta), with log(m/p) computed by
+    log1p, keeps full precision all the way to the limits KL(p‖q) (beta → 0) and KL(q‖p) (beta → 1).
+    """
+    p, q = log_p.exp(), log_q.exp()
+    from_p = _log_mix_over(log_p, log_q, 1 - beta) / (1 - beta)  # log(m/p)/(1-beta), m = beta p + (1-beta) q
+    from_q = _log_mix_over(log_q, log_p, beta) / beta  # log(m/q)/beta
+    terms = -(torch.where(p > 0, p * from_p, torch.zeros_like(p)) + torch.where(q > 0, q * from_q, torch.zeros_like(q)))
+    return terms.sum(-1)
 
 
 def _tv(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -761,13 +796,10 @@ class DistillSettings:
         return self.alpha > 0 or self.on_policy_fraction > 0
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up then cosine decay to ``min_lr_ratio``·lr (the zoo's schedule)."""
-        warm = max(1, round(self.warmup_fraction * self.steps))
-        if step < warm:
-            return self.lr * (step + 1) / warm
-        frac = (step - warm) / max(1, self.steps - warm)
-        floor = self.lr * self.min_lr_ratio
-        return floor + 0.5 * (self.lr - floor) * (1 + math.cos(math.pi * min(1.0, frac)))
+        """Linear warm-up then cosine decay to ``min_lr_ratio``·lr (the zoo's schedule, :func:`unveiled.zoo.lr_at`)."""
+        from .zoo import lr_at
+
+        return lr_at(step, self)
 
 
 @dataclass
