@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import tomllib
@@ -167,6 +168,26 @@ def test_solution_tag_only_in_lab(path):
         if title.lower() != "lab":
             for c in cells:
                 assert "solution" not in c.get("metadata", {}).get("tags", []), f"`solution` cell outside the Lab ({title})"
+
+
+def _ends_in_markdown_call(source: str) -> bool:
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return False
+    last = body[-1] if body else None
+    return (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
+            and getattr(last.value.func, "id", None) == "Markdown")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_computed_prose_hides_its_code(path):
+    """A cell whose output is a paragraph or caption (it ends in ``Markdown(...)``) reads as text in the book: its
+    f-string source is folded away (``hide-input``), one click from the reader."""
+    nb = load_nb(path)
+    for i, c in enumerate(nb["cells"]):
+        if c["cell_type"] == "code" and _ends_in_markdown_call(cell_source(c)):
+            assert "hide-input" in c.get("metadata", {}).get("tags", []), f"cell {i} renders prose: tag it hide-input"
 
 
 FORBIDDEN = re.compile(
