@@ -15,6 +15,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from .._search import first_true
 from ..datafiles import data_file
 from ..hardware import Device
 from .analysis import analyze, resolve_device
@@ -245,14 +246,8 @@ def compute_bound_batch(model_name, device: str | Device, seq_len: int = 1024, c
     if not ok.any():
         return math.inf
     hi = int(powers[np.argmax(ok)])
-    lo = hi // 2  # not compute-bound (or 0)
-    while hi - lo > 1:  # the intensity grows with the batch: bisect
-        mid = (lo + hi) // 2
-        if all_compute_bound([mid])[0]:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    # the intensity grows with the batch: bisect between the last power of two that is not compute-bound (or 0)
+    return first_true(lambda b: bool(all_compute_bound([b])[0]), hi // 2, hi)
 
 
 # ---- conventions: the paper next to first principles ----------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from .._search import first_true
 from .._validate import check_choice
 from ..hardware import Device
 from .analysis import check_setting, evaluate, memory_arrays, resolve_device
@@ -112,16 +113,9 @@ def _largest_fitting(fits_fn, hi: int) -> int:
     """Largest n in [1, hi] with fits_fn(n) True, for a monotone predicate (0 if none)."""
     if not fits_fn(1):
         return 0
-    lo = 1
     if fits_fn(hi):
         return hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fits_fn(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return first_true(lambda n: not fits_fn(n), 1, hi) - 1
 
 
 def _memory_total(spec, dev, stage, batch, seq_len, w_bits, a_bits, kv_bits, fa, conventions) -> float:

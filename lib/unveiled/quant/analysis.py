@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._search import first_true
 from .._validate import check_int
 from ..analyzer import analyze, sweep
 from ..hardware import Device
@@ -73,14 +74,7 @@ def _first_compute_bound_batch(model, device, op, w_bits, seq_len, conventions, 
 
     if not compute_bound(max_batch):
         return None
-    lo, hi = 0, max_batch  # compute_bound(lo) is False (or lo = 0), compute_bound(hi) is True
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if compute_bound(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return first_true(compute_bound, 0, max_batch)
 
 
 def memory_access_cases(model: str = "llama-2-13b", device: str | Device = "a6000", *, op: str = "q_proj",
