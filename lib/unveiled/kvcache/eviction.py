@@ -34,7 +34,24 @@ def _check_budget(budget: object, reserved: int, what: str) -> int:
     return budget
 
 
-class SinkWindowCache:
+class _EvictingCache:
+    """What both evicting caches share: per-layer kept keys and values, and ``offset``, the number of tokens
+    seen so far (it keeps growing after eviction: it is the position of the next token)."""
+
+    def __init__(self) -> None:
+        self._k: list[torch.Tensor | None] = []
+        self._v: list[torch.Tensor | None] = []
+        self._offset = 0
+
+    @property
+    def offset(self) -> int:
+        return self._offset
+
+    def __len__(self) -> int:
+        return 0 if not self._k or self._k[0] is None else self._k[0].shape[2]
+
+
+class SinkWindowCache(_EvictingCache):
     """StreamingLLM's cache: the first ``num_sinks`` tokens plus the most recent ``budget - num_sinks``.
 
     Keys are stored before RoPE (``keys_before_rope = True``): the decoder rotates the returned keys by their
@@ -49,17 +66,8 @@ class SinkWindowCache:
         self.num_sinks = check_int("num_sinks", num_sinks, minimum=0)
         self.budget = _check_budget(budget, self.num_sinks, "the number of sink tokens num_sinks")
         self.window = self.budget - self.num_sinks
-        self._k: list[torch.Tensor | None] = []
-        self._v: list[torch.Tensor | None] = []
+        super().__init__()
         self._pos: list[torch.Tensor] = []
-        self._offset = 0
-
-    @property
-    def offset(self) -> int:
-        return self._offset
-
-    def __len__(self) -> int:
-        return 0 if not self._k or self._k[0] is None else self._k[0].shape[2]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         while len(self._k) <= layer:
@@ -110,7 +118,7 @@ class SinkWindowCache:
         return f"SinkWindowCache(sinks={self.num_sinks}, window={self.window}, tokens={len(self)}, seen={self._offset})"
 
 
-class HeavyHitterCache:
+class HeavyHitterCache(_EvictingCache):
     """H2O's cache: per key/value head, the ``recent`` latest tokens plus the ``budget - recent`` older ones
     with the largest accumulated attention [Zhang et al. 2023].
 
@@ -129,18 +137,9 @@ class HeavyHitterCache:
         self.recent = budget // 2 if recent is None else check_int("recent", recent)
         self.budget = _check_budget(budget, self.recent, "the recent window")
         self.heavy = self.budget - self.recent
-        self._k: list[torch.Tensor | None] = []
-        self._v: list[torch.Tensor | None] = []
+        super().__init__()
         self._score: list[torch.Tensor | None] = []
         self._pos: list[torch.Tensor | None] = []
-        self._offset = 0
-
-    @property
-    def offset(self) -> int:
-        return self._offset
-
-    def __len__(self) -> int:
-        return 0 if not self._k or self._k[0] is None else self._k[0].shape[2]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         while len(self._k) <= layer:
