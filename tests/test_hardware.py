@@ -288,3 +288,34 @@ def test_user_devices_roundtrip_their_units(bw, peak):
     assert dev.bandwidth == pytest.approx(bw * 1e9)
     assert dev.peak("bf16") == pytest.approx(peak * 1e12)
     assert dev.ridge_point("bf16") == pytest.approx(peak * 1e12 / (bw * 1e9))
+
+
+def test_device_features_are_sourced_and_queried_by_canonical_name(monkeypatch):
+    table = hw.device_features()
+    assert list(table.columns) == ["device", "feature", "support", "source_url", "notes"]
+    assert set(table["feature"]) <= set(hw.FEATURES) and set(table["support"]) <= set(hw.SUPPORT_LEVELS)
+    assert hw.supports("a6000", "fp4_e2m1") in {None, *hw.SUPPORT_LEVELS}
+    with pytest.raises(ValueError, match="Did you mean 'sparse_2_4'"):
+        hw.supports("a6000", "sparse24")
+    # A row is found by any alias of its device, and a bad row is refused with its line number.
+    fake = "device,feature,support,source_url,notes\nrtx-a6000,sparse_2_4,native,https://example.org,x\n"
+    monkeypatch.setattr(hw, "data_file", lambda name: _Text(fake) if name == "device_features.csv" else _orig(name))
+    assert hw.supports("a6000", "sparse_2_4") == "native"
+    monkeypatch.setattr(hw, "data_file", lambda name: _Text(fake.replace("native", "fast"))
+                        if name == "device_features.csv" else _orig(name))
+    with pytest.raises(ValueError, match="line 2: support must be one of"):
+        hw.device_features()
+
+
+class _Text:
+    def __init__(self, text: str):
+        self.text = text
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.text
+
+
+def _orig(name: str):
+    from unveiled.datafiles import data_file
+
+    return data_file(name)

@@ -27,7 +27,13 @@ def test_run_writes_table_and_provenance(tmp_path):
     assert pd.read_csv(tmp_path / f"{name}.csv").equals(df)
     meta = json.loads((tmp_path / f"{name}.json").read_text())
     assert meta["command"] == f"python -m unveiled.results run {name}"
-    assert meta["rows"] == 2 and "cores" in meta["machine"] and "numpy" in meta["versions"]
+    assert meta["rows"] == 2 and "numpy" in meta["versions"]
+    machine = meta["machine"]
+    assert machine["usable_cores"] >= 1 and machine["cpu"] and "torch_cpu_capability" in machine
+    assert machine["torch_cpu_capability"] in {"DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX", "SVE256", "NEON"} or \
+        machine["torch_cpu_capability"] is None
+    # The code that produced it: this test runs in a git checkout, so the commit is known.
+    assert len(meta["git"]["commit"]) == 40 and isinstance(meta["git"]["dirty"], bool)
 
 
 def test_unknown_names_are_explained():

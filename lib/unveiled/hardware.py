@@ -40,14 +40,18 @@ from .datafiles import data_file
 
 __all__ = [
     "DTYPES",
+    "FEATURES",
     "KINDS",
     "PRESETS",
+    "SUPPORT_LEVELS",
     "Device",
     "canonical_dtype",
     "define_device",
+    "device_features",
     "device_names",
     "hardware",
     "hardware_table",
+    "supports",
 ]
 
 #: Data types with a peak column in the hardware table, and the bytes one element occupies.
@@ -431,3 +435,51 @@ def hardware_table(preset: str | None = "datasheet") -> pd.DataFrame:
     table = pd.DataFrame(rows).sort_values(["preset", "vendor", "name"]).reset_index(drop=True)
     table["sm_count"] = table["sm_count"].astype("Int64")
     return table
+
+
+#: What a device can do with a number format or a sparsity pattern, beyond its dense peaks: ``data/device_features.csv``
+#: has one sourced row per (device, feature). Features name formats and patterns (the formats of
+#: :mod:`unveiled.quant` and the N:M patterns of pruning); support is ``"native"`` (matrix units execute it at
+#: a published rate), ``"storage"`` (the device can hold it in memory, but converts to a wider type to compute)
+#: or ``"none"``. A (device, feature) pair without a row is unknown, not unsupported.
+FEATURES = ("fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1", "mxfp8", "mxfp6", "mxfp4", "nvfp4",
+            "int8", "int4", "sparse_2_4")
+SUPPORT_LEVELS = ("native", "storage", "none")
+
+
+def device_features(preset: str = "datasheet") -> pd.DataFrame:
+    """The sourced feature table: one row per (device, feature) with ``support``, ``source_url`` and ``notes``.
+
+    Device names are the registry's canonical names; every row needs a source. Introduced in Chapter 1.
+    """
+    _load()
+    df = pd.read_csv(io.StringIO(data_file("device_features.csv").read_text(encoding="utf-8")), dtype=str,
+                     keep_default_na=False)
+    canonical = []
+    for i, row in enumerate(df.itertuples(index=False), start=2):
+        where = f"data/device_features.csv line {i}"
+        if row.feature not in FEATURES:
+            raise ValueError(f"{where}: unknown feature {row.feature!r}; accepted: {list(FEATURES)}")
+        if row.support not in SUPPORT_LEVELS:
+            raise ValueError(f"{where}: support must be one of {list(SUPPORT_LEVELS)}, got {row.support!r}")
+        if not row.source_url:
+            raise ValueError(f"{where}: every row needs a source_url")
+        canonical.append(hardware(row.device, preset).name)  # raises for an unknown device
+    df["device"] = canonical
+    return df.reset_index(drop=True)
+
+
+def supports(device: str | Device, feature: str) -> str | None:
+    """How ``device`` supports ``feature``: ``"native"``, ``"storage"``, ``"none"``, or None where no source says.
+
+    ``supports("h100-sxm", "sparse_2_4")`` asks whether the H100's tensor cores run 2:4 sparse matmuls.
+    Introduced in Chapter 1.
+    """
+    if feature not in FEATURES:
+        close = suggest(str(feature), FEATURES)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown feature {feature!r}.{hint} Accepted: {list(FEATURES)}")
+    dev = hardware(device) if not isinstance(device, Device) else device
+    df = device_features(dev.preset)
+    hit = df[(df["device"] == dev.name) & (df["feature"] == feature)]
+    return None if hit.empty else str(hit["support"].iloc[0])

@@ -16,7 +16,6 @@ Experiment names are ``<module>.<name>``, where ``<module>`` is the ``unveiled``
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import importlib
 import io
 import json
@@ -30,7 +29,7 @@ import pandas as pd
 
 from ._validate import unknown_name
 from .datafiles import data_file, list_data_files
-from .environment import environment_report, machine_description
+from .environment import provenance_record
 
 __all__ = ["Experiment", "cached", "experiment", "provenance", "registered", "run"]
 
@@ -75,7 +74,8 @@ def registered() -> dict[str, Experiment]:
 
 
 def provenance(name: str) -> dict:
-    """Where a cached table came from: command, machine, versions, date, duration."""
+    """Where a cached table came from: command, machine (CPU, PyTorch's instruction set, threads), versions,
+    git commit, date, duration. Tables cached before the record grew keep the fields they had."""
     return json.loads(data_file(f"results/{name}.json").read_text())
 
 
@@ -102,17 +102,8 @@ def run(name: str, out_dir: pathlib.Path | None = None) -> pd.DataFrame:
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         df.to_csv(out_dir / f"{name}.csv", index=False)
-        env = dict(zip(environment_report()["component"], environment_report()["version"], strict=True))
-        meta = {
-            "name": name,
-            "description": _REGISTRY[name].description,
-            "command": f"python -m unveiled.results run {name}",
-            "machine": machine_description(),
-            "versions": env,
-            "date": _dt.date.today().isoformat(),
-            "duration_s": round(took, 1),
-            "rows": len(df),
-        }
+        meta = provenance_record(f"python -m unveiled.results run {name}", name=name,
+                                 description=_REGISTRY[name].description, duration_s=round(took, 1), rows=len(df))
         (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
     return df
 

@@ -21,9 +21,7 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
 import pathlib
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -290,12 +288,16 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _machine() -> dict:
-    from .environment import cpu_name
+def _git() -> dict | None:
+    from .environment import git_revision
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu_name(), "usable_cores": cores, "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform()}
+    return git_revision()
+
+
+def _machine() -> dict:
+    from .environment import machine_record
+
+    return machine_record()
 
 
 def model_card_markdown(info: dict) -> str:
@@ -374,6 +376,7 @@ def _write_shipped(result: TrainResult, out: pathlib.Path) -> dict:
         "train_time_s": round(result.time_s, 1),
         "machine": _machine(),
         "versions": _versions(),
+        "git": _git(),
         "date": _dt.date.today().isoformat(),
         "val": {"chars": len(val_text), "predicted_chars": res.tokens, "nats_per_char": res.nll,
                 "perplexity": res.perplexity, "bits_per_char": res.bits_per_token, "window": 256,

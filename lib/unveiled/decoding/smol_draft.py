@@ -361,7 +361,7 @@ def evaluate_draft(draft: SubVocabDraft, teacher, tokens: list[int], window: int
 def _write_shipped(result: DraftTrainResult, out: pathlib.Path, eval_tokens: int = 4096) -> dict:
     from safetensors.torch import save_file
 
-    from ..environment import machine_description
+    from ..environment import git_revision, machine_record
     from ..smollm2 import load_smollm2, smollm2_tokenizer
     from ..text import corpus_split
     from ..zoo import _versions
@@ -388,8 +388,9 @@ def _write_shipped(result: DraftTrainResult, out: pathlib.Path, eval_tokens: int
         "training": {**asdict(result.settings), "steps": len(result.log)},
         "teacher_time_s": round(result.teacher_time_s, 1),
         "train_time_s": round(result.time_s, 1),
-        "machine": machine_description(),
+        "machine": machine_record(),
         "versions": _versions(),
+        "git": git_revision(),
         "date": _dt.date.today().isoformat(),
         "final_loss": {k: round(float(result.log[k].tail(50).mean()), 4) for k in ("loss", "ce", "kd")},
         "curve": [{"step": int(r.step), "loss": round(float(r.loss), 4)} for r in result.log.itertuples()
