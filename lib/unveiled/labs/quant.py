@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..quant.gptq import _inverse_cholesky_upper, gptq_quantize, hessian_from_inputs
+from ..quant.gptq import gptq_quantize
+from ..quant.hessian import hessian_from_inputs, inverse_cholesky_upper
 from ..quant.uniform import QuantSpec, compute_params, dequantize_values, fake_quantize, quantize_values
 from . import Case, LabReport, run_cases
 
@@ -187,7 +188,7 @@ def _gptq_problem(seed: int, rows: int, cols: int, bits: int, identity: bool = F
         h = hessian_from_inputs(x)
     damp = 0.01
     hd = h + damp * torch.diag(h).mean() * torch.eye(cols, dtype=torch.float64)
-    u = _inverse_cholesky_upper(hd)
+    u = inverse_cholesky_upper(hd)
     spec = QuantSpec(bits)
     scale, zero = compute_params(w, spec)  # per-channel grid from the original weights, as GPTQ does
     scale, zero = scale[:, 0], zero[:, 0]

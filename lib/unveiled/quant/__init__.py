@@ -4,6 +4,7 @@
   per tensor / channel / token / group), round-to-nearest, packing of 1–8-bit codes into bytes, storage sizes;
 * :mod:`.layers`: :class:`QuantLinear` (fake-quantized weights, optional W8A8/W4A4 activation quantization),
   :func:`quantize_model`, :func:`model_size`, :func:`quantized_state_dict`, calibration statistics;
+* :mod:`.hessian`: the layer Hessian and the Optimal Brain Surgeon column sweep (shared with SparseGPT);
 * :mod:`.gptq`: GPTQ [Frantar et al. 2023]; :mod:`.awq`: AWQ [Lin et al. 2024]; :mod:`.smoothing`:
   SmoothQuant [Xiao et al. 2023]; :mod:`.outliers`: LLM.int8() [Dettmers et al. 2022]; :mod:`.rotation`:
   Hadamard rotations, QuaRot-style [Ashkboos et al. 2024];
@@ -23,6 +24,7 @@ from .analysis import *  # noqa: F403
 from .awq import *  # noqa: F403
 from .experiments import *  # noqa: F403
 from .gptq import *  # noqa: F403
+from .hessian import *  # noqa: F403
 from .kernels import *  # noqa: F403
 from .layers import *  # noqa: F403
 from .methods import *  # noqa: F403
