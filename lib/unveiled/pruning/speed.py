@@ -1,0 +1,136 @@
+"""What a CPU makes of pruning: sparse (CSR) against dense matmuls, and the decode speed of smaller models.
+
+Zeros stored in a dense tensor are multiplied like any other number: unstructured sparsity saves time only
+if a kernel skips them. PyTorch's CPU kernel for compressed sparse row (CSR) matrices does, but it reads a
+column index for every kept value and gives up the blocked, vectorised inner loops of a dense GEMM. The
+roofline says where it could pay: in memory-bound decode the CSR matrix moves ``(1 − s)·(value + index)``
+bytes per weight against the dense ``value`` bytes, so it wins beyond ``s = index/(value + index)`` (a half
+with 32-bit indices). :func:`csr_vs_dense` measures both on this machine and predicts both on a (measured)
+roofline, in one run; :func:`break_even` reads the crossing. :func:`decode_speeds` times greedy decoding of
+structurally pruned and low-rank models against the dense one. Introduced in Chapter 5.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .._validate import check_int
+from ..analyzer.sparsity import WeightForm, linear_form_cost
+from ..measure import _time_repeats
+from ..threads import torch_threads
+
+__all__ = ["break_even", "csr_matrix", "csr_vs_dense", "decode_speeds"]
+
+
+def csr_matrix(weight: torch.Tensor, index_bits: int = 32) -> torch.Tensor:
+    """``weight``'s non-zeros as a PyTorch CSR tensor with ``index_bits`` (32 or 64) indices. Chapter 5."""
+    if index_bits not in (32, 64):
+        raise ValueError(f"index_bits must be 32 or 64 (what PyTorch's CSR kernels take), got {index_bits}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        c = weight.to_sparse_csr()
+        if index_bits == 32:
+            c = torch.sparse_csr_tensor(c.crow_indices().int(), c.col_indices().int(), c.values(), c.shape)
+    return c
+
+
+def _random_sparse(out_f: int, in_f: int, sparsity: float, gen: torch.Generator) -> torch.Tensor:
+    """Random values at random positions, each kept with probability ``1 − sparsity`` (fast for large W)."""
+    w = torch.randn(out_f, in_f, generator=gen)
+    return torch.where(torch.rand(out_f, in_f, generator=gen) >= sparsity, w, torch.zeros_like(w))
+
+
+@torch.inference_mode()
+def csr_vs_dense(out_features: int = 4096, in_features: int = 4096, batch: int = 1,
+                 sparsities: Sequence[float] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98), *, repeats: int = 7,
+                 index_bits: int = 32, threads: int | None = None, device=None, seed: int = 0,
+                 clock: str = "wall") -> pd.DataFrame:
+    """Time ``y = W x`` with ``W [out, in]`` dense and as CSR, at each sparsity, and predict both on ``device``.
+
+    ``x`` is ``[in, batch]`` fp32 (``batch = 1`` is a decode step's matrix–vector product); each weight keeps a
+    random ``1 − s`` of its positions (``sparsity`` is the measured fraction of zeros). Times are the best of
+    ``repeats`` after a warm-up, dense and sparse interleaved in one run so machine load hits both alike; a
+    dense kernel's time does not depend on the values, so ``dense_s`` is the best dense time over all rows.
+    ``clock="thread"`` times the thread's CPU time (with one thread: robust to a busy machine).
+    Columns: ``sparsity``, ``dense_s``, ``csr_s``, ``speedup`` (dense/CSR, > 1 means CSR wins), ``csr_bytes``,
+    ``dense_bytes`` and, with a ``device`` (a name or the :class:`~unveiled.hardware.Device` of
+    :func:`unveiled.measure_machine`), ``predicted_dense_s``, ``predicted_csr_s`` and ``predicted_speedup`` from
+    the roofline (fp32 peak and bandwidth). Introduced in Chapter 5.
+    """
+    from ..roofline import roofline_time
+
+    out_features, in_features = check_int("out_features", out_features), check_int("in_features", in_features)
+    batch, repeats = check_int("batch", batch), check_int("repeats", repeats)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(in_features, batch, generator=gen)
+    rows = []
+    dense_cost = linear_form_cost(batch, out_features, in_features, 32, 32)
+    with torch_threads(threads):
+        for s in sparsities:
+            w = _random_sparse(out_features, in_features, s, gen)
+            c = csr_matrix(w, index_bits)
+            t_dense, t_csr = [], []
+            for _ in range(2):  # alternate, so a burst of load from other jobs hits both
+                t_dense += _time_repeats(lambda w=w: w @ x, max(1, repeats // 2), clock)
+                t_csr += _time_repeats(lambda c=c: torch.sparse.mm(c, x), max(1, repeats // 2), clock)
+            s = 1.0 - c.values().numel() / w.numel()
+            form = WeightForm("unstructured", sparsity=s, storage="csr", index_bits=index_bits)
+            sparse_cost = linear_form_cost(batch, out_features, in_features, 32, 32, form)
+            row = {"sparsity": s, "dense_s": min(t_dense), "csr_s": min(t_csr),
+                   "dense_bytes": float(dense_cost["bytes"]), "csr_bytes": float(sparse_cost["bytes"])}
+            if device is not None:
+                nnz_flops = 2.0 * batch * out_features * in_features * (1.0 - s)
+                row["predicted_dense_s"] = roofline_time(dense_cost["flops"], dense_cost["bytes"], device, "fp32")
+                row["predicted_csr_s"] = roofline_time(max(nnz_flops, 1.0), sparse_cost["bytes"], device, "fp32")
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    df["dense_s"] = df["dense_s"].min()
+    df["speedup"] = df["dense_s"] / df["csr_s"]
+    if device is not None:
+        df["predicted_speedup"] = df["predicted_dense_s"] / df["predicted_csr_s"]
+    df.attrs.update(out_features=out_features, in_features=in_features, batch=batch, index_bits=index_bits,
+                    threads=torch.get_num_threads() if threads is None else threads)
+    return df
+
+
+def break_even(df: pd.DataFrame, column: str = "speedup") -> float | None:
+    """The sparsity at which ``column`` (dense time / sparse time) first reaches 1, interpolated linearly
+    between the measured sparsities; None if it never does. Introduced in Chapter 5."""
+    s, r = df["sparsity"].to_numpy(float), df[column].to_numpy(float)
+    order = np.argsort(s)
+    s, r = s[order], r[order]
+    for k in range(len(s)):
+        if r[k] >= 1.0:
+            if k == 0:
+                return float(s[0])
+            return float(s[k - 1] + (1.0 - r[k - 1]) * (s[k] - s[k - 1]) / (r[k] - r[k - 1]))
+    return None
+
+
+def decode_speeds(models: Mapping[str, torch.nn.Module], prompt: Sequence[int] | torch.Tensor, *,
+                  new_tokens: int = 16, rounds: int = 2, threads: int | None = None) -> pd.DataFrame:
+    """Greedy decode speed of each model (a KV cache, one token per step), measured in one run.
+
+    Each round times every model once (:func:`unveiled.quant.decode_speed`, median step time); the best round
+    counts, so a burst of load from other jobs does not decide a ratio. Columns: ``model``, ``params``,
+    ``time_per_token_s``, ``tokens_per_s`` and ``speedup`` against the first model. Introduced in Chapter 5.
+    """
+    from ..quant.kernels import decode_speed
+
+    rounds = check_int("rounds", rounds)
+    best: dict[str, float] = {}
+    with torch_threads(threads):
+        for _ in range(rounds):
+            for label, m in models.items():
+                t = decode_speed(m, prompt, new_tokens=new_tokens)["time_per_token_s"]
+                best[label] = min(best.get(label, float("inf")), t)
+    rows = [{"model": k, "params": sum(p.numel() for p in {id(p): p for p in m.parameters()}.values()),
+             "time_per_token_s": best[k], "tokens_per_s": 1.0 / best[k]} for k, m in models.items()]
+    df = pd.DataFrame(rows)
+    df["speedup"] = df["time_per_token_s"].iloc[0] / df["time_per_token_s"]
+    return df
