@@ -97,7 +97,7 @@ class Compression:
         if self.family == "structured":
             kv = 1 if self.pattern == "kv+mlp" else 0
             out, _ = structured_prune(model, plan_for_sparsity(model.config, self.target, kv), self.method,
-                                      calibration)
+                                      calibration, batch_size=4)
             if self.recover_steps:
                 if train_tokens is None:
                     raise ValueError("LoRA recovery needs training tokens")
