@@ -14,6 +14,7 @@
 Introduced in Chapter 5.
 """
 
+from . import experiments as experiments
 from .lowrank import *  # noqa: F403
 from .patterns import *  # noqa: F403
 from .sparsegpt import *  # noqa: F403
