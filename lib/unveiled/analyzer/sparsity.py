@@ -21,14 +21,28 @@ Every function is NumPy arithmetic on scalars or arrays. Introduced in Chapter 5
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .._validate import check_choice, check_int, check_number
+from ..hardware import Device, supports
 
-__all__ = ["FORMS", "STORAGES", "WeightForm", "linear_form_cost", "weight_form_bytes"]
+__all__ = [
+    "BLOCK_PROJECTIONS",
+    "FORMS",
+    "STORAGES",
+    "WeightForm",
+    "apply_weight_form",
+    "linear_form_cost",
+    "pruned_spec",
+    "weight_form_bytes",
+]
+
+#: The operators a weight form applies to: the dense block projections (embeddings, head and experts stay).
+BLOCK_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "fc1", "fc2")
 
 FORMS = ("dense", "unstructured", "n:m", "lowrank")
 STORAGES = ("bitmask", "csr")
@@ -127,11 +141,12 @@ def linear_form_cost(tokens, out_features, in_features, w_bits=16, a_bits=16, fo
                      native_sparse: bool = False) -> dict[str, object]:
     """Operations and bytes of a linear layer on ``tokens`` rows with its weight in ``form``.
 
-    Returns ``{"flops", "weight_bytes", "act_bytes", "bytes"}``. Activations are read and written once
-    (``a_bits`` each); a low-rank pair also writes and re-reads its ``tokens·r`` intermediate. ``flops`` are
-    the operations the hardware executes: ``2·N·in·out`` for dense, unstructured and N:M forms, halved (``n/m``)
-    for 2:4 when ``native_sparse`` (the device's sparse tensor cores skip the zeros), and
-    ``2·N·r·(in + out)`` for low rank. Introduced in Chapter 5.
+    Returns ``{"flops", "weight_bytes", "act_bytes", "bytes", "peak_scale"}``. Activations are read and written
+    once (``a_bits`` each); a low-rank pair also writes and re-reads its ``tokens·r`` intermediate. ``flops``
+    count the products of the matrix as stored: ``2·N·in·out`` for dense, unstructured and N:M forms (zeros
+    included) and ``2·N·r·(in + out)`` for low rank. ``peak_scale`` is ``m/n`` (2 for 2:4) when
+    ``native_sparse`` and the form is 2:4: the device's sparse tensor cores skip the zeros, which doubles its
+    compute roof; otherwise 1. Introduced in Chapter 5.
     """
     f = WeightForm.parse(form)
     N = np.asarray(tokens, dtype=float)
@@ -145,6 +160,67 @@ def linear_form_cost(tokens, out_features, in_features, w_bits=16, a_bits=16, fo
         act = act + 2.0 * N * r * ab
     else:
         flops = 2.0 * N * i * o
-        if native_sparse and f.hardware_sparse():
-            flops = flops * f.n / f.m
-    return {"flops": flops, "weight_bytes": wbytes, "act_bytes": act, "bytes": wbytes + act}
+    scale = f.m / f.n if native_sparse and f.hardware_sparse() else 1.0
+    return {"flops": flops, "weight_bytes": wbytes, "act_bytes": act, "bytes": wbytes + act, "peak_scale": scale}
+
+
+def pruned_spec(spec, kv_groups: int = 0, mlp_channels: int = 0, name: str | None = None):
+    """The analyzer's model after structured pruning: ``kv_groups`` key/value heads (each with its ``H/K`` query
+    heads) and ``mlp_channels`` intermediate channels removed from every layer. Structured pruning needs no
+    weight form: the pruned model is a smaller dense one. Introduced in Chapter 5."""
+    K, H = spec.num_kv_heads, spec.num_heads
+    kv_groups = check_int("kv_groups", kv_groups, minimum=0, maximum=K - 1)
+    mlp_channels = check_int("mlp_channels", mlp_channels, minimum=0, maximum=spec.intermediate_size - 1)
+    if spec.is_moe or spec.is_mla:
+        raise ValueError(f"{spec.name}: structured pruning here covers dense GQA models, not MoE or MLA ones")
+    rep = H // K
+    return dataclasses.replace(spec, num_heads=(K - kv_groups) * rep, num_kv_heads=K - kv_groups,
+                               intermediate_size=spec.intermediate_size - mlp_channels,
+                               name=name or f"{spec.name} (-{kv_groups} KV groups, -{mlp_channels} MLP channels)")
+
+
+def apply_weight_form(ev, form: WeightForm | str | None, device: Device, *, tokens, w_bits, a_bits,
+                      group_size: int | None = None, native: bool | None = None):
+    """Re-cost the block projections of an evaluated pass (the analyzer's per-operator arrays) in ``form``.
+
+    For every operator in :data:`BLOCK_PROJECTIONS`, the input and output widths are read back from its
+    activation traffic (``tokens·in`` and ``tokens·out`` elements), the weight bytes become
+    :func:`weight_form_bytes` (bias bytes kept), a low-rank pair gets its operations and intermediate traffic,
+    and the time is the roofline's again, with the compute roof scaled by ``peak_scale`` for 2:4 on a device
+    with native sparse tensor cores (``native=None`` asks ``supports(device, "sparse_2_4")``). Returns the new
+    evaluation and the change in stored weight bytes per pass (for the memory footprint). Introduced in
+    Chapter 5.
+    """
+    f = WeightForm.parse(form)
+    if f.kind == "dense":
+        return ev, 0.0
+    if native is None:
+        native = supports(device, "sparse_2_4") == "native"
+    ab = np.asarray(a_bits, dtype=float) / 8.0
+    wb = np.asarray(w_bits, dtype=float) / 8.0
+    if group_size:
+        wb = np.where(np.asarray(w_bits) < 16, wb + 4.0 / group_size, wb)
+    N = np.asarray(tokens, dtype=float)
+    flops, time, bound = ev.flops.copy(), ev.time.copy(), ev.compute_bound.copy()
+    parts = {k: v.copy() for k, v in ev.parts.items()}
+    total = ev.bytes.copy()
+    delta = 0.0
+    for i, (name, kind) in enumerate(zip(ev.names, ev.kinds, strict=True)):
+        if name not in BLOCK_PROJECTIONS or kind != "gemm":
+            continue
+        fin = parts["load_act"][i] / (N * ab)
+        fout = parts["store_act"][i] / (N * ab)
+        cost = linear_form_cost(N, fout, fin, 8.0 * wb, a_bits, f, native_sparse=native)
+        new_lw = parts["load_weight"][i] - fin * fout * wb + cost["weight_bytes"]
+        delta = delta + ev.counts[i] * (new_lw - parts["load_weight"][i])
+        parts["load_weight"][i] = new_lw
+        if f.kind == "lowrank":
+            r = _rank(fout, fin, f.keep)
+            flops[i] = flops[i] - 2.0 * N * fin * fout + cost["flops"]
+            parts["load_act"][i] = parts["load_act"][i] + N * r * ab
+            parts["store_act"][i] = parts["store_act"][i] + N * r * ab
+        total[i] = sum(p[i] for p in parts.values())
+        peak = ev.peaks[i] * cost["peak_scale"]
+        time[i] = np.maximum(flops[i] / peak, total[i] / device.bandwidth)
+        bound[i] = flops[i] / peak >= total[i] / device.bandwidth
+    return dataclasses.replace(ev, flops=flops, parts=parts, bytes=total, time=time, compute_bound=bound), delta

@@ -24,7 +24,7 @@ from ..analyzer.sparsity import WeightForm, linear_form_cost
 from ..measure import _time_repeats
 from ..threads import torch_threads
 
-__all__ = ["break_even", "csr_matrix", "csr_vs_dense", "decode_speeds"]
+__all__ = ["break_even", "csr_matrix", "csr_vs_dense", "decode_speeds", "model_spec", "predict_pass"]
 
 
 def csr_matrix(weight: torch.Tensor, index_bits: int = 32) -> torch.Tensor:
@@ -134,3 +134,36 @@ def decode_speeds(models: Mapping[str, torch.nn.Module], prompt: Sequence[int] |
     df = pd.DataFrame(rows)
     df["speedup"] = df["time_per_token_s"].iloc[0] / df["time_per_token_s"]
     return df
+
+
+def model_spec(model):
+    """The analyzer's model for a book :class:`~unveiled.models.Decoder` (its config as a Hugging Face config),
+    or the model name / spec passed through. Introduced in Chapter 5."""
+    from ..analyzer.configs import model as spec_of
+    from ..analyzer.configs import model_from_hf_config
+    from ..models import Decoder
+
+    if isinstance(model, Decoder):
+        return model_from_hf_config(model.config.to_hf_config(), name=model.config.name or "decoder")
+    return spec_of(model)
+
+
+def predict_pass(model, device, form: WeightForm | str | None = None, *, stage: str = "decode", batch: int = 1,
+                 seq_len: int = 128, w_bits: int = 32, a_bits: int = 32, kv_bits: int | None = None,
+                 native: bool | None = None) -> dict[str, float]:
+    """The roofline's time, operations, bytes and weight bytes of one pass of ``model`` with its block projections
+    in ``form`` (:func:`unveiled.analyzer.sparsity.apply_weight_form` on :func:`unveiled.analyze`; fp32 by
+    default, as the book's CPU runs). ``model`` is a name, an analyzer spec (e.g.
+    :func:`~unveiled.analyzer.sparsity.pruned_spec`) or a :class:`~unveiled.models.Decoder`. Introduced in
+    Chapter 5."""
+    from ..analyzer.analysis import analyze, resolve_device
+    from ..analyzer.sparsity import apply_weight_form
+
+    spec = model_spec(model)
+    dev = resolve_device(device)
+    a = analyze(spec, dev, stage=stage, batch=batch, seq_len=seq_len, w_bits=w_bits, a_bits=a_bits,
+                kv_bits=kv_bits, check_context=False)
+    tokens = batch * (seq_len if stage == "prefill" else 1)
+    ev, delta = apply_weight_form(a._ev, form, dev, tokens=tokens, w_bits=w_bits, a_bits=a_bits, native=native)
+    return {"time_s": float(ev.counts @ ev.time), "flops": float(ev.counts @ ev.flops),
+            "bytes": float(ev.counts @ ev.bytes), "weights_bytes": float(a.memory.weights + delta)}
