@@ -30,7 +30,7 @@ from ..models import Decoder, DecoderConfig
 from ..results import experiment
 from ..threads import torch_threads
 from .lowrank import LowRankLinear, lowrank_model
-from .structured import lora_recover, plan_for_sparsity, structured_prune
+from .structured import lora_recover, plan_for_sparsity, structure_scores, structured_prune
 from .unstructured import prune_model
 
 __all__ = [
@@ -52,6 +52,8 @@ SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 NM_PATTERNS = ("2:4", "4:8")
 STRUCTURED_SPARSITIES = (0.1, 0.2, 0.3, 0.4)
 LOWRANK_KEEP = (0.9, 0.8, 0.7, 0.6)
+#: Out-of-domain tokens (pydoc) in each SmolLM2 perplexity (4 windows of 256).
+OOD_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,12 @@ class Compression:
             return f"{self.method.upper()} {self.pattern} keep {100 * (1 - self.target):g}%"
         return f"{self.method} {self.pattern}"
 
-    def apply(self, model: Decoder, calibration: torch.Tensor, train_tokens: Sequence[int] | None = None) -> Decoder:
-        """A compressed copy of ``model`` (the original is untouched)."""
+    def apply(self, model: Decoder, calibration: torch.Tensor, train_tokens: Sequence[int] | None = None,
+              cache: dict | None = None) -> Decoder:
+        """A compressed copy of ``model`` (the original is untouched). ``cache`` (a dict shared across calls on
+        the same model and calibration) keeps what does not depend on the setting: structure scores and ASVD's
+        input magnitudes."""
+        cache = {} if cache is None else cache
         if self.family == "dense":
             return copy.deepcopy(model)
         if self.family in ("unstructured", "semi-structured"):
@@ -96,15 +102,23 @@ class Compression:
             return prune_model(model, self.method, self.pattern, cal, progress=False)[0]
         if self.family == "structured":
             kv = 1 if self.pattern == "kv+mlp" else 0
+            key = ("scores", self.method)
+            if key not in cache:
+                cache[key] = structure_scores(model, self.method, calibration, batch_size=4)
             out, _ = structured_prune(model, plan_for_sparsity(model.config, self.target, kv), self.method,
-                                      calibration, batch_size=4)
+                                      scores=cache[key])
             if self.recover_steps:
                 if train_tokens is None:
                     raise ValueError("LoRA recovery needs training tokens")
                 out, _ = lora_recover(out, train_tokens, steps=self.recover_steps, lr=3e-3)
             return out
+        if self.method == "asvd" and "absmean" not in cache:
+            from ..quant.layers import collect_input_stats
+
+            stats = collect_input_stats(model, calibration)
+            cache["absmean"] = {n: s["absmean"] for n, s in stats.items()}
         return lowrank_model(model, 1.0 - self.target, method=self.method, allocation=self.pattern,
-                             calibration=calibration)[0]
+                             input_absmean=cache.get("absmean") if self.method == "asvd" else None)[0]
 
     def describe(self) -> dict:
         return {"label": self.label, "family": self.family, "method": self.method, "pattern": self.pattern,
@@ -158,13 +172,14 @@ def run_compressions(model: Decoder, compressions: Sequence[Compression], kind: 
     ``kind`` is ``"smollm2"`` or ``"tiny"`` (which evaluation text and live prefix, as in Chapter 3). Columns:
     the :meth:`Compression.describe` fields, ``sparsity``, ``block_params``, ``params``, ``perplexity``,
     ``perplexity_live``, ``eval_tokens``, ``perplexity_ood`` (if asked), ``compress_s`` and ``delta_pct``
-    (against the dense row). Introduced in Chapter 5.
+    (against the dense row). Structure scores and ASVD's input magnitudes are computed once per model and
+    reused (``compress_s`` of the first row of each kind includes them). Introduced in Chapter 5.
     """
     from ..quant.experiments import LIVE_TOKENS, eval_tokens, perplexities
 
     check_choice("kind", kind, ("smollm2", "tiny"))
     tokens = eval_tokens(kind)
-    rows = []
+    rows, cache = [], {}
     it = compressions
     if progress:
         from tqdm.auto import tqdm
@@ -172,7 +187,7 @@ def run_compressions(model: Decoder, compressions: Sequence[Compression], kind: 
         it = tqdm(compressions, desc="compressions", leave=False)
     for c in it:
         t0 = time.perf_counter()
-        m = c.apply(model, calibration, train_tokens)
+        m = c.apply(model, calibration, train_tokens, cache)
         took = time.perf_counter() - t0
         sparsity, kept = block_sparsity(m, model)
         row = c.describe() | {"sparsity": sparsity, "block_params": kept,
@@ -248,13 +263,13 @@ def _experiment(name: str, description: str):
              "SVD/ASVD low rank keeping 90-60% (calibration: 16 x 256 training-split tokens; one thread)")
 def smollm2_sweep() -> pd.DataFrame:
     """The chapter's main table (see :func:`smollm2_compressions`). Introduced in Chapter 5."""
-    from ..quant.experiments import EVAL_TOKENS, calibration_batch
+    from ..quant.experiments import calibration_batch
     from ..smollm2 import load_smollm2
 
     with torch_threads(1):
         model = load_smollm2(progress=False)
         df = run_compressions(model, smollm2_compressions(), "smollm2", calibration=calibration_batch("smollm2"),
-                              out_of_domain=pydoc_tokens(EVAL_TOKENS["smollm2"]))
+                              out_of_domain=pydoc_tokens(OOD_TOKENS))
     df.insert(0, "model", "smollm2-135m")
     return df
 

@@ -95,12 +95,23 @@ def asvd_scale(input_absmean: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
 
 
 def _svd(weight: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    w = weight.detach().double()
+    """SVD of ``weight·diag(scale)`` in the weight's precision (float64 stays float64)."""
+    w = weight.detach()
+    w = w if w.dtype == torch.float64 else w.float()
     if scale is not None:
         if scale.shape != (w.shape[1],):
             raise ValueError(f"scale must have one entry per input channel ({w.shape[1]}), got {tuple(scale.shape)}")
-        w = w * scale.double()[None, :]
+        w = w * scale.to(w.dtype)[None, :]
     return torch.linalg.svd(w, full_matrices=False)
+
+
+def _factors(svd, rank: int, scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    u, s, vh = svd
+    root = s[:rank].sqrt()
+    a = root[:, None] * vh[:rank]
+    if scale is not None:
+        a = a / scale.to(a.dtype)[None, :]
+    return a, u[:, :rank] * root[None, :]
 
 
 def svd_factorize(weight: torch.Tensor, rank: int, *, scale: torch.Tensor | None = None
@@ -114,12 +125,7 @@ def svd_factorize(weight: torch.Tensor, rank: int, *, scale: torch.Tensor | None
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise ValueError(f"weight must be a 2-D tensor [out, in], got {getattr(weight, 'shape', type(weight))}")
     rank = _check_rank(rank, tuple(weight.shape))
-    u, s, vh = _svd(weight, scale)
-    root = s[:rank].sqrt()
-    a = root[:, None] * vh[:rank]
-    if scale is not None:
-        a = a / scale.double()[None, :]
-    b = u[:, :rank] * root[None, :]
+    a, b = _factors(_svd(weight, scale), rank, scale)
     return a.to(weight.dtype), b.to(weight.dtype)
 
 
@@ -179,16 +185,17 @@ def _energy_ranks(spectra: dict[str, torch.Tensor], shapes: dict[str, tuple[int,
 
 def lowrank_model(model: Decoder, keep: float, *, method: str = "svd", allocation: str = "uniform",
                   calibration: torch.Tensor | None = None, alpha: float = 0.5,
-                  include: Callable[[str], bool] | Iterable[str] | None = None, inplace: bool = False
-                  ) -> tuple[Decoder, pd.DataFrame]:
+                  include: Callable[[str], bool] | Iterable[str] | None = None, inplace: bool = False,
+                  input_absmean: dict[str, torch.Tensor] | None = None) -> tuple[Decoder, pd.DataFrame]:
     """Factor the block projections of ``model`` into :class:`LowRankLinear` pairs under a parameter budget.
 
     ``keep`` is the fraction of the selected layers' parameters to keep. ``method``: ``"svd"`` or ``"asvd"``
-    (needs calibration tokens of training text for the input magnitudes). ``allocation``: ``"uniform"``
+    (needs calibration tokens of training text for the input magnitudes, or their ``input_absmean`` per layer
+    computed before, e.g. by :func:`unveiled.quant.collect_input_stats`). ``allocation``: ``"uniform"``
     (every layer at ``keep``, :func:`rank_for_params`) or ``"energy"`` (one singular-value energy share for
     all layers, the largest that meets the budget; a layer whose rank would not save parameters stays dense).
-    Returns the model and one row per layer (``rank``, ``params``, ``dense_params``, ``energy`` kept).
-    Introduced in Chapter 5.
+    Each layer is decomposed once, in its weight's precision. Returns the model and one row per layer
+    (``rank``, ``params``, ``dense_params``, ``energy`` kept). Introduced in Chapter 5.
     """
     from ..quant.layers import _check_model, collect_input_stats
 
@@ -199,15 +206,17 @@ def lowrank_model(model: Decoder, keep: float, *, method: str = "svd", allocatio
     names = _layers(model, include)
     scales: dict[str, torch.Tensor | None] = dict.fromkeys(names)
     if method == "asvd":
-        if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2:
-            raise ValueError("method 'asvd' needs calibration tokens [num_sequences, seq_len] of training text")
-        stats = collect_input_stats(model, calibration, names)
-        scales = {n: asvd_scale(stats[n]["absmean"], alpha) for n in names}
+        if input_absmean is None:
+            if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2:
+                raise ValueError("method 'asvd' needs calibration tokens [num_sequences, seq_len] of training text")
+            stats = collect_input_stats(model, calibration, names)
+            input_absmean = {n: stats[n]["absmean"] for n in names}
+        scales = {n: asvd_scale(input_absmean[n], alpha) for n in names}
     out = model if inplace else copy.deepcopy(model)
     weights = {n: out.get_submodule(n).weight.detach() for n in names}
     shapes = {n: tuple(w.shape) for n, w in weights.items()}
-    spectra = {n: torch.linalg.svdvals(w.double() * (scales[n][None, :] if scales[n] is not None else 1.0))
-               for n, w in weights.items()}
+    svds = {n: _svd(w, scales[n]) for n, w in weights.items()}
+    spectra = {n: svd[1] for n, svd in svds.items()}
     if allocation == "uniform":
         ranks = {n: rank_for_params(shapes[n], keep) for n in names}
     else:
@@ -217,8 +226,8 @@ def lowrank_model(model: Decoder, keep: float, *, method: str = "svd", allocatio
         r, (o, i) = ranks[n], shapes[n]
         e = spectra[n].double() ** 2
         if r:
-            a, b = svd_factorize(weights[n], r, scale=scales[n])
-            set_module(out, n, LowRankLinear(a, b))
+            a, b = _factors(svds[n], r, scales[n])
+            set_module(out, n, LowRankLinear(a.to(weights[n].dtype), b.to(weights[n].dtype)))
         rows.append({"layer": n.rsplit(".", 1)[-1], "block": int(n.split(".")[1]), "name": n, "rank": r,
                      "params": r * (o + i) if r else o * i, "dense_params": o * i,
                      "energy": float(e[:r].sum() / e.sum()) if r else 1.0})

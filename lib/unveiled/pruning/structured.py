@@ -286,13 +286,14 @@ def mask_structures(model: Decoder, keep: list[dict[str, torch.Tensor]]) -> Deco
 
 
 def structured_prune(model: Decoder, plan: StructuredPlan | float, score: str = "magnitude",
-                     calibration: torch.Tensor | None = None, *, kv_groups: int = 0,
-                     batch_size: int = 8) -> tuple[Decoder, pd.DataFrame]:
+                     calibration: torch.Tensor | None = None, *, kv_groups: int = 0, batch_size: int = 8,
+                     scores: list[dict[str, torch.Tensor]] | None = None) -> tuple[Decoder, pd.DataFrame]:
     """Score the structures, keep the best, and return the smaller decoder and a per-layer table.
 
     ``plan`` is a :class:`StructuredPlan` or a target share of block-projection parameters to remove (then
-    ``kv_groups`` groups per layer go and MLP channels make up the rest, :func:`plan_for_sparsity`). The table
-    lists, per layer, the removed KV groups and the number of removed channels. Introduced in Chapter 5.
+    ``kv_groups`` groups per layer go and MLP channels make up the rest, :func:`plan_for_sparsity`). ``scores``
+    reuses :func:`structure_scores` computed before (they do not depend on the plan). The table lists, per
+    layer, the removed KV groups and the number of removed channels. Introduced in Chapter 5.
     """
     from ..quant.layers import _check_model
 
@@ -300,7 +301,9 @@ def structured_prune(model: Decoder, plan: StructuredPlan | float, score: str = 
     if not isinstance(plan, StructuredPlan):
         plan = plan_for_sparsity(model.config, plan, kv_groups)
     plan.check(model.config)
-    keep = select_structures(structure_scores(model, score, calibration, batch_size=batch_size), plan)
+    if scores is None:
+        scores = structure_scores(model, score, calibration, batch_size=batch_size)
+    keep = select_structures(scores, plan)
     rows = []
     for i, k in enumerate(keep):
         gone = sorted(set(range(model.config.num_kv_heads)) - set(k["kv_groups"].tolist()))
