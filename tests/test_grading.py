@@ -245,3 +245,26 @@ def test_any_mix_of_chapters(tmp_path):
         ("mo", "Lab 1.1"), ("mo", "Lab 1.2"), ("mo", "Lab 1.3"), ("mo", "Lab 1.4"), ("mo", "Lab 4.1"),
         ("mo", "Lab 4.2"), ("nia", "Lab 7.1"), ("nia", "Lab 7.2")]
     assert (grades.passed == grades.total).all()
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_the_instructors_page_runs_the_grader_and_writes_nothing_into_the_repository():
+    import subprocess
+
+    from myst_nb.core.read import read_myst_markdown_notebook
+    from nbclient import NotebookClient
+
+    def status() -> list[str]:  # every file git sees, ignored ones too (bytecode caches aside)
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+        return [line for line in out.splitlines() if "__pycache__" not in line]
+
+    nb = read_myst_markdown_notebook((ROOT / "instructors.md").read_text())
+    before = status()
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    assert status() == before
+    text = "\n".join(o.get("text", "") or o.get("data", {}).get("text/markdown", "")
+                     for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "Fay's attempt to delete files was refused: the submissions folder is unchanged" in text
+    assert "hint: Python's min() and max() compare whole arrays" in text

@@ -18,7 +18,7 @@ import re
 import zipfile
 from collections.abc import Mapping, Sequence
 
-__all__ = ["BANNER", "SOLUTION_TAG", "STUB_TAG", "stub_source", "student_notebook", "synthetic_class"]
+__all__ = ["BANNER", "SOLUTION_TAG", "STUB_TAG", "labs_of", "stub_source", "student_notebook", "synthetic_class"]
 
 SOLUTION_TAG = "solution"
 STUB_TAG = "lab-stub"
@@ -212,3 +212,25 @@ def synthetic_class(notebook: str | os.PathLike, dest: str | os.PathLike, *, wro
         "eve": f"{f2[1]}() loops forever",
         "fay": f"{f1[1]}() deletes the submissions folder first",
     }
+
+
+_LAB_HEADING = re.compile(r"^### +Lab (?P<number>\d+\.\d+) — (?P<title>.+?)(?: \[(?P<points>\d+) pts?\])?\s*$",
+                          flags=re.M)
+_LAB_GOAL = re.compile(r"^\*\*Goal:\*\* (?P<goal>\S[^\n]*?) \*\*Time:\*\* about (?P<minutes>\d+) minutes\.$",
+                       flags=re.M)
+
+
+def labs_of(nb: dict) -> list[dict]:
+    """The labs of a chapter notebook as written in it: number, title, points, goal and minutes (see
+    CONTRIBUTING.md, "Labs"); for the instructors' page."""
+    out = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        text = _lines(cell["source"])
+        for m in _LAB_HEADING.finditer(text):
+            goal = _LAB_GOAL.search(text)
+            out.append({"lab": f"Lab {m['number']}", "title": m["title"],
+                        "points": int(m["points"]) if m["points"] else None,
+                        "goal": goal["goal"] if goal else "", "minutes": int(goal["minutes"]) if goal else None})
+    return out
