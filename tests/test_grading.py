@@ -224,6 +224,13 @@ def test_lab_modules_are_found_in_any_chapter_generically():
     assert grading.lab_modules(nb) == ["pruning", "kernels"]
 
 
+def test_the_command_line_says_when_there_is_nothing_to_grade(tmp_path, capsys):
+    assert main(["grade", str(tmp_path), "--out", str(tmp_path / "g.csv")]) == 1
+    assert "no notebooks found" in capsys.readouterr().err and not (tmp_path / "g.csv").exists()
+    with pytest.raises(SystemExit):
+        main(["grade", str(tmp_path / "nowhere")])
+
+
 def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="timeout"):
         grading.grade(tmp_path, timeout=0)

@@ -29,9 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         grades = grade(args.submissions, timeout=args.timeout, jobs=args.jobs, memory_gb=args.memory_gb)
     except ValueError as exc:
         parser.error(str(exc))
+    if grades.empty:
+        print(f"no notebooks found under {args.submissions} (one folder or .zip per student)", file=sys.stderr)
+        return 1
     out, summary_out = write_grades(grades, args.out, args.summary)
-    with_rows = len(grades)
-    print(f"graded {grades['student'].nunique()} students, {with_rows} rows -> {out} (summary: {summary_out})")
+    print(f"graded {grades['student'].nunique()} students, {len(grades)} rows -> {out} (summary: {summary_out})")
     for line in grades.attrs.get("warnings", []):
         print(f"warning: {line}", file=sys.stderr)
     if grades.attrs.get("ignored"):

@@ -32,8 +32,8 @@ _KL = "Forward or reverse KL: covering the modes or seeking one"
 _DRAFT = "Distillation for decoding: a draft that agrees with its target"
 _KL_HINT = ("Write the divergence as a sum over the vocabulary first: which distribution weighs the log-ratio in the "
             "reverse KL, and where does the temperature enter?")
-_ALPHA_HINT = ("A draft token is kept with probability min(1, p/q); add that up over the draft's proposals to get "
-               "the accepted mass at one position, then average over positions.")
+_ALPHA_HINT = ("Turn both sets of logits into distributions first; the acceptance rate at one position is the "
+               "probability mass the two share. Check which axis you reduce, and which you average.")
 
 
 def _logits(seed: int, shape: tuple[int, ...], scale: float = 2.0) -> torch.Tensor:
