@@ -47,6 +47,8 @@ _LAZY: dict[str, str] = {
     "analyzer_explorer": "explorers.analyzer",
     # Decoding algorithms (Chapter 7)
     "decoding_explorer": "explorers.decoding",
+    # Pruning, sparsity and low-rank factorization (Chapter 5)
+    "pruning_explorer": "explorers.pruning",
     # Measuring this machine (Chapter 1)
     "measure_machine": "measure",
     "measure_bandwidth": "measure",

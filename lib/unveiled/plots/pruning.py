@@ -53,7 +53,7 @@ def sparsity_curves_chart(sweep: pd.DataFrame, *, families: Sequence[str] = ("un
     N:M patterns as labelled points, the dense model as a dashed rule. ``ood`` plots the out-of-domain text
     (``perplexity_ood``) instead of the validation split. Introduced in Chapter 5."""
     col = "perplexity_ood" if ood else "perplexity"
-    d = sweep[sweep["family"].isin(families) & (sweep.get("recover_steps", 0) == 0)].copy()
+    d = sweep[sweep["family"].isin(families) & (sweep["recover_steps"] == 0 if "recover_steps" in sweep.columns else True)].copy()
     d["removed_pct"] = 100 * d["sparsity"]
     d = _round(d[["label", "family", "method", "pattern", "removed_pct", col]].rename(columns={col: "ppl"}),
                ["ppl", "removed_pct"])

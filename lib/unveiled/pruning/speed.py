@@ -21,8 +21,8 @@ import torch
 
 from .._validate import check_int
 from ..analyzer.sparsity import WeightForm, linear_form_cost
-from ..measure import _time_repeats
 from ..threads import torch_threads
+from ..timing import Budget, time_repeats
 
 __all__ = ["break_even", "csr_matrix", "csr_vs_dense", "decode_speeds", "model_spec", "predict_pass"]
 
@@ -47,16 +47,18 @@ def _random_sparse(out_f: int, in_f: int, sparsity: float, gen: torch.Generator)
 
 @torch.inference_mode()
 def csr_vs_dense(out_features: int = 4096, in_features: int = 4096, batch: int = 1,
-                 sparsities: Sequence[float] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98), *, repeats: int = 7,
+                 sparsities: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98), *, repeats: int = 8,
                  index_bits: int = 32, threads: int | None = None, device=None, seed: int = 0,
-                 clock: str = "wall") -> pd.DataFrame:
+                 clock: str = "wall", budget_s: float | None = 20.0) -> pd.DataFrame:
     """Time ``y = W x`` with ``W [out, in]`` dense and as CSR, at each sparsity, and predict both on ``device``.
 
     ``x`` is ``[in, batch]`` fp32 (``batch = 1`` is a decode step's matrix–vector product); each weight keeps a
     random ``1 − s`` of its positions (``sparsity`` is the measured fraction of zeros). Times are the best of
     ``repeats`` after a warm-up, dense and sparse interleaved in one run so machine load hits both alike; a
     dense kernel's time does not depend on the values, so ``dense_s`` is the best dense time over all rows.
-    ``clock="thread"`` times the thread's CPU time (with one thread: robust to a busy machine).
+    ``clock="thread"`` times the thread's CPU time (with one thread: robust to a busy machine). Each sparsity
+    gets an even share of what is left of ``budget_s`` (:class:`unveiled.timing.Budget`; at least one timed
+    repeat of each kernel), so a slow CPU measures fewer repeats, not longer.
     Columns: ``sparsity``, ``dense_s``, ``csr_s``, ``speedup`` (dense/CSR, > 1 means CSR wins), ``csr_bytes``,
     ``dense_bytes`` and, with a ``device`` (a name or the :class:`~unveiled.hardware.Device` of
     :func:`unveiled.measure_machine`), ``predicted_dense_s``, ``predicted_csr_s`` and ``predicted_speedup`` from
@@ -70,14 +72,17 @@ def csr_vs_dense(out_features: int = 4096, in_features: int = 4096, batch: int =
     x = torch.randn(in_features, batch, generator=gen)
     rows = []
     dense_cost = linear_form_cost(batch, out_features, in_features, 32, 32)
+    budget = Budget(budget_s)
     with torch_threads(threads):
-        for s in sparsities:
+        for k, s in enumerate(sparsities):
             w = _random_sparse(out_features, in_features, s, gen)
             c = csr_matrix(w, index_bits)
             t_dense, t_csr = [], []
+            share = budget.share(len(sparsities) - k) / 4 if budget_s is not None else None
             for _ in range(2):  # alternate, so a burst of load from other jobs hits both
-                t_dense += _time_repeats(lambda w=w: w @ x, max(1, repeats // 2), clock)
-                t_csr += _time_repeats(lambda c=c: torch.sparse.mm(c, x), max(1, repeats // 2), clock)
+                t_dense += time_repeats(lambda w=w: w @ x, max(1, repeats // 2), budget_s=share, clock_name=clock)
+                t_csr += time_repeats(lambda c=c: torch.sparse.mm(c, x), max(1, repeats // 2), budget_s=share,
+                                      clock_name=clock)
             s = 1.0 - c.values().numel() / w.numel()
             form = WeightForm("unstructured", sparsity=s, storage="csr", index_bits=index_bits)
             sparse_cost = linear_form_cost(batch, out_features, in_features, 32, 32, form)
@@ -113,21 +118,26 @@ def break_even(df: pd.DataFrame, column: str = "speedup") -> float | None:
 
 
 def decode_speeds(models: Mapping[str, torch.nn.Module], prompt: Sequence[int] | torch.Tensor, *,
-                  new_tokens: int = 16, rounds: int = 2, threads: int | None = None) -> pd.DataFrame:
+                  new_tokens: int = 16, rounds: int = 2, threads: int | None = None,
+                  budget_s: float | None = 30.0) -> pd.DataFrame:
     """Greedy decode speed of each model (a KV cache, one token per step), measured in one run.
 
-    Each round times every model once (:func:`unveiled.quant.decode_speed`, median step time); the best round
-    counts, so a burst of load from other jobs does not decide a ratio. Columns: ``model``, ``params``,
-    ``time_per_token_s``, ``tokens_per_s`` and ``speedup`` against the first model. Introduced in Chapter 5.
+    Each round times every model once (:func:`unveiled.quant.decode_speed`, median step time, an even share
+    of what is left of ``budget_s``); the best round counts, so a burst of load from other jobs does not
+    decide a ratio. Columns: ``model``, ``params``, ``time_per_token_s``, ``tokens_per_s`` and ``speedup``
+    against the first model. Introduced in Chapter 5.
     """
     from ..quant.kernels import decode_speed
 
     rounds = check_int("rounds", rounds)
     best: dict[str, float] = {}
+    budget = Budget(budget_s)
+    runs = rounds * len(models)
     with torch_threads(threads):
-        for _ in range(rounds):
-            for label, m in models.items():
-                t = decode_speed(m, prompt, new_tokens=new_tokens)["time_per_token_s"]
+        for r in range(rounds):
+            for j, (label, m) in enumerate(models.items()):
+                share = budget.share(runs - r * len(models) - j) if budget_s is not None else None
+                t = decode_speed(m, prompt, new_tokens=new_tokens, budget_s=share)["time_per_token_s"]
                 best[label] = min(best.get(label, float("inf")), t)
     rows = [{"model": k, "params": sum(p.numel() for p in {id(p): p for p in m.parameters()}.values()),
              "time_per_token_s": best[k], "tokens_per_s": 1.0 / best[k]} for k, m in models.items()]
