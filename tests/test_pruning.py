@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 import unveiled as uv
 from unveiled import pruning as P
 from unveiled.models import Decoder, DecoderConfig
+from unveiled.pruning import speed as _speed  # noqa: F401 (P.speed below)
 from unveiled.quant import calibration_batch, hessian_from_inputs, layer_error, sequential_calibration
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -371,3 +372,23 @@ def test_lowrank_model_errors(tiny_s):
         P.lowrank_model(tiny_s, 0.5, allocation="greedy")
     with pytest.raises(ValueError, match="keep"):
         P.lowrank_model(tiny_s, 0.0)
+
+
+def test_gptq_and_sparsegpt_share_one_hessian_implementation():
+    # One implementation, not two: the Hessian, damping, inverse Cholesky factor and column sweep live in
+    # unveiled.quant.hessian, and both methods call them.
+    import inspect
+
+    from unveiled.pruning import sparsegpt
+    from unveiled.quant import gptq
+
+    for module in (gptq, sparsegpt):
+        src = inspect.getsource(module)
+        assert "cholesky" not in src and "prepare_hessian(" in src and "obs_sweep(" in src, module.__name__
+
+
+def test_lowrank_timing_twin_has_the_ranks_of_the_real_factorization(tiny_s):
+    real, report = P.lowrank_model(tiny_s, 0.6)
+    twin = P.speed.lowrank_twin(tiny_s, 0.6)
+    for name, rank in zip(report["name"], report["rank"], strict=True):
+        assert twin.get_submodule(name).rank == rank == real.get_submodule(name).rank

@@ -49,8 +49,9 @@ def _round(df: pd.DataFrame, cols: Sequence[str], digits: int = 4) -> pd.DataFra
 
 def sparsity_curves_chart(sweep: pd.DataFrame, *, families: Sequence[str] = ("unstructured", "semi-structured"),
                           ood: bool = False, title: str = "", height: int = 260) -> alt.LayerChart:
-    """Perplexity (log) against the share of block parameters removed, one line per method of ``families``,
-    N:M patterns as labelled points, the dense model as a dashed rule. ``ood`` plots the out-of-domain text
+    """Perplexity (log) against the share of block parameters removed, one line per method of ``families``
+    (per method and pattern for structured and low-rank rows: the pattern as the dash), N:M patterns as
+    labelled points, the dense model as a dashed rule. ``ood`` plots the out-of-domain text
     (``perplexity_ood``) instead of the validation split. Introduced in Chapter 5."""
     col = "perplexity_ood" if ood else "perplexity"
     d = sweep[sweep["family"].isin(families) & (sweep["recover_steps"] == 0 if "recover_steps" in sweep.columns else True)].copy()
@@ -65,7 +66,14 @@ def sparsity_curves_chart(sweep: pd.DataFrame, *, families: Sequence[str] = ("un
                        alt.Tooltip("ppl:Q", title="perplexity", format=".4g")]}
     curves = d[~d["pattern"].str.contains(":")]
     nm = d[d["pattern"].str.contains(":")]
-    layers = [alt.Chart(curves).mark_line(point=alt.OverlayMarkDef(size=30)).encode(**enc)]
+    dashed = curves["pattern"].isin(["kv+mlp", "energy"])
+    curves = curves.assign(variant=curves["pattern"].map(
+        {"mlp": "MLP channels", "kv+mlp": "1 KV group + MLP", "uniform": "uniform ranks", "energy": "energy ranks"}
+    ).fillna("unstructured"), series=curves["method"] + " " + curves["pattern"])
+    line_enc = dict(enc, detail="series:N")
+    if dashed.any() or curves["variant"].nunique() > 1:
+        line_enc["strokeDash"] = alt.StrokeDash("variant:N", title=None)
+    layers = [alt.Chart(curves).mark_line(point=alt.OverlayMarkDef(size=30)).encode(**line_enc)]
     if len(nm):
         layers.append(alt.Chart(nm).mark_point(shape="diamond", size=90, filled=True).encode(
             **enc, shape=alt.Shape("pattern:N", title="N:M pattern")))
@@ -185,10 +193,10 @@ def decode_speed_chart(df: pd.DataFrame, *, title: str = "", height: int | None 
                        "measured on this CPU and predicted by the roofline.")
 
 
-def anchors_chart(ordering: pd.DataFrame, *, title: str = "", height: int = 230) -> alt.Chart:
+def anchors_chart(ordering: pd.DataFrame, *, title: str = "", width: int = 300, height: int = 150) -> alt.Chart:
     """Perplexity relative to the dense model (log) of magnitude, Wanda and SparseGPT at 50 %, 4:8 and 2:4,
-    one panel column per pattern, one row of points per model (largest first). ``ordering`` comes from
-    :func:`unveiled.pruning.roofline.ordering_table`. Introduced in Chapter 5."""
+    one panel per pattern (stacked, so the chart fits a phone), one row of points per model (largest first).
+    ``ordering`` comes from :func:`unveiled.pruning.roofline.ordering_table`. Introduced in Chapter 5."""
     methods = [c.removesuffix("_x_dense") for c in ordering.columns if c.endswith("_x_dense")]
     long = ordering.melt(id_vars=["model", "params_b", "pattern"], value_vars=[f"{m}_x_dense" for m in methods],
                          var_name="method", value_name="x_dense")
@@ -200,16 +208,16 @@ def anchors_chart(ordering: pd.DataFrame, *, title: str = "", height: int = 230)
         x=alt.X("x_dense:Q", scale=alt.Scale(type="log"), title="perplexity ÷ dense (log)",
                 axis=alt.Axis(labelExpr=_FMT)),
         color=alt.Color("method:N", sort=methods, scale=color_scale(METHOD_COLORS, methods)),
-        column=alt.Column("pattern:N", sort=["50%", "4:8", "2:4"], title=None),
+        row=alt.Row("pattern:N", sort=["50%", "4:8", "2:4"], title=None),
         tooltip=["model:N", "pattern:N", "method:N", alt.Tooltip("x_dense:Q", title="× dense", format=".3g")],
-    ).properties(width=170, height=height, title=title)
+    ).properties(width=width, height=height, title=title)
     return _svg(chart, "Dot plot: perplexity relative to the dense model for magnitude, Wanda and SparseGPT at "
                        "50 % unstructured, 4:8 and 2:4, published LLaMA and BLOOM results next to SmolLM2-135M.")
 
 
-def recovery_chart(tiny: pd.DataFrame, *, title: str = "", height: int = 220) -> alt.Chart:
+def recovery_chart(tiny: pd.DataFrame, *, title: str = "", width: int = 300, height: int = 200) -> alt.Chart:
     """Structured pruning of the tiny models before and after LoRA recovery: perplexity (log) against the
-    share of block parameters removed, one panel per model, solid before and dashed after recovery.
+    share of block parameters removed, one panel per model (stacked), solid before and dashed after recovery.
     Introduced in Chapter 5."""
     d = tiny[tiny["family"] == "structured"].copy()
     d["removed_pct"] = (100 * d["sparsity"]).round(1)
@@ -225,9 +233,9 @@ def recovery_chart(tiny: pd.DataFrame, *, title: str = "", height: int = 220) ->
         strokeDash=alt.StrokeDash("stage:N", sort=["pruned", "after LoRA"], title=None),
         shape=alt.Shape("what:N", title="structures"),
         detail="series:N",
-        column=alt.Column("model:N", title=None),
+        row=alt.Row("model:N", title=None),
         tooltip=["series:N", alt.Tooltip("removed_pct:Q", title="% removed"),
                  alt.Tooltip("perplexity:Q", format=".4g")],
-    ).properties(width=160, height=height, title=title)
+    ).properties(width=width, height=height, title=title)
     return _svg(chart, "Line chart per tiny model: perplexity after structured pruning by three importance "
                        "scores, before (solid) and after (dashed) a short LoRA recovery.")

@@ -24,7 +24,7 @@ from ..analyzer.sparsity import WeightForm, linear_form_cost
 from ..threads import torch_threads
 from ..timing import Budget, time_repeats
 
-__all__ = ["break_even", "csr_matrix", "csr_vs_dense", "decode_speeds", "model_spec", "predict_pass"]
+__all__ = ["break_even", "csr_matrix", "csr_vs_dense", "decode_speeds", "lowrank_twin", "model_spec", "predict_pass"]
 
 
 def csr_matrix(weight: torch.Tensor, index_bits: int = 32) -> torch.Tensor:
@@ -78,7 +78,7 @@ def csr_vs_dense(out_features: int = 4096, in_features: int = 4096, batch: int =
             w = _random_sparse(out_features, in_features, s, gen)
             c = csr_matrix(w, index_bits)
             t_dense, t_csr = [], []
-            share = budget.share(len(sparsities) - k) / 4 if budget_s is not None else None
+            share = max(budget.share(len(sparsities) - k) / 4, 1e-9) if budget_s is not None else None
             for _ in range(2):  # alternate, so a burst of load from other jobs hits both
                 t_dense += time_repeats(lambda w=w: w @ x, max(1, repeats // 2), budget_s=share, clock_name=clock)
                 t_csr += time_repeats(lambda c=c: torch.sparse.mm(c, x), max(1, repeats // 2), budget_s=share,
@@ -136,7 +136,7 @@ def decode_speeds(models: Mapping[str, torch.nn.Module], prompt: Sequence[int] |
     with torch_threads(threads):
         for r in range(rounds):
             for j, (label, m) in enumerate(models.items()):
-                share = budget.share(runs - r * len(models) - j) if budget_s is not None else None
+                share = max(budget.share(runs - r * len(models) - j), 1e-9) if budget_s is not None else None
                 t = decode_speed(m, prompt, new_tokens=new_tokens, budget_s=share)["time_per_token_s"]
                 best[label] = min(best.get(label, float("inf")), t)
     rows = [{"model": k, "params": sum(p.numel() for p in {id(p): p for p in m.parameters()}.values()),
@@ -177,3 +177,24 @@ def predict_pass(model, device, form: WeightForm | str | None = None, *, stage: 
     ev, delta = apply_weight_form(a._ev, form, dev, tokens=tokens, w_bits=w_bits, a_bits=a_bits, native=native)
     return {"time_s": float(ev.counts @ ev.time), "flops": float(ev.counts @ ev.flops),
             "bytes": float(ev.counts @ ev.bytes), "weights_bytes": float(a.memory.weights + delta)}
+
+
+def lowrank_twin(model, keep: float, seed: int = 0):
+    """A copy of ``model`` whose block projections are :class:`~unveiled.pruning.LowRankLinear` pairs of the
+    ranks :func:`~unveiled.pruning.lowrank_model` would give them (uniform allocation at ``keep``), filled with
+    seeded random factors instead of an SVD: the same shapes and matmuls in seconds less. For timing only (a
+    matmul's speed does not depend on the values); its outputs mean nothing. Introduced in Chapter 5."""
+    import copy
+
+    from ..quant.hessian import set_module
+    from .lowrank import LowRankLinear, rank_for_params
+    from .unstructured import pruned_layer_names
+
+    out = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    for name in pruned_layer_names(out):
+        o, i = out.get_submodule(name).weight.shape
+        r = rank_for_params((o, i), keep)
+        set_module(out, name, LowRankLinear(torch.randn(r, i, generator=gen) * 0.02,
+                                            torch.randn(o, r, generator=gen) * 0.02))
+    return out
