@@ -96,3 +96,21 @@ def test_pruned_spec_matches_the_shrunk_decoder():
         pruned_spec(model_spec(m), kv_groups=3)
     with pytest.raises(ValueError, match="MoE or MLA"):
         pruned_spec(uv.model("mixtral-8x7b"), kv_groups=1)
+
+
+def test_analyze_and_sweep_take_the_weight_form():
+    kw = {"stage": "decode", "batch": 4, "seq_len": 512}
+    dense = uv.analyze("llama-2-7b", "a100", **kw)
+    assert uv.analyze("llama-2-7b", "a100", weight_form="dense", **kw).time_s == dense.time_s
+    nm = uv.analyze("llama-2-7b", "a100", weight_form="2:4", **kw)
+    assert "2:4" in repr(nm) and nm.weight_form.label == "2:4"
+    linear = uv.model("llama-2-7b").param_breakdown()
+    linear_bytes = 2 * float(linear[linear.storage == "linear"]["total"].sum())
+    assert dense.memory.weights - nm.memory.weights == pytest.approx((1 - 0.5625) * linear_bytes, rel=1e-3)
+    grid = uv.sweep("llama-2-7b", "a100", stage="decode", batch=[1, 4], seq_len=512, weight_form="2:4")
+    row = grid[grid.batch == 4].iloc[0]
+    assert row.time_s == pytest.approx(nm.time_s, rel=1e-12) and row.weights_bytes == pytest.approx(nm.memory.weights)
+    with pytest.raises(ValueError, match="conventions='exact'"):
+        uv.analyze("llama-2-7b", "a100", conventions="paper", weight_form="2:4")
+    lr = uv.sweep("llama-2-7b", "a100", stage="prefill", seq_len=1024, weight_form=WeightForm("lowrank", keep=0.5))
+    assert lr.flops.iloc[0] < uv.analyze("llama-2-7b", "a100", stage="prefill", seq_len=1024).flops

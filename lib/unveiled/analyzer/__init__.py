@@ -3,7 +3,7 @@
 ``import unveiled as uv`` exposes the main entry points (:func:`uv.model`, :func:`uv.analyze`,
 :func:`uv.generate`, :func:`uv.sweep`); this sub-package holds the pieces: model configs
 (:mod:`.configs`), operator costs under two conventions (:mod:`.costs`), the per-operator roofline and
-memory footprint (:mod:`.analysis`), whole generations in closed form (:mod:`.generate`), vectorised grids
+memory footprint (:mod:`.analysis`), pruned and factorized weight forms (:mod:`.sparsity`, Chapter 5), whole generations in closed form (:mod:`.generate`), vectorised grids
 (:mod:`.sweep`) and the survey's tables and figures (:mod:`.survey`). Introduced in Chapter 2.
 """
 
@@ -11,6 +11,7 @@ from .analysis import Analysis, MemoryFootprint, analyze
 from .configs import SUPPORTED_MODEL_TYPES, ModelSpec, model, model_from_hf_config, model_names
 from .costs import BITS, CONVENTIONS, attention_cost, flash_tile, linear_cost
 from .generate import Generation, generate
+from .sparsity import WeightForm, pruned_spec
 from .sweep import max_batch, max_seq_len, sweep
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Generation",
     "MemoryFootprint",
     "ModelSpec",
+    "WeightForm",
     "analyze",
     "attention_cost",
     "flash_tile",
@@ -31,5 +33,6 @@ __all__ = [
     "model",
     "model_from_hf_config",
     "model_names",
+    "pruned_spec",
     "sweep",
 ]

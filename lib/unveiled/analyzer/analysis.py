@@ -18,6 +18,7 @@ from ..hardware import Device, hardware
 from ..roofline import roofline_time
 from .configs import ModelSpec, model, param_classes
 from .costs import CONVENTIONS, LOGITS, STAGES, Op, Setting, build_ops, check_bits
+from .sparsity import WeightForm, apply_weight_form, check_weight_form
 
 __all__ = ["Analysis", "MemoryFootprint", "analyze", "resolve_device"]
 
@@ -258,6 +259,7 @@ class Analysis:
     memory: MemoryFootprint
     _ev: _Evaluation = field(repr=False)
     _ops: pd.DataFrame | None = field(default=None, repr=False)
+    weight_form: WeightForm | None = None
 
     @property
     def ops(self) -> pd.DataFrame:
@@ -316,8 +318,9 @@ class Analysis:
 
     def __repr__(self) -> str:
         bits = f"W{self.w_bits}A{self.a_bits}KV{self.kv_bits}"
+        form = f"{self.weight_form.label}, " if self.weight_form is not None and self.weight_form.kind != "dense" else ""
         return (f"Analysis({self.model.name} on {self.device.display_name}, {self.stage}, batch {self.batch}, "
-                f"seq_len {self.seq_len}, {bits}, {'FlashAttention, ' if self.flash_attention else ''}"
+                f"seq_len {self.seq_len}, {bits}, {form}{'FlashAttention, ' if self.flash_attention else ''}"
                 f"{self.conventions}: {self.flops / 1e12:.4g} TFLOP, {self.bytes / 1e9:.4g} GB, "
                 f"{self.time_s * 1e3:.4g} ms)")
 
@@ -358,7 +361,8 @@ def _check_context(spec: ModelSpec, stage: str, seq_len) -> None:
 def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", batch: int = 1, seq_len: int = 2048,
             w_bits: int = 16, a_bits: int = 16, kv_bits: int | None = None, flash_attention: bool = False,
             conventions: str = "exact", logits: str = "last", check_context: bool | None = None,
-            group_size: int | None = None, head_bits: int | None = None) -> Analysis:
+            group_size: int | None = None, head_bits: int | None = None,
+            weight_form: WeightForm | str | None = None) -> Analysis:
     """Analyse one prefill or decode pass of model ``m`` on device ``hw`` with the roofline model.
 
     ``stage="prefill"`` processes ``batch`` prompts of ``seq_len`` tokens; ``stage="decode"`` processes one
@@ -370,7 +374,10 @@ def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", bat
     position (a plain forward). ``conventions="paper"`` reproduces LLM-Viewer's accounting and the survey's
     numbers [Yuan et al. 2024]; ``"exact"`` (default) counts from first principles. A prompt longer than
     the model's context raises unless ``check_context=False`` (the paper convention does not check, as
-    LLM-Viewer did not). Introduced in Chapter 2.
+    LLM-Viewer did not). ``weight_form`` stores and runs the block projections pruned or factorized
+    (:class:`~unveiled.analyzer.sparsity.WeightForm`: unstructured sparsity as a bitmask or CSR, ``"2:4"``/N:M,
+    low rank; exact convention only); structured pruning is a smaller model
+    (:func:`~unveiled.analyzer.sparsity.pruned_spec`). Introduced in Chapter 2; weight forms in Chapter 5.
     """
     spec = model(m)
     conventions = check_choice("conventions", conventions, CONVENTIONS)
@@ -383,10 +390,14 @@ def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", bat
                  flash_attention, conventions, logits, group_size, head_bits)
     ev = evaluate(spec, device, st)
     weights, kv, act = memory_arrays(spec, st, ev)
+    form = check_weight_form(weight_form, conventions)
+    ev, saved = apply_weight_form(ev, form, device, tokens=batch * (seq_len if stage == "prefill" else 1),
+                                  w_bits=w_bits, a_bits=a_bits, group_size=group_size)
+    weights = weights + saved
     counts = ev.counts
     flops = float(counts @ ev.flops)
     total_bytes = float(counts @ ev.bytes)
     time_s = float(counts @ ev.time)
     mem = MemoryFootprint(float(weights), float(kv), float(act), device.memory_bytes)
     return Analysis(spec, device, stage, batch, seq_len, w_bits, a_bits, kv_bits, flash_attention, conventions,
-                    logits, flops, total_bytes, time_s, mem, ev)
+                    logits, flops, total_bytes, time_s, mem, ev, weight_form=form)

@@ -36,6 +36,7 @@ __all__ = [
     "STORAGES",
     "WeightForm",
     "apply_weight_form",
+    "check_weight_form",
     "linear_form_cost",
     "pruned_spec",
     "weight_form_bytes",
@@ -131,6 +132,16 @@ def weight_form_bytes(out_features, in_features, w_bits, form: WeightForm | str 
     else:
         out = _rank(o, i, f.keep) * (o + i) * wb
     return float(out) if np.ndim(out) == 0 else out
+
+
+def check_weight_form(weight_form, conventions: str = "exact") -> WeightForm:
+    """The weight form to apply; LLM-Viewer's accounting (``conventions="paper"``) has no notion of one.
+
+    Introduced in Chapter 5."""
+    form = WeightForm.parse(weight_form)
+    if form.kind != "dense" and conventions != "exact":
+        raise ValueError(f"weight_form={form.label!r} needs conventions='exact' (LLM-Viewer models dense weights only)")
+    return form
 
 
 def _rank(o, i, keep):

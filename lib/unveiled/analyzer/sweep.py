@@ -19,6 +19,7 @@ from ..hardware import Device
 from .analysis import check_setting, evaluate, memory_arrays, resolve_device
 from .configs import ModelSpec, model
 from .costs import BITS, CONVENTIONS, LOGITS, STAGES, Setting
+from .sparsity import WeightForm, apply_weight_form, check_weight_form
 
 __all__ = ["max_batch", "max_seq_len", "sweep"]
 
@@ -57,7 +58,7 @@ def _bits_array(name: str, values) -> np.ndarray:
 def sweep(models, devices, *, stage="decode", batch=1, seq_len=1024, w_bits=16, a_bits=16, kv_bits=None,
           flash_attention=False, conventions: str = "exact", logits: str = "last",
           check_context: bool | None = None, group_size: int | None = None,
-          head_bits: int | None = None) -> pd.DataFrame:
+          head_bits: int | None = None, weight_form: WeightForm | str | None = None) -> pd.DataFrame:
     """Analyse every combination of the given values, one row per configuration (vectorised).
 
     ``models``, ``devices``, ``stage``, ``batch``, ``seq_len``, ``w_bits``, ``a_bits``, ``kv_bits`` and
@@ -65,10 +66,12 @@ def sweep(models, devices, *, stage="decode", batch=1, seq_len=1024, w_bits=16, 
     follows ``a_bits``). Columns: the configuration, then ``flops``, ``bytes``, ``time_s`` and
     ``tokens_per_s`` of the pass, ``weights_bytes``, ``kv_cache_bytes``, ``activation_bytes``,
     ``memory_bytes``, ``fits`` and ``memory_bound_share`` (time share of memory-bound operators). The
-    numbers equal :func:`analyze`'s for the same configuration. Introduced in Chapter 2.
+    numbers equal :func:`analyze`'s for the same configuration; ``weight_form`` (one form for the whole grid)
+    is :func:`analyze`'s. Introduced in Chapter 2.
     """
     check_choice("conventions", conventions, CONVENTIONS)
     check_choice("logits", logits, LOGITS)
+    form = check_weight_form(weight_form, conventions)
     specs = [model(x) for x in _as_list("models", models, (str, ModelSpec))]
     devs = [resolve_device(x, conventions) for x in _as_list("devices", devices, (str, Device))]
     stages = [check_choice("stage", s, STAGES) for s in _as_list("stage", stage, str)]
@@ -90,10 +93,13 @@ def sweep(models, devices, *, stage="decode", batch=1, seq_len=1024, w_bits=16, 
                       logits=logits, check_context=check_context, group_size=group_size, head_bits=head_bits)
         st = Setting(stg, b, s, w, a, kv, bool(fa), conventions, logits, group_size, head_bits)
         ev = evaluate(spec, dev, st)
+        weights, kvc, act = memory_arrays(spec, st, ev)
+        ev, saved = apply_weight_form(ev, form, dev, tokens=b * (s if stg == "prefill" else 1.0), w_bits=w, a_bits=a,
+                                      group_size=group_size)
+        weights = weights + saved
         counts = ev.counts.reshape(-1, 1)
         weighted_t = counts * ev.time
         time_s = weighted_t.sum(axis=0)
-        weights, kvc, act = memory_arrays(spec, st, ev)
         weights, kvc, act = (np.broadcast_to(x, b.shape) for x in (weights, kvc, act))
         total = weights + kvc + act
         tokens = b * (s if stg == "prefill" else 1.0)

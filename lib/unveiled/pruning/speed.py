@@ -159,24 +159,16 @@ def model_spec(model):
 
 
 def predict_pass(model, device, form: WeightForm | str | None = None, *, stage: str = "decode", batch: int = 1,
-                 seq_len: int = 128, w_bits: int = 32, a_bits: int = 32, kv_bits: int | None = None,
-                 native: bool | None = None) -> dict[str, float]:
+                 seq_len: int = 128, w_bits: int = 32, a_bits: int = 32, kv_bits: int | None = None) -> dict[str, float]:
     """The roofline's time, operations, bytes and weight bytes of one pass of ``model`` with its block projections
-    in ``form`` (:func:`unveiled.analyzer.sparsity.apply_weight_form` on :func:`unveiled.analyze`; fp32 by
-    default, as the book's CPU runs). ``model`` is a name, an analyzer spec (e.g.
-    :func:`~unveiled.analyzer.sparsity.pruned_spec`) or a :class:`~unveiled.models.Decoder`. Introduced in
-    Chapter 5."""
-    from ..analyzer.analysis import analyze, resolve_device
-    from ..analyzer.sparsity import apply_weight_form
+    in ``form`` (:func:`unveiled.analyze` with ``weight_form``; fp32 by default, as the book's CPU runs).
+    ``model`` is a name, an analyzer spec (e.g. :func:`~unveiled.analyzer.sparsity.pruned_spec`) or a
+    :class:`~unveiled.models.Decoder`. Introduced in Chapter 5."""
+    from ..analyzer.analysis import analyze
 
-    spec = model_spec(model)
-    dev = resolve_device(device)
-    a = analyze(spec, dev, stage=stage, batch=batch, seq_len=seq_len, w_bits=w_bits, a_bits=a_bits,
-                kv_bits=kv_bits, check_context=False)
-    tokens = batch * (seq_len if stage == "prefill" else 1)
-    ev, delta = apply_weight_form(a._ev, form, dev, tokens=tokens, w_bits=w_bits, a_bits=a_bits, native=native)
-    return {"time_s": float(ev.counts @ ev.time), "flops": float(ev.counts @ ev.flops),
-            "bytes": float(ev.counts @ ev.bytes), "weights_bytes": float(a.memory.weights + delta)}
+    a = analyze(model_spec(model), device, stage=stage, batch=batch, seq_len=seq_len, w_bits=w_bits, a_bits=a_bits,
+                kv_bits=kv_bits, check_context=False, weight_form=form)
+    return {"time_s": a.time_s, "flops": a.flops, "bytes": a.bytes, "weights_bytes": a.memory.weights}
 
 
 def lowrank_twin(model, keep: float, seed: int = 0):
