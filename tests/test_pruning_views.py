@@ -13,6 +13,7 @@ import torch
 
 import unveiled as uv
 from unveiled import pruning as P
+from unveiled.hardware import supports
 from unveiled.plots import pruning as plots
 from unveiled.pruning import experiments as E
 from unveiled.pruning import roofline as R
@@ -151,3 +152,20 @@ def test_explorer_pieces(small_sweep):
     svg = X.frontier_svg(small_sweep, "unstructured", 0.5)
     assert svg.startswith("<svg") and svg.count("<circle") == len(small_sweep) - 1
     assert not math.isnan(float(small_sweep.perplexity.max()))
+
+
+def test_section_5_5_claims_on_the_roofline():
+    # Fig. 5.6's text: in prefill only fewer operations (low rank, everywhere) or 2:4 on sparse tensor cores help;
+    # unstructured sparsity changes nothing there; in decode CSR at 50 % is slower than dense.
+    devices = ["a100", "h100-sxm", "v100", "rtx-4090", "mi300x", "i9-13900k"]
+    t = R.forms_speedup_table("llama-2-7b", devices, batches=(1, 16)).set_index(["device", "stage", "batch", "form"])
+    for d in devices:
+        name = uv.hardware(d).display_name
+        assert t.speedup[name, "prefill", 16, "low rank, 50% of parameters"] > 1.2
+        assert t.speedup[name, "prefill", 16, "50% unstructured, bitmask"] == pytest.approx(1, abs=1e-3)
+        two_four = t.speedup[name, "prefill", 16, "2:4"]
+        if supports(d, "sparse_2_4") == "native":
+            assert two_four > 1.3
+        else:
+            assert two_four == pytest.approx(1, abs=1e-3)
+        assert t.speedup[name, "decode", 1, "50% unstructured, CSR int32"] < 1 < t.speedup[name, "decode", 1, "2:4"]

@@ -24,7 +24,8 @@ from ..analyzer.sparsity import WeightForm, linear_form_cost
 from ..threads import torch_threads
 from ..timing import Budget, time_repeats
 
-__all__ = ["break_even", "csr_matrix", "csr_vs_dense", "decode_speeds", "lowrank_twin", "model_spec", "predict_pass"]
+__all__ = ["break_even", "compressed_decode_speeds", "csr_matrix", "csr_vs_dense", "decode_speeds", "lowrank_twin",
+           "model_spec", "predict_pass"]
 
 
 def csr_matrix(weight: torch.Tensor, index_bits: int = 32) -> torch.Tensor:
@@ -190,3 +191,34 @@ def lowrank_twin(model, keep: float, seed: int = 0):
         set_module(out, name, LowRankLinear(torch.randn(r, i, generator=gen) * 0.02,
                                             torch.randn(o, r, generator=gen) * 0.02))
     return out
+
+
+def compressed_decode_speeds(model, device, prompt: Sequence[int], *, sparsity: float = 0.3, keep: float = 0.6,
+                             extra: Mapping[str, torch.nn.Module] | None = None, new_tokens: int = 8,
+                             budget_s: float | None = 20.0, threads: int | None = None) -> pd.DataFrame:
+    """Decode speed of ``model`` dense, structurally pruned (``sparsity`` of the block parameters as MLP
+    channels, and as one KV group per layer plus channels), factorized (``keep`` of the parameters: a
+    :func:`lowrank_twin`) and any ``extra`` models that store the dense shapes (e.g. a pruned model with its
+    zeros), measured in one run (:func:`decode_speeds`) next to the roofline's prediction on ``device`` for the
+    same context (:func:`predict_pass`). Adds ``predicted_s`` and ``predicted_speedup``. Introduced in Chapter 5.
+    """
+    from ..analyzer.sparsity import pruned_spec
+    from .structured import plan_for_sparsity, structured_prune
+
+    spec = model_spec(model)
+    mlp = plan_for_sparsity(model.config, sparsity)
+    kv = plan_for_sparsity(model.config, sparsity, kv_groups=1)
+    pct = f"{100 * sparsity:g}%"
+    models = {"dense": (model, spec, None),
+              f"structured {pct} (MLP)": (structured_prune(model, mlp)[0], pruned_spec(spec, 0, mlp.mlp_channels), None),
+              f"structured {pct} (KV + MLP)": (structured_prune(model, kv)[0], pruned_spec(spec, 1, kv.mlp_channels), None),
+              f"low rank, {100 * keep:g}% of parameters": (lowrank_twin(model, keep), spec, WeightForm("lowrank", keep=keep))}
+    for label, m in (extra or {}).items():
+        models[label] = (m, spec, None)
+    speeds = decode_speeds({k: v[0] for k, v in models.items()}, prompt, new_tokens=new_tokens, budget_s=budget_s,
+                           threads=threads)
+    context = len(prompt) + new_tokens // 2
+    pred = {k: predict_pass(s_, device, f, seq_len=context)["time_s"] for k, (_, s_, f) in models.items()}
+    speeds["predicted_s"] = speeds["model"].map(pred)
+    speeds["predicted_speedup"] = speeds["predicted_s"].iloc[0] / speeds["predicted_s"]
+    return speeds
