@@ -136,5 +136,5 @@ def test_unstarted_tasks_raise_with_a_clear_message():
 def test_failures_name_the_input_the_expected_and_the_obtained_value_and_a_section():
     report = check_rank_for_energy(lambda s, e: 1, raise_on_fail=False, show=False)
     failed = [r for r in report.results if not r.passed]
-    assert failed and all("expected" in r.message and "§5." in r.message for r in failed)
-    assert any("energy" in r.name for r in failed)
+    assert failed and all(r.input and r.expected and r.got and r.hint and r.section for r in failed)
+    assert all("Re-read" in r.feedback() for r in failed) and any("energy" in r.name for r in failed)

@@ -23,10 +23,17 @@ import torch
 
 from ..analyzer.sparsity import WeightForm, weight_form_bytes
 from ..pruning.lowrank import rank_for_energy as _rank_for_energy
+from ..pruning.patterns import nm_keep_mask
 from ..pruning.patterns import wanda_score as _wanda_score
 from . import Case, LabReport, run_cases
 
 __all__ = ["CHECKS", "check_nm_mask", "check_rank_for_energy", "check_sparse_weight_bytes", "check_wanda_score"]
+
+
+_FORMS = "Four ways to remove parameters (survey §3.2, §3.4)"
+_SCORES = "Which weights to remove: magnitude, Wanda, SparseGPT"
+_LOWRANK = "Removing structures, factoring matrices"
+_ERROR = {"expected": "a ValueError", "show_result": lambda r: r}
 
 
 def _scores(seed: int, rows: int, cols: int) -> torch.Tensor:
@@ -84,21 +91,23 @@ def _nm_judge(score: torch.Tensor, n: int, m: int) -> Callable[[object], str | N
 
 def check_nm_mask(fn: Callable, *, raise_on_fail: bool = True, show: bool = True) -> LabReport:
     """Check ``nm_mask(score, n, m)`` -> bool ``[out, in]`` keep-mask (Lab 5.1, Chapter 5)."""
-    hint = "§5.2: split each row into groups of m consecutive inputs and keep the n best-scored in each"
+    hint = "In each row, look at the inputs m at a time: how many weights does a group keep, and which ones?"
     cases = [Case(f"{n}:{m} on random scores {r}×{c}", (_scores(seed, r, c), n, m), judge=_nm_judge(_scores(seed, r, c), n, m),
-                  hint=hint)
+                  hint=hint, section=_FORMS, expected=nm_keep_mask(_scores(seed, r, c), n, m))
              for seed, r, c, n, m in ((0, 8, 16, 2, 4), (1, 6, 24, 4, 8), (2, 5, 12, 1, 4), (3, 4, 12, 3, 4))]
     ties = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, 2.0, 2.0, 0.0]], dtype=torch.float64)
     cases.append(Case("ties: four equal scores, keep any two of them", (ties, 2, 4), judge=_nm_judge(ties, 2, 4),
-                      hint=hint))
+                      hint=hint, section=_FORMS,
+                      expected="two True among the first four positions, and True at positions 5 and 6"))
     cases.append(Case("a row of 10 inputs cannot be cut into groups of 4: raise ValueError",
                       (_scores(4, 2, 10), 2, 4), {"_expect_error": True},
                       judge=lambda r: None if r == "raised ValueError" else f"expected a ValueError, but it {r}",
-                      hint="§5.2: check that m divides the number of inputs before grouping"))
+                      hint="Before grouping, ask whether the inputs of a row can be cut into groups of m at all.",
+                      section=_FORMS, **_ERROR))
     cases.append(Case("N > M (5:4) is not a pattern: raise ValueError", (_scores(5, 2, 8), 5, 4),
                       {"_expect_error": True},
                       judge=lambda r: None if r == "raised ValueError" else f"expected a ValueError, but it {r}",
-                      hint="§5.2: an N:M pattern keeps N of every M, so N ≤ M"))
+                      hint="Can a group of m weights keep more than m of them?", section=_FORMS, **_ERROR))
 
     def call(score, n, m, _expect_error=False):
         return _raises(fn, score, n, m) if _expect_error else fn(score, n, m)
@@ -144,7 +153,9 @@ def check_wanda_score(fn: Callable, *, raise_on_fail: bool = True, show: bool = 
                 w.pow(2) * x.norm(dim=0)[None, :],
         }
         cases.append(Case(f"{out_f}×{in_f} weight, {tokens} calibration tokens", (w, x), judge=_close(want, mistakes),
-                          hint="§5.2: one norm per input channel j, taken over all calibration tokens"))
+                          hint="Which quantity of the calibration inputs belongs to input channel j, over which "
+                               "axis is it taken, and how does it meet the weight?", section=_SCORES,
+                          expected=want))
     return run_cases(fn, cases, "Lab 5.1 wanda_score()", raise_on_fail=raise_on_fail, show=show)
 
 
@@ -188,22 +199,25 @@ def _rank_mistakes(sv: torch.Tensor, energy: float, want: int) -> dict[int, str]
 
 def check_rank_for_energy(fn: Callable, *, raise_on_fail: bool = True, show: bool = True) -> LabReport:
     """Check ``rank_for_energy(singular_values, energy)`` -> int (Lab 5.2, Chapter 5)."""
-    hint = "§5.4: the energy of the first r components is the sum of their σ², over the sum of all σ²"
+    hint = ("What measures one singular value's share of the matrix's energy, and where does the running share "
+            "first reach the budget?")
     cases = []
     exact = torch.tensor([2.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64)  # σ² shares 0.5, 0.625, 0.75, 0.875, 1
     for energy, want in ((0.75, 3), (0.5, 1), (0.76, 4), (1.0, 5), (0.1, 1)):
         cases.append(Case(f"σ = (2, 1, 1, 1, 1), energy {energy}", (exact.clone(), energy),
-                          judge=_int_judge(want, _rank_mistakes(exact, energy, want)), hint=hint))
+                          judge=_int_judge(want, _rank_mistakes(exact, energy, want)), hint=hint, section=_LOWRANK,
+                          expected=want))
     s = torch.linspace(3.0, 0.1, 40, dtype=torch.float64) ** 2
     for energy in (0.9, 0.99):
         want = _rank_for_energy(s, energy)
         cases.append(Case(f"a decaying spectrum of 40 values, energy {energy}", (s.clone(), energy),
-                          judge=_int_judge(want, _rank_mistakes(s, energy, want)), hint=hint))
+                          judge=_int_judge(want, _rank_mistakes(s, energy, want)), hint=hint, section=_LOWRANK,
+                          expected=want))
     for bad in (0.0, 1.5):
         cases.append(Case(f"energy {bad} is outside (0, 1]: raise ValueError", (exact.clone(), bad),
                           {"_expect_error": True},
                           judge=lambda r: None if r == "raised ValueError" else f"expected a ValueError, but it {r}",
-                          hint="§5.4: an energy budget is a share in (0, 1]"))
+                          hint="Which shares of the energy make sense as a budget?", section=_LOWRANK, **_ERROR))
 
     def call(sv, energy, _expect_error=False):
         return _raises(fn, sv, energy) if _expect_error else fn(sv, energy)
@@ -251,7 +265,9 @@ def check_sparse_weight_bytes(fn: Callable, *, raise_on_fail: bool = True, show:
             return base
 
         cases.append(Case(f"{rows}×{cols}, {s:.0%} sparse, {bits}-bit values, {storage}", (rows, cols, s, bits, storage),
-                          judge=judge, hint="§5.5: values kept × their size, plus whatever says where they are"))
+                          judge=judge, expected=want, section=_FORMS,
+                          hint="Count what is stored: the kept values at their width, and whatever says where they "
+                               "sit (per position, per kept value, per row)."))
     return run_cases(fn, cases, "Lab 5.2 sparse_weight_bytes()", raise_on_fail=raise_on_fail, show=show)
 
 
