@@ -40,6 +40,25 @@ def _svg(chart, description: str):
     return chart.properties(usermeta=_SVG, description=description)
 
 
+def _log_scale(values) -> alt.Scale:
+    """A log scale fitted to the data (no empty decades down to 1)."""
+    v = pd.Series(values, dtype=float).dropna()
+    v = v[v > 0]
+    if v.empty:
+        return alt.Scale(type="log")
+    return alt.Scale(type="log", domain=[float(v.min()) / 1.08, float(v.max()) * 1.08], nice=False)
+
+
+#: Solid for the first variant of each family, dashed for the second.
+_DASHES = {"unstructured": [1, 0], "MLP channels": [1, 0], "1 KV group + MLP": [6, 3], "uniform ranks": [1, 0],
+           "energy ranks": [6, 3], "pruned": [1, 0], "after LoRA": [6, 3]}
+
+
+def _dash_scale(domain) -> alt.Scale:
+    domain = [v for v in _DASHES if v in set(domain)]
+    return alt.Scale(domain=domain, range=[_DASHES[v] for v in domain])
+
+
 def _round(df: pd.DataFrame, cols: Sequence[str], digits: int = 4) -> pd.DataFrame:
     out = df.copy()
     for c in cols:
@@ -50,8 +69,8 @@ def _round(df: pd.DataFrame, cols: Sequence[str], digits: int = 4) -> pd.DataFra
 def sparsity_curves_chart(sweep: pd.DataFrame, *, families: Sequence[str] = ("unstructured", "semi-structured"),
                           ood: bool = False, title: str = "", height: int = 260) -> alt.LayerChart:
     """Perplexity (log) against the share of block parameters removed, one line per method of ``families``
-    (per method and pattern for structured and low-rank rows: the pattern as the dash), N:M patterns as
-    labelled points, the dense model as a dashed rule. ``ood`` plots the out-of-domain text
+    (per method and pattern for structured and low-rank rows: MLP channels and uniform ranks solid, one KV group
+    plus channels and energy ranks dashed), N:M patterns as labelled points, the dense model as a dashed rule. ``ood`` plots the out-of-domain text
     (``perplexity_ood``) instead of the validation split. Introduced in Chapter 5."""
     col = "perplexity_ood" if ood else "perplexity"
     d = sweep[sweep["family"].isin(families) & (sweep["recover_steps"] == 0 if "recover_steps" in sweep.columns else True)].copy()
@@ -59,8 +78,10 @@ def sparsity_curves_chart(sweep: pd.DataFrame, *, families: Sequence[str] = ("un
     d = _round(d[["label", "family", "method", "pattern", "removed_pct", col]].rename(columns={col: "ppl"}),
                ["ppl", "removed_pct"])
     order = [m for m in METHOD_COLORS if m in set(d["method"])]
+    dense_val = sweep.loc[sweep["family"] == "dense", col]
     enc = {"x": alt.X("removed_pct:Q", title="block parameters removed (%)"),
-           "y": alt.Y("ppl:Q", scale=alt.Scale(type="log"), title="perplexity (log)", axis=alt.Axis(labelExpr=_FMT)),
+           "y": alt.Y("ppl:Q", scale=_log_scale(list(d["ppl"]) + list(dense_val)), title="perplexity (log)",
+                      axis=alt.Axis(labelExpr=_FMT)),
            "color": alt.Color("method:N", sort=order, scale=color_scale(METHOD_COLORS, order), title="method"),
            "tooltip": ["label:N", alt.Tooltip("removed_pct:Q", title="% removed", format=".1f"),
                        alt.Tooltip("ppl:Q", title="perplexity", format=".4g")]}
@@ -69,10 +90,11 @@ def sparsity_curves_chart(sweep: pd.DataFrame, *, families: Sequence[str] = ("un
     dashed = curves["pattern"].isin(["kv+mlp", "energy"])
     curves = curves.assign(variant=curves["pattern"].map(
         {"mlp": "MLP channels", "kv+mlp": "1 KV group + MLP", "uniform": "uniform ranks", "energy": "energy ranks"}
-    ).fillna("unstructured"), series=curves["method"] + " " + curves["pattern"])
+    ).fillna("unstructured"))
+    curves = curves.assign(series=curves["method"] + " " + curves["variant"])
     line_enc = dict(enc, detail="series:N")
     if dashed.any() or curves["variant"].nunique() > 1:
-        line_enc["strokeDash"] = alt.StrokeDash("variant:N", title=None)
+        line_enc["strokeDash"] = alt.StrokeDash("variant:N", legend=None, scale=_dash_scale(curves["variant"]))
     layers = [alt.Chart(curves).mark_line(point=alt.OverlayMarkDef(size=30)).encode(**line_enc)]
     if len(nm):
         layers.append(alt.Chart(nm).mark_point(shape="diamond", size=90, filled=True).encode(
@@ -108,9 +130,10 @@ def frontier_explorer_chart(frontier: pd.DataFrame, *, title: str = "", height: 
             "(meth == 'all' || datum.method == meth) && datum.removed_pct <= most + 0.5")
     order = [m for m in METHOD_COLORS if m in set(d["method"])]
     points = alt.Chart(d).mark_point(filled=True, size=70).encode(
-        x=alt.X("speedup:Q", scale=alt.Scale(type="log"), title="predicted speedup over dense (log)",
+        x=alt.X("speedup:Q", scale=_log_scale([*list(d["speedup"]), 1.0]), title="predicted speedup over dense (log)",
                 axis=alt.Axis(labelExpr=_FMT)),
-        y=alt.Y("perplexity:Q", scale=alt.Scale(type="log"), title="perplexity (log)", axis=alt.Axis(labelExpr=_FMT)),
+        y=alt.Y("perplexity:Q", scale=_log_scale(d["perplexity"]), title="perplexity (log)",
+                axis=alt.Axis(labelExpr=_FMT)),
         color=alt.Color("method:N", sort=order, scale=color_scale(METHOD_COLORS, order)),
         shape=alt.Shape("family:N", title="family"),
         tooltip=["label:N", "family:N", alt.Tooltip("removed_pct:Q", title="% removed"),
@@ -135,7 +158,7 @@ def forms_speedup_chart(table: pd.DataFrame, *, title: str = "", height: int = 2
     order = list(dict.fromkeys(d["form"]))
     lines = alt.Chart(d).mark_line(point=alt.OverlayMarkDef(size=30)).encode(
         x=alt.X("batch:Q", scale=alt.Scale(type="log", base=2), title="batch", axis=alt.Axis(labelExpr=_FMT)),
-        y=alt.Y("speedup:Q", scale=alt.Scale(type="log"), title="predicted speedup over dense (log)",
+        y=alt.Y("speedup:Q", scale=_log_scale([*list(d["speedup"]), 1.0]), title="predicted speedup over dense (log)",
                 axis=alt.Axis(labelExpr=_FMT)),
         color=alt.Color("form:N", sort=order, scale=color_scale(FORM_COLORS, order), title="weight form"),
         tooltip=["device:N", "form:N", "stage:N", "batch:Q", alt.Tooltip("speedup:Q", format=".3g"),
@@ -159,7 +182,7 @@ def csr_break_even_chart(df: pd.DataFrame, *, title: str = "", height: int = 220
     long = _round(long, ["speedup", "sparsity_pct"])
     lines = alt.Chart(long).mark_line(point=True).encode(
         x=alt.X("sparsity_pct:Q", title="sparsity (% of weights zero)", scale=alt.Scale(zero=False)),
-        y=alt.Y("speedup:Q", scale=alt.Scale(type="log"), title="CSR speedup over dense (log)",
+        y=alt.Y("speedup:Q", scale=_log_scale([*list(long["speedup"]), 1.0]), title="CSR speedup over dense (log)",
                 axis=alt.Axis(labelExpr=_FMT)),
         color=alt.Color("source:N", title=None, scale=color_scale(
             {"measured on this CPU": "#d62728", "roofline prediction": "#1f77b4"})),
@@ -205,7 +228,7 @@ def anchors_chart(ordering: pd.DataFrame, *, title: str = "", width: int = 300, 
     models = list(ordering.sort_values("params_b", ascending=False)["model"].drop_duplicates())
     chart = alt.Chart(long).mark_point(filled=True, size=70).encode(
         y=alt.Y("model:N", sort=models, title=None),
-        x=alt.X("x_dense:Q", scale=alt.Scale(type="log"), title="perplexity ÷ dense (log)",
+        x=alt.X("x_dense:Q", scale=_log_scale([*list(long["x_dense"]), 1.0]), title="perplexity ÷ dense (log)",
                 axis=alt.Axis(labelExpr=_FMT)),
         color=alt.Color("method:N", sort=methods, scale=color_scale(METHOD_COLORS, methods)),
         row=alt.Row("pattern:N", sort=["50%", "4:8", "2:4"], title=None),
@@ -228,9 +251,10 @@ def recovery_chart(tiny: pd.DataFrame, *, title: str = "", width: int = 300, hei
     order = [m for m in METHOD_COLORS if m in set(d["method"])]
     chart = alt.Chart(d).mark_line(point=True).encode(
         x=alt.X("removed_pct:Q", title="block parameters removed (%)"),
-        y=alt.Y("perplexity:Q", scale=alt.Scale(type="log"), title="perplexity (log)", axis=alt.Axis(labelExpr=_FMT)),
+        y=alt.Y("perplexity:Q", scale=_log_scale(d["perplexity"]), title="perplexity (log)",
+                axis=alt.Axis(labelExpr=_FMT)),
         color=alt.Color("method:N", sort=order, scale=color_scale(METHOD_COLORS, order), title="score"),
-        strokeDash=alt.StrokeDash("stage:N", sort=["pruned", "after LoRA"], title=None),
+        strokeDash=alt.StrokeDash("stage:N", legend=None, scale=_dash_scale(["pruned", "after LoRA"])),
         shape=alt.Shape("what:N", title="structures"),
         detail="series:N",
         row=alt.Row("model:N", title=None),
