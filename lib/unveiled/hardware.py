@@ -201,16 +201,30 @@ class Device:
         return self.peak(dtype) / self.bandwidth
 
     def attainable(self, intensity, dtype: str = "fp16"):
-        """Attainable ops/s at ``intensity`` ops/byte (see :func:`unveiled.attainable_performance`)."""
-        from .roofline import attainable_performance
+        """Attainable ops/s at ``intensity`` ops/byte: ``min(peak, bandwidth × intensity)`` (the roofline).
 
-        return attainable_performance(intensity, self, dtype)
+        ``intensity`` is a number or an array (> 0); the result has its shape. The roofline module's
+        :func:`unveiled.attainable_performance` is the same, for a device given by name. Chapter 1.
+        """
+        peak = self.peak(dtype)
+        i = np.asarray(check_positive("intensity (ops/byte)", intensity, allow_array=True), dtype=float)
+        out = np.minimum(peak, self.bandwidth * i)
+        return float(out) if out.ndim == 0 else out
 
     def time(self, flops, bytes_, dtype: str = "fp16"):
-        """Roofline time in seconds of an operation (see :func:`unveiled.roofline_time`)."""
-        from .roofline import roofline_time
+        """Roofline time in seconds of an operation: ``max(flops / peak, bytes / bandwidth)``.
 
-        return roofline_time(flops, bytes_, self, dtype)
+        Loads, compute and stores overlap perfectly, as the roofline assumes. Either argument may be zero (a
+        pure copy has no operations), not both; arrays broadcast. The roofline module's
+        :func:`unveiled.roofline_time` is the same, for a device given by name. Chapter 1.
+        """
+        peak = self.peak(dtype)
+        f = np.asarray(check_positive("flops", flops, allow_array=True, allow_zero=True), dtype=float)
+        q = np.asarray(check_positive("bytes", bytes_, allow_array=True, allow_zero=True), dtype=float)
+        if np.any((f == 0) & (q == 0)):
+            raise ValueError("an operation needs flops > 0 or bytes > 0 (both are zero)")
+        t = np.maximum(f / peak, q / self.bandwidth)
+        return float(t) if t.ndim == 0 else t
 
     def with_(self, **changes) -> Device:
         """A modified copy, e.g. ``dev.with_(bandwidth=3 * dev.bandwidth)`` for a what-if study.

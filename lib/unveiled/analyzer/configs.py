@@ -21,6 +21,7 @@ import pandas as pd
 
 from .._validate import check_int, unknown_name
 from ..datafiles import data_file, list_data_files
+from .precision import check_bits
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
@@ -172,8 +173,6 @@ class ModelSpec:
         """
         seq_len = check_int("seq_len", seq_len, minimum=0)
         batch = check_int("batch", batch)
-        from .costs import check_bits
-
         kv_bits = check_bits("kv_bits", kv_bits)
         tokens = seq_len if self.sliding_window is None else min(seq_len, self.sliding_window)
         return float(batch * tokens * self.kv_elements_per_token * self.num_layers * kv_bits / 8)
