@@ -20,7 +20,7 @@ def test_operator_classes():
 
 
 def test_prediction_split_adds_up_to_the_analyzer_time():
-    dev = uv.hardware("i9-13900k")
+    dev = uv.get_device("i9-13900k")
     df = pd.DataFrame([{"model": "S", "stage": "decode", "batch": 1, "seq_len": 64},
                        {"model": "SmolLM2", "stage": "prefill", "batch": 2, "seq_len": 128}])
     out = cal.predict_scenarios(df, dev)

@@ -1446,7 +1446,7 @@ def teacher_student_costs(
     Introduced in Chapter 4.
     """
     from .analyzer import sweep
-    from .hardware import hardware
+    from .hardware import get_device
 
     pairs = _pairs(pairs)
     frames = []
@@ -1459,7 +1459,7 @@ def teacher_student_costs(
             dec = dec.assign(pair=label, role=role, tpot_s=dec.time_s, ttft_s=pre.time_s.to_numpy())
             frames.append(dec)
     df = pd.concat(frames, ignore_index=True)
-    df["capacity_bytes"] = [hardware(d).memory_bytes for d in df.device]
+    df["capacity_bytes"] = [get_device(d).memory_bytes for d in df.device]
     cols = ["pair", "role", "model", "device", "batch", "seq_len", "w_bits", "tpot_s", "ttft_s", "weights_bytes",
             "kv_cache_bytes", "memory_bytes", "capacity_bytes", "fits"]
     return df[cols]

@@ -37,7 +37,7 @@ import pandas as pd
 
 from ._validate import check_int
 from .environment import cpu_name, machine_description
-from .hardware import Device, canonical_dtype, hardware
+from .hardware import Device, canonical_dtype, get_device
 from .roofline import bound, elementwise_cost, matmul_cost, roofline_time
 
 __all__ = [
@@ -314,7 +314,7 @@ def measure_machine(*, array_bytes: int | None = None, matmul_sizes: tuple[int, 
     The device is named ``"this-machine"`` (kind ``"cpu"``); its ``bandwidth`` is the best triad rate and its
     ``peaks`` the best GEMM rate (over ``matmul_sizes`` and repeats) per data type in ``dtypes`` that ran (each data type gets its own measured
     roof, even where it is slower than fp32). With ``register=True`` it becomes available as
-    ``uv.hardware("this-machine")``. With ``cache=True`` a second call with the same settings returns the
+    ``uv.get_device("this-machine")``. With ``cache=True`` a second call with the same settings returns the
     first result instead of measuring again. It takes a few seconds (tqdm bar); sizes are fixed and data
     seeded, so only the timings vary between runs. ``clock="thread"`` times the CPU time of the measuring
     thread instead of elapsed time (with one PyTorch thread), for measurements on a busy shared machine.
@@ -390,7 +390,7 @@ def measure_kernels(device: str | Device = "this-machine", *, array_bytes: int |
     torch = _torch()
     if torch is None:
         raise RuntimeError("measure_kernels needs PyTorch (pip install torch)")
-    dev = hardware(device)
+    dev = get_device(device)
     repeats = check_int("repeats", repeats)
     array_bytes = default_array_bytes() if array_bytes is None else check_int("array_bytes", array_bytes,
                                                                               minimum=2**16)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ._validate import check_int, check_positive
-from .hardware import DTYPES, Device, canonical_dtype, hardware
+from .hardware import DTYPES, Device, canonical_dtype, get_device
 
 __all__ = [
     "Operation",
@@ -46,7 +46,7 @@ __all__ = [
 
 def _device(device: str | Device) -> Device:
     if isinstance(device, (str, Device)):
-        return hardware(device)
+        return get_device(device)
     raise TypeError(f"device must be a Device or a device name such as 'a6000', got {type(device).__name__}")
 
 

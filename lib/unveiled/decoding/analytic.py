@@ -167,10 +167,10 @@ def verification_cost(m, hw, tokens: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 12, 1
     near 1. ``m`` and ``hw`` are anything :func:`unveiled.analyze` accepts; extra keyword arguments
     (``w_bits``, ``a_bits``, ...) are passed on. Introduced in Chapter 7.
     """
-    from ..analyzer import model
+    from ..analyzer import model_spec
     from ..analyzer.analysis import resolve_device
 
-    spec = model(m)
+    spec = model_spec(m)
     device = resolve_device(hw, analyze_kwargs.get("conventions", "exact"))
     context_len = check_int("context_len", context_len, minimum=0)
     ts = sorted({check_int("tokens", int(t)) for t in tokens} | {1})
@@ -224,9 +224,9 @@ def moe_decode_table(m="mixtral-8x7b", hw="a6000", batches: Sequence[int] = (1, 
     total-parameter cost as the batch grows. Uses the analyzer's uniform-routing expert count.
     Introduced in Chapter 7.
     """
-    from ..analyzer import analyze, model
+    from ..analyzer import analyze, model_spec
 
-    spec = model(m)
+    spec = model_spec(m)
     if not spec.is_moe:
         raise ValueError(f"{spec.name} is not a mixture-of-experts model; try 'mixtral-8x7b' or 'qwen3-30b-a3b'")
     rows = []
@@ -256,9 +256,9 @@ def dynamic_reduction_table(m="llama-2-7b", hw="a6000", keep: float = 0.5, seq_l
     ``bytes``, ``time_s``, ``intensity``, and each relative to the dense row. FLOPs and bytes shrink together,
     so the intensity, and therefore the bound, barely moves. Introduced in Chapter 7.
     """
-    from ..analyzer import analyze, model
+    from ..analyzer import analyze, model_spec
 
-    spec = model(m)
+    spec = model_spec(m)
     keep = check_number("keep", keep)
     if not 0 < keep <= 1:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
