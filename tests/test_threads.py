@@ -32,3 +32,28 @@ def test_none_leaves_the_count_alone_and_bad_counts_are_explained():
     with pytest.raises(TypeError, match="threads must be an int"), torch_threads(1.5):
         pass
     assert torch.get_num_threads() == before
+
+
+# Where a bare torch.set_num_threads may still appear: the context manager itself, and code another engineer
+# is refactoring (quant/gptq.py restores the count in a try/finally; it moves to torch_threads with the shared
+# Hessian machinery). Process entry points need no exception: their main() uses torch_threads too.
+_ALLOWED = {"lib/unveiled/threads.py", "lib/unveiled/quant/gptq.py"}
+
+
+def test_no_bare_set_num_threads_in_the_library_tests_or_benchmarks():
+    import re
+
+    from conftest import ROOT
+
+    bare = re.compile(r"\btorch\.set_num_threads\(")
+    hits = []
+    for folder in ("lib/unveiled", "tests", "benchmarks", "tools"):
+        for f in sorted((ROOT / folder).rglob("*.py")):
+            rel = str(f.relative_to(ROOT))
+            if rel in _ALLOWED or rel == "tests/test_threads.py":
+                continue
+            for i, line in enumerate(f.read_text().splitlines(), 1):
+                code = line.split("#", 1)[0]
+                if bare.search(code):
+                    hits.append(f"{rel}:{i}: {line.strip()}")
+    assert not hits, "use `with unveiled.threads.torch_threads(n):` (it restores the count):\n" + "\n".join(hits)

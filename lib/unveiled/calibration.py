@@ -36,6 +36,7 @@ import pandas as pd
 from ._validate import check_choice, check_int
 from .datafiles import data_file
 from .hardware import Device
+from .threads import torch_threads
 
 __all__ = [
     "CLASSES",
@@ -108,14 +109,15 @@ CLOCKS = ("wall", "thread")
 def _clock(name: str):
     """``"wall"``: elapsed time. ``"thread"``: CPU time of the calling thread, which excludes the time the
     thread waits while other processes run, so on a busy shared machine it approximates the wall time of a
-    quiet one. It only sees the calling thread's work, so it needs ``torch.set_num_threads(1)``."""
+    quiet one. It only sees the calling thread's work, so it needs one torch thread
+    (``with unveiled.threads.torch_threads(1):``)."""
     import torch
 
     check_choice("clock", name, CLOCKS)
     if name == "thread":
         if torch.get_num_threads() != 1:
-            raise ValueError(f"clock='thread' measures one thread's CPU time; call torch.set_num_threads(1) first "
-                             f"(now {torch.get_num_threads()})")
+            raise ValueError(f"clock='thread' measures one thread's CPU time; run on one torch thread "
+                             f"(with unveiled.threads.torch_threads(1): ...; now {torch.get_num_threads()})")
         return time.thread_time
     return time.perf_counter
 
@@ -381,7 +383,13 @@ def run_campaign(out: pathlib.Path, repeats: int = 5, threads: int = 2, clock: s
 
     With ``clock="thread"`` (one thread only) both the scenarios and ``measure_machine``'s kernels are timed
     in CPU time of the measuring thread, so that a campaign on a busy shared machine approximates a quiet one.
+    The campaign runs on ``threads`` torch threads; the caller's count is restored afterwards.
     """
+    with torch_threads(threads):
+        return _campaign(out, repeats, threads, clock)
+
+
+def _campaign(out: pathlib.Path, repeats: int, threads: int, clock: str) -> pd.DataFrame:
     import os
     import platform
 
@@ -390,7 +398,6 @@ def run_campaign(out: pathlib.Path, repeats: int = 5, threads: int = 2, clock: s
     from . import __version__, measure
     from .environment import cpu_name
 
-    torch.set_num_threads(threads)
     _clock(clock)  # validates the clock (the thread clock needs one thread)
     load_before = os.getloadavg()
     t0 = time.perf_counter()

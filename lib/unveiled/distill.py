@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from ._validate import check_choice, check_int, check_number, unknown_name
 from .results import experiment
+from .threads import torch_threads
 
 __all__ = [
     "LIVE_SETTINGS",
@@ -1171,6 +1172,7 @@ def load_student(run: str) -> torch.nn.Module:
 
 
 @experiment("tiny_runs", "Student S distilled from teacher M on Tiny Shakespeare: nine runs, curves, checkpoints")
+@torch_threads(EXPERIMENT_THREADS)
 def tiny_runs() -> pd.DataFrame:
     """Train every run of :data:`TINY_RUNS`; return their curves and save the students under data/distill/.
 
@@ -1183,7 +1185,6 @@ def tiny_runs() -> pd.DataFrame:
     from .models import save_model
     from .zoo import load
 
-    torch.set_num_threads(EXPERIMENT_THREADS)
     teacher = load("M")
     windows, val = tiny_data()
     sched = batch_schedule(len(windows), TINY_BASE.steps, TINY_BASE.batch_size, TINY_BASE.seed)
@@ -1311,9 +1312,9 @@ def live_runs(progress: bool = True) -> pd.DataFrame:
 
 
 @experiment("live_check", "The chapter's short live distillation runs (60 steps), cached for comparison")
+@torch_threads(EXPERIMENT_THREADS)
 def live_check() -> pd.DataFrame:
     """:func:`live_runs`, cached. Introduced in Chapter 4."""
-    torch.set_num_threads(EXPERIMENT_THREADS)
     return live_runs()
 
 
@@ -1371,6 +1372,7 @@ def step_costs(
 
 
 @experiment("tiny_eval", "Tiny distillation students vs teacher M: val loss, entropy, precision, acceptance")
+@torch_threads(EXPERIMENT_THREADS)
 def tiny_eval() -> pd.DataFrame:
     """Evaluate the shipped students of :func:`tiny_runs` (and the teacher itself) with :func:`student_report`.
 
@@ -1379,7 +1381,6 @@ def tiny_eval() -> pd.DataFrame:
     from .results import cached
     from .zoo import load
 
-    torch.set_num_threads(EXPERIMENT_THREADS)
     teacher = load("M")
     windows, val = tiny_data()
     samples = tiny_sample_windows(teacher, windows, n=256, seed=1)
@@ -1572,6 +1573,7 @@ def _char_windows(texts: Sequence[str], seq_len: int) -> tuple[torch.Tensor, int
 
 
 @experiment("smollm2_blackbox", "Black-box distillation from SmolLM2-135M into the character student S")
+@torch_threads(EXPERIMENT_THREADS)
 def smollm2_blackbox(steps: int = 80, held_out: int = 32) -> pd.DataFrame:
     """Fine-tune the shipped student S on SmolLM2's text and measure how far it moves towards its teacher.
 
@@ -1586,7 +1588,6 @@ def smollm2_blackbox(steps: int = 80, held_out: int = 32) -> pd.DataFrame:
     """
     from .zoo import card, load
 
-    torch.set_num_threads(EXPERIMENT_THREADS)
     saved = _checkpoint_dir() / "smollm2_continuations.csv"
     t0 = time.perf_counter()
     if saved.is_file():  # generating is the slow part (SmolLM2 on a CPU): reuse the shipped continuations

@@ -35,6 +35,7 @@ from .datafiles import data_file
 from .evaluation import perplexity
 from .models import Decoder, DecoderConfig, load_model, save_model
 from .text import corpus_split, shakespeare_tokenizer
+from .threads import torch_threads
 
 __all__ = [
     "ZOO",
@@ -410,12 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="data/models", help="output folder (default data/models)")
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps (schedule unchanged)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    result = train(args.name, stop_after=args.steps)
-    info = _write_shipped(result, pathlib.Path(args.out))
-    print(f"{args.name}: {result.steps} steps in {result.time_s:.0f} s, val {info['val']['nats_per_char']:.4f} "
-          f"nats/char -> {args.out}/{info['file']}")
-    return 0
+    with torch_threads(args.threads):  # the whole command, restored when it returns
+        result = train(args.name, stop_after=args.steps)
+        info = _write_shipped(result, pathlib.Path(args.out))
+        print(f"{args.name}: {result.steps} steps in {result.time_s:.0f} s, val {info['val']['nats_per_char']:.4f} "
+              f"nats/char -> {args.out}/{info['file']}")
+        return 0
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import torch
 
 from .._validate import check_int
 from ..models import Decoder, DecoderConfig, model_from_state
+from ..threads import torch_threads
 from ..zoo import lr_at
 
 __all__ = [
@@ -412,20 +413,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-cache", default=None, help="safetensors file keeping the teacher's top-k targets")
     p.add_argument("--teacher-only", action="store_true", help="only compute (and cache) the teacher targets")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.teacher_only:
-        from ..distill import text_windows
+    with torch_threads(args.threads):  # the whole command, restored when it returns
+        if args.teacher_only:
+            from ..distill import text_windows
 
-        windows = text_windows(_train_tokens(), DRAFT_SETTINGS.seq_len)
-        windows = windows[torch.arange(0, len(windows), DRAFT_SETTINGS.teacher_every)]
-        _, _, t = _teacher_targets(windows, DRAFT_SETTINGS, pathlib.Path(args.teacher_cache), True)
-        print(f"teacher targets for {len(windows)} windows in {t:.0f} s -> {args.teacher_cache}")
+            windows = text_windows(_train_tokens(), DRAFT_SETTINGS.seq_len)
+            windows = windows[torch.arange(0, len(windows), DRAFT_SETTINGS.teacher_every)]
+            _, _, t = _teacher_targets(windows, DRAFT_SETTINGS, pathlib.Path(args.teacher_cache), True)
+            print(f"teacher targets for {len(windows)} windows in {t:.0f} s -> {args.teacher_cache}")
+            return 0
+        result = train_smol_draft(teacher_cache=args.teacher_cache)
+        info = _write_shipped(result, pathlib.Path(args.out))
+        print(f"{STEM}: {len(result.log)} steps in {result.time_s:.0f} s; greedy agreement "
+              f"{info['eval']['greedy_agreement']:.3f}, acceptance(T=1) {info['eval']['acceptance_t1']:.3f} -> {args.out}")
         return 0
-    result = train_smol_draft(teacher_cache=args.teacher_cache)
-    info = _write_shipped(result, pathlib.Path(args.out))
-    print(f"{STEM}: {len(result.log)} steps in {result.time_s:.0f} s; greedy agreement "
-          f"{info['eval']['greedy_agreement']:.3f}, acceptance(T=1) {info['eval']['acceptance_t1']:.3f} -> {args.out}")
-    return 0
 
 
 if __name__ == "__main__":
