@@ -1,7 +1,8 @@
 """The analytic model of speculative decoding, and the roofline reason it works.
 
 With per-token acceptance rate ``α`` (i.i.d.) and ``k`` draft tokens per round, a target pass emits on average
-``(1 − α^(k+1)) / (1 − α)`` tokens [Leviathan et al. 2023]. A round costs ``k`` draft steps (``c`` each,
+``(1 − α^(k+1)) / (1 − α)`` tokens [Leviathan et al. 2023] (:func:`expected_tokens_per_pass`, introduced with
+distillation in Chapter 4 and re-exported here). A round costs ``k`` draft steps (``c`` each,
 relative to one target decode step) plus one verification pass that scores ``k + 1`` positions, which costs
 ``v(k)`` target steps. The speedup over plain decoding is therefore
 
@@ -30,6 +31,7 @@ from .._validate import check_int, check_number
 from ..analyzer import analyze, model_spec
 from ..analyzer.analysis import resolve_device
 from ..analyzer.costs import distinct_experts
+from ..distill.acceptance import expected_tokens_per_pass
 
 __all__ = [
     "best_draft_length",
@@ -64,18 +66,6 @@ def _k(k, minimum: int = 1) -> np.ndarray:
 
 def _out(x: np.ndarray):
     return float(x) if np.ndim(x) == 0 else x
-
-
-def expected_tokens_per_pass(alpha, k):
-    """Expected tokens one target pass emits: ``(1 − α^(k+1)) / (1 − α)`` (``k + 1`` when ``α = 1``).
-
-    ``alpha`` and ``k`` broadcast (numbers or arrays); ``k >= 1`` draft tokens per round. Between 1 (nothing
-    accepted) and ``k + 1``. Introduced in Chapter 7 [Leviathan et al. 2023].
-    """
-    a, kk = _alpha(alpha), _k(k)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(a < 1, (1 - a ** (kk + 1)) / np.where(a < 1, 1 - a, 1), kk + 1.0)
-    return _out(out)
 
 
 def expected_speedup(alpha, k, cost_ratio, verify_ratio=1.0):

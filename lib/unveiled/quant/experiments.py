@@ -219,12 +219,7 @@ def run_recipes(model: Decoder, recipes: Sequence[Recipe], tokens: Sequence[int]
 
 def _experiment(name: str, description: str):
     """Register under ``quant.<name>`` (the package, not this sub-module, names the experiment)."""
-
-    def wrap(fn):
-        fn.__module__ = "unveiled.quant"
-        return experiment(name, description)(fn)
-
-    return wrap
+    return experiment(name, description, module="quant")
 
 
 def _asym(bits: int, group: int | None = None) -> QuantSpec:
