@@ -57,7 +57,7 @@ def test_summary_says_when_it_does_not_fit():
 
 def test_chapter_charts_build():
     wall = kv.memory_wall(["llama-2-7b", "llama-3-8b"], [1024, 8192], batch=1)
-    caps = {"H100": uv.hardware("h100-sxm").memory_bytes}
+    caps = {"H100": uv.get_device("h100-sxm").memory_bytes}
     kvplots.memory_wall_chart(pd.concat([wall, wall.assign(batch=8)]), caps).to_dict()
     traffic = kv.decode_traffic("llama-2-7b", seq_lens=[1024, 4096]).assign(label="MHA")
     kvplots.decode_traffic_chart(traffic).to_dict()

@@ -55,7 +55,7 @@ def test_w4a16_speedup_decays_to_one_as_the_batch_grows():
 
 
 def test_weights_of_a_70b_model_at_w4_g128_match_the_quantizers_storage():
-    m = uv.model("llama-2-70b")
+    m = uv.model_spec("llama-2-70b")
     w4 = uv.analyze(m, "a6000", stage="decode", seq_len=1, w_bits=4, group_size=128).memory.weights
     spec = uq.QuantSpec(4, granularity="group", group_size=128, zero_point="float")  # fp16 scale and zero
     parts = m.param_breakdown()

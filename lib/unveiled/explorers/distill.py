@@ -17,13 +17,13 @@ __all__ = ["teacher_student_explorer", "teacher_student_table"]
 def teacher_student_table(teacher: str, student: str, device: str, *, batch: int = 1, context: int = 2048,
                           w_bits: int = 16) -> str:
     """The explorer's HTML table for one setting (also usable on its own). Introduced in Chapter 4."""
-    from ..analyzer import generate, max_batch
-    from ..hardware import hardware
+    from ..analyzer import estimate_generation, max_batch
+    from ..hardware import get_device
 
-    dev = hardware(device)
+    dev = get_device(device)
     rows, results = [], {}
     for role, name in (("teacher", teacher), ("student", student)):
-        gen = generate(name, dev, batch=batch, prompt_len=context, gen_len=2, w_bits=w_bits, check_context=False)
+        gen = estimate_generation(name, dev, batch=batch, prompt_len=context, gen_len=2, w_bits=w_bits, check_context=False)
         mb = max_batch(name, dev, seq_len=context, w_bits=w_bits) if dev.memory_bytes else None
         results[role] = gen
         mem = gen.memory

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from ..analyzer import analyze, model, model_names, sweep
-from ..hardware import hardware
+from ..analyzer import analyze, model_names, model_spec, sweep
+from ..hardware import get_device
 from ..kvcache.sizing import attention_kind, attention_variants
 
 __all__ = ["EXPLORER_DEVICES", "explorer_grid", "explorer_models", "kv_explorer", "kv_summary_html"]
@@ -35,9 +35,9 @@ def explorer_models() -> dict[str, tuple[object, int]]:
         "Llama-2-7B as GQA-8": (variants["GQA"], 16),
         "Llama-2-7B as MQA": (variants["MQA"], 16),
         "Llama-2-7B as MLA-512": (variants["MLA"], 16),
-        "Llama-3-8B (GQA-8)": (model("llama-3-8b"), 16),
-        "Llama-3-70B, 4-bit weights": (model("llama-3-70b"), 4),
-        "DeepSeek-V2-Lite (MLA)": (model("deepseek-v2-lite"), 16),
+        "Llama-3-8B (GQA-8)": (model_spec("llama-3-8b"), 16),
+        "Llama-3-70B, 4-bit weights": (model_spec("llama-3-70b"), 4),
+        "DeepSeek-V2-Lite (MLA)": (model_spec("deepseek-v2-lite"), 16),
     }
 
 
@@ -54,9 +54,9 @@ def explorer_grid(devices: Sequence[str] = EXPLORER_DEVICES,
                    kv_bits=list(kv_bits), check_context=False)
         frames.append(df.assign(model=label))
     df = pd.concat(frames, ignore_index=True)
-    caps = {d: hardware(d).memory_bytes / 1e9 for d in devices}
+    caps = {d: get_device(d).memory_bytes / 1e9 for d in devices}
     return pd.DataFrame({
-        "model": df.model, "device": df.device, "device_label": df.device.map(lambda d: hardware(d).display_name),
+        "model": df.model, "device": df.device, "device_label": df.device.map(lambda d: get_device(d).display_name),
         "batch": df.batch, "seq_len": df.seq_len, "kv_bits": df.kv_bits, "memory_GB": df.memory_bytes / 1e9,
         "kv_pct": 100 * df.kv_cache_bytes / df.memory_bytes, "time_ms": 1e3 * df.time_s,
         "fits": df.fits.astype(bool), "capacity_GB": df.device.map(caps),
@@ -115,7 +115,7 @@ def kv_explorer(m: str = "llama-2-7b", device: str = "h100-sxm"):
     out = w.HTML()
 
     def redraw(*_):
-        spec = model(model_w.value)
+        spec = model_spec(model_w.value)
         if design_w.value != "as shipped":
             try:
                 spec = attention_variants(spec)[design_w.value]

@@ -10,7 +10,7 @@ import html
 import math
 from collections.abc import Iterable, Sequence
 
-from ..hardware import DTYPES, Device, canonical_dtype, hardware
+from ..hardware import DTYPES, Device, canonical_dtype, get_device
 from ..roofline import attainable_performance, bound
 
 __all__ = ["roofline_explorer", "roofline_svg"]
@@ -103,7 +103,7 @@ def roofline_explorer(devices: Iterable[str | Device] = ("a6000", "h100-sxm", "l
     """
     import ipywidgets as w
 
-    devs = [hardware(d) for d in devices]
+    devs = [get_device(d) for d in devices]
     if not devs:
         raise ValueError("give at least one device, e.g. roofline_explorer(['a6000', 'h100'])")
     dtype = canonical_dtype(dtype)
@@ -126,7 +126,7 @@ def roofline_explorer(devices: Iterable[str | Device] = ("a6000", "h100-sxm", "l
     extra = {d.name: d for d in devs}
 
     def redraw(*_):
-        chosen = [extra.get(n) or hardware(n) for n in pick.value]
+        chosen = [extra.get(n) or get_device(n) for n in pick.value]
         chosen = [d.with_(bandwidth=d.bandwidth * bw.value) if bw.value != 1.0 else d for d in chosen]
         chart.value = roofline_svg(chosen, dt.value, inten.value)
         table.value = _summary(chosen, dt.value, inten.value, flops)

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from ..results import experiment
+from ..threads import torch_threads
 from .eviction import HeavyHitterCache, SinkWindowCache
 from .quality import streaming_nll
 from .quantized import QuantizedKVCache
@@ -95,6 +96,7 @@ def _row(nll: torch.Tensor, skip: int = 0) -> dict:
 
 
 @experiment("smollm2_kv_quant", "SmolLM2-135M perplexity vs KV bits (8/4/3/2) and quantization layout, streamed")
+@torch_threads(1)  # see the module docstring
 def smollm2_kv_quant() -> pd.DataFrame:
     """SmolLM2 perplexity on Tiny Shakespeare (512 predictions, streamed in chunks of 16) for each KV bit
     width and layout of :data:`QUANT_SCHEMES`, plus the full-precision cache. Chapter 6."""
@@ -102,7 +104,6 @@ def smollm2_kv_quant() -> pd.DataFrame:
 
     from ..smollm2 import load_smollm2
 
-    torch.set_num_threads(1)  # see the module docstring
     model = load_smollm2()
     tokens = smollm2_eval_tokens(QUANT_TOKENS)
     settings = [(None, 16)] + [(s, b) for s in QUANT_SCHEMES for b in KV_BITS]
@@ -117,6 +118,7 @@ def smollm2_kv_quant() -> pd.DataFrame:
 
 
 @experiment("smollm2_kv_eviction", "SmolLM2-135M perplexity with sink+window and H2O eviction vs a full cache")
+@torch_threads(1)  # see the module docstring
 def smollm2_kv_eviction() -> pd.DataFrame:
     """SmolLM2 perplexity on 1,024 tokens of Tiny Shakespeare, streamed in chunks of 16, scoring predictions
     after the first 256 tokens, for a full cache and each eviction policy at budgets of 32, 64 and 128 tokens.
@@ -125,7 +127,6 @@ def smollm2_kv_eviction() -> pd.DataFrame:
 
     from ..smollm2 import load_smollm2
 
-    torch.set_num_threads(1)  # see the module docstring
     model = load_smollm2()
     tokens = smollm2_eval_tokens(EVICTION_TOKENS)
     settings = [("full cache", EVICTION_TOKENS, None)]

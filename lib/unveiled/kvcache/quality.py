@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from .._validate import check_int
-from .quantized import fake_quantize
+from .quantized import fake_quantize_along
 
 __all__ = [
     "capture_kv",
@@ -147,7 +147,7 @@ def grouping_error(kv: list[tuple[torch.Tensor, torch.Tensor]], bits: Sequence[i
         for name, x in (("key", k[:, :n]), ("value", v[:, :n])):
             for b in bits:
                 for grouping, dim in (("channel", 1), ("token", 2)):
-                    xq = fake_quantize(x, b, dim, group_size)
+                    xq = fake_quantize_along(x, b, dim, group_size)
                     err = float(((x - xq) ** 2).sum() / (x**2).sum())
                     rows.append({"layer": layer, "tensor": name, "bits": b, "grouping": grouping,
                                  "relative_error": err})

@@ -35,9 +35,9 @@ _REFERENCE_DEVICE = "h100-sxm"  # any device: memory accounting does not depend 
 
 
 def _spec(m):
-    from ..analyzer import model
+    from ..analyzer import model_spec
 
-    return model(m)
+    return model_spec(m)
 
 
 def _check_kv_bits(kv_bits: object) -> int:

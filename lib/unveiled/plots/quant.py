@@ -227,7 +227,7 @@ def tradeoff_grid(model: str = "llama-2-13b", devices: Sequence[str | Device] = 
     ``m`` or ``c``, in the order of ``ops``). The defaults keep the page light (about 1,400 settings).
     Introduced in Chapter 3."""
     from ..analyzer.analysis import evaluate
-    from ..analyzer.configs import model as model_spec
+    from ..analyzer.configs import model_spec
     from ..analyzer.costs import Setting
 
     spec = model_spec(model)

@@ -16,7 +16,7 @@ import altair as alt
 import pandas as pd
 
 from ..datafiles import data_file
-from ..hardware import DTYPES, Device, canonical_dtype, hardware, hardware_table
+from ..hardware import DTYPES, Device, canonical_dtype, get_device, hardware_table
 from ..roofline import attainable_performance
 from .style import BOUND_COLORS, PRECISION_COLORS, color_scale
 
@@ -52,14 +52,14 @@ def _svg(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
 def _line_spec(item) -> tuple[Device, str, str]:
     """Normalise a line spec: a Device/name, ``(device, dtype)``, ``(device, dtype, label)`` or a dict."""
     if isinstance(item, dict):
-        dev = hardware(item["device"], item.get("preset", "datasheet"))
+        dev = get_device(item["device"], item.get("preset", "datasheet"))
         dtype = canonical_dtype(item.get("dtype", "fp16"))
         return dev, dtype, item.get("label") or f"{dev.display_name}, {dtype.upper()}"
     if isinstance(item, (str, Device)):
         item = (item,)
     if not isinstance(item, tuple) or not 1 <= len(item) <= 3:
         raise TypeError(f"a roofline is a device, (device, dtype) or (device, dtype, label); got {item!r}")
-    dev = hardware(item[0])
+    dev = get_device(item[0])
     dtype = canonical_dtype(item[1]) if len(item) > 1 else ("fp16" if dev.has("fp16") else dev.dtypes[0])
     label = item[2] if len(item) > 2 else f"{dev.display_name}, {dtype.upper()}"
     return dev, dtype, label
@@ -225,7 +225,7 @@ def fusion_chart(cases: pd.DataFrame, device: str | Device, dtype: str = "fp16",
     ``intensity_before``, ``intensity_after``) as hollow markers. One panel per case, stacked.
     Introduced in Chapter 1.
     """
-    dev = hardware(device)
+    dev = get_device(device)
     dtype = canonical_dtype(dtype)
     need = {"case", "intensity_before", "intensity_after"}
     if not need <= set(cases.columns):
@@ -291,7 +291,7 @@ def memory_hierarchy_chart(devices: Iterable[str | Device] = (), *, width: int =
     mem, link = t[t["kind"] == "memory"].copy(), t[t["kind"] == "link"].copy()
     dots = []
     for d in devices:
-        dev = hardware(d)
+        dev = get_device(d)
         level = "CPU memory (DDR)" if dev.kind == "cpu" else "GPU memory (GDDR/HBM)"
         path = "CPU ↔ DDR" if dev.kind == "cpu" else "GPU ↔ GDDR/HBM"
         dots.append({"level": path, "value": dev.bandwidth / 1e9, "device": dev.display_name, "kind": "link"})
@@ -339,11 +339,11 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
     if devices is None:
         table = hardware_table("datasheet")
         devices = [n for n, s in zip(table["name"], table["source"], strict=True) if s.startswith("http")]
-    devs = [hardware(d) for d in devices]
+    devs = [get_device(d) for d in devices]
     if not devs:
         raise ValueError("give at least one device")
     names = [d.name for d in devs]
-    start = hardware(device).name
+    start = get_device(device).name
     if start not in names:
         raise ValueError(f"device {device!r} is not among the devices shown: {names}")
     dtype = canonical_dtype(dtype)
@@ -417,7 +417,7 @@ def measured_roofline_chart(measured: str | Device, kernels: pd.DataFrame | None
 
     Introduced in Chapter 1.
     """
-    dev = hardware(measured)
+    dev = get_device(measured)
     lines = [(dev, dt, f"measured: this machine, {dt.upper()}") for dt in dev.dtypes]
     lines += [_line_spec(c) for c in compare]
     pts = None

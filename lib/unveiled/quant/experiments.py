@@ -27,6 +27,7 @@ from .._validate import check_choice, check_int
 from ..evaluation import window_nll
 from ..models import Decoder
 from ..results import experiment
+from ..threads import torch_threads
 from .awq import awq_model
 from .gptq import gptq_model
 from .layers import _check_model, model_size, quantize_model, quantized_state_dict, state_dict_nbytes
@@ -218,12 +219,7 @@ def run_recipes(model: Decoder, recipes: Sequence[Recipe], tokens: Sequence[int]
 
 def _experiment(name: str, description: str):
     """Register under ``quant.<name>`` (the package, not this sub-module, names the experiment)."""
-
-    def wrap(fn):
-        fn.__module__ = "unveiled.quant"
-        return experiment(name, description)(fn)
-
-    return wrap
+    return experiment(name, description, module="quant")
 
 
 def _asym(bits: int, group: int | None = None) -> QuantSpec:
@@ -304,10 +300,10 @@ def tiny_recipes() -> list[Recipe]:
     return out
 
 
+@torch_threads(2)  # the book's reference setting (timings in the table use it)
 def _smollm2_run(recipes: list[Recipe]) -> pd.DataFrame:
     from ..smollm2 import load_smollm2
 
-    torch.set_num_threads(2)  # the book's reference setting (timings in the table use it)
     model = load_smollm2()
     df = run_recipes(model, recipes, eval_tokens("smollm2"), LIVE_TOKENS["smollm2"], calibration_batch("smollm2"))
     df.insert(0, "model", "smollm2-135m")
@@ -339,11 +335,11 @@ def smollm2_activations() -> pd.DataFrame:
 
 @_experiment("smollm2_gptq_layers", "SmolLM2-135M: GPTQ int4 per-channel layer by layer, its layer error next "
              "to round-to-nearest's on the same calibration Hessians, and the time per layer")
+@torch_threads(2)
 def smollm2_gptq_layers() -> pd.DataFrame:
     """GPTQ's per-layer report on all 210 linear layers of SmolLM2-135M. Introduced in Chapter 3."""
     from ..smollm2 import load_smollm2
 
-    torch.set_num_threads(2)
     model = load_smollm2()
     _, report = gptq_model(model, calibration_batch("smollm2"), QuantSpec(4), inplace=True)
     report.insert(0, "model", "smollm2-135m")
@@ -352,11 +348,11 @@ def smollm2_gptq_layers() -> pd.DataFrame:
 
 @_experiment("tiny_sweep", "Tiny models S and M: RTN bits x granularity, GPTQ and AWQ, W8A8 and W4A4 "
              "(with and without rotation), on Tiny Shakespeare's validation split")
+@torch_threads(2)
 def tiny_sweep() -> pd.DataFrame:
     """The same questions on the book's tiny character models. Introduced in Chapter 3."""
     from .. import zoo
 
-    torch.set_num_threads(2)
     frames = []
     for name in ("S", "M"):
         model = zoo.load(name)
@@ -400,6 +396,7 @@ def outlier_profiles(model: Decoder, calibration: torch.Tensor, layer: str = "la
 
 @_experiment("tiny_qlora", "Tiny model S: LoRA adapters (rank 8) trained 150 steps on a frozen int3/int2 g32 base "
              "(QLoRA-style) and, as a control, on the floating-point model")
+@torch_threads(2)
 def tiny_qlora(steps: int = 150) -> pd.DataFrame:
     """Q-PEFT in miniature: how much of the quantization loss LoRA on the frozen low-bit model wins back.
 
@@ -408,7 +405,6 @@ def tiny_qlora(steps: int = 150) -> pd.DataFrame:
     from ..text import corpus_split, shakespeare_tokenizer
     from .qpeft import add_lora, lora_finetune, lora_parameters
 
-    torch.set_num_threads(2)
     base = zoo.load("S")
     train = shakespeare_tokenizer().encode(corpus_split("train"))
     tokens = eval_tokens("tiny")
