@@ -127,6 +127,11 @@ def typed_strings(source: str) -> list[str]:
     except SyntaxError:
         return []
     skip: set[int] = set()
+    for node in ast.walk(tree):  # docstrings document code, they are no prose of the page
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Module)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                skip.add(id(first.value))
     for node in ast.walk(tree):
         if isinstance(node, (ast.IfExp, ast.Subscript, ast.Compare, ast.FormattedValue)):
             inner = [node.body, node.orelse] if isinstance(node, ast.IfExp) else [node]
@@ -188,9 +193,12 @@ class Zone:
 
 def normalize(text: str) -> str:
     """What claims are matched on: no markdown emphasis, no admonition fences, one space between words."""
-    text = re.sub(r"^:::\{admonition\}.*$|^:class:.*$|^:::\s*$", " ", text, flags=re.M)
+    text = re.sub(r"^:{3,}\{admonition\}.*$|^:class:.*$|^:{3,}\s*$", " ", text, flags=re.M)
     text = text.replace("*", "")
     return re.sub(r"\s+", " ", text).strip()
+
+
+TAKEAWAY = re.compile(r"^:{3,}\{admonition\} *Takeaway *\n(?::class:[^\n]*\n)?(.*?)^:{3,} *$", re.M | re.S)
 
 
 def claim_zones(path: pathlib.Path) -> list[Zone]:
@@ -201,15 +209,16 @@ def claim_zones(path: pathlib.Path) -> list[Zone]:
     for i, cell in enumerate(load_cells(path)):
         src = cell_text(cell)
         if cell["cell_type"] == "markdown":
-            m = HEADING.search(src)
-            if m:
-                section = m.group(1).strip()
-            if "{admonition} Takeaway" in src:
-                body = src[src.index("{admonition} Takeaway"):]
-                zones.append(Zone(page, f"cell {i} (Takeaway of '{section}')", "takeaway", normalize(body)))
-            elif section and section.lower() == "summary":
-                zones.append(Zone(page, f"cell {i} (Summary)", "summary", normalize(src)))
-            elif re.match(r"\s*\*\*(Figures?|Table) ", src):
+            for m in TAKEAWAY.finditer(src):
+                zones.append(Zone(page, f"cell {i} (Takeaway of '{section}')", "takeaway", normalize(m.group(1))))
+            rest = TAKEAWAY.sub(" ", src)
+            for part in re.split(r"^(## +.+)$", rest, flags=re.M):
+                heading = re.match(r"## +(.+?)\s*$", part)
+                if heading:
+                    section = heading.group(1).strip()
+                elif section and section.lower() == "summary" and part.strip():
+                    zones.append(Zone(page, f"cell {i} (Summary)", "summary", normalize(part)))
+            if re.match(r"\s*\*\*(Figures?|Table) ", src):
                 zones.append(Zone(page, f"cell {i} (caption)", "caption", normalize(src.split("\n\n")[0])))
         elif cell["cell_type"] == "code" and ends_in_markdown(src):
             for s in typed_strings(src):
