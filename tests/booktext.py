@@ -94,6 +94,19 @@ def chapters() -> list[Chapter]:
     return out
 
 
+def section_text(path: pathlib.Path, number: str) -> str:
+    """The markdown and typed prose of one numbered section ("2.2") of a chapter."""
+    out, inside = [], False
+    for cell in load_cells(path):
+        src = cell_text(cell)
+        heading = HEADING.search(src) if cell["cell_type"] == "markdown" else None
+        if heading:
+            inside = heading.group(1).startswith(f"{number} ")
+        if inside:
+            out.append(src if cell["cell_type"] == "markdown" else " ".join(string_constants(src)))
+    return "\n".join(out)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Prose
 
