@@ -133,7 +133,8 @@ def _literal_text(node: ast.AST) -> str:
 
 def typed_strings(source: str) -> list[str]:
     """The typed prose of a code cell: its f-strings and its strings of three words or more, with ``{}`` for
-    computed values. Strings that the data choose between (the branches of ``a if cond else b``), table labels
+    computed values. Strings that the data choose between (the branches of ``a if cond else b`` or of an
+    ``if`` statement), table labels
     (subscripts), comparisons and format specifications are computed, not typed, and are left out."""
     try:
         tree = ast.parse(source)
@@ -146,12 +147,12 @@ def typed_strings(source: str) -> list[str]:
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 skip.add(id(first.value))
     for node in ast.walk(tree):
-        if isinstance(node, (ast.IfExp, ast.Subscript, ast.Compare, ast.FormattedValue)):
-            inner = [node.body, node.orelse] if isinstance(node, ast.IfExp) else [node]
-            for part in inner:
+        if isinstance(node, (ast.IfExp, ast.If)):  # the data choose the branch: its words are computed
+            for part in ([node.test, node.body, node.orelse] if isinstance(node, ast.IfExp)
+                         else [node.test, *node.body, *node.orelse]):
                 skip.update(id(n) for n in ast.walk(part))
-            if isinstance(node, ast.IfExp):
-                skip.update(id(n) for n in ast.walk(node.test))
+        elif isinstance(node, (ast.Subscript, ast.Compare, ast.FormattedValue)):
+            skip.update(id(n) for n in ast.walk(node))
     out = []
     for node in ast.walk(tree):
         if id(node) in skip:

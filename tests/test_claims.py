@@ -97,5 +97,7 @@ def test_the_guard_flags_typed_verdicts_and_spares_computed_and_cited_ones():
     assert typed == ["GPTQ {} RTN by {}, close to the roofline."]
     words = [t.word for s in typed for t in claims.triggers(booktext.Zone("x", "x", "computed", s))]
     assert words == ["close"]
+    branch = 'if a < b:\n    v = f"GPTQ beats RTN by {d:.0%}."\nelse:\n    v = "It does not."\nMarkdown(v)'
+    assert booktext.typed_strings(branch) == []  # an if statement's branches are chosen by the data
     settings = booktext.Zone("x", "x", "summary", "At α = 0.5 and batch 16, Llama-3.1-8B and SmolLM2-135M run.")
     assert claims.triggers(settings) == []

@@ -62,3 +62,18 @@ def test_offloaded_weights_read_a_slower_memory():
     assert cpu.bandwidth < a6000.bandwidth / 5
     ddr = a6000.with_(name="a6000-ddr", bandwidth=cpu.bandwidth)
     assert ddr.ridge_point("fp16") > 5 * a6000.ridge_point("fp16")
+
+
+@claim(PAGE, "a narrower data type pays only where the CPU computes it natively")
+def test_bf16_pays_on_a_cpu_only_with_native_bf16_arithmetic():
+    """The roofline of this book's measured CPU (appendix "The models in this book") with a native BF16 roof
+    (its measured one) and an emulated one (FP32's peak over 40, the software path): one decode-sized product."""
+    from unveiled import calibration
+    from unveiled.roofline import matmul_cost, roofline_time
+
+    measured = calibration.stored_device(calibration.load_measurements().attrs["provenance"])
+    fp32 = measured.peak("fp32")
+    f32, b16 = matmul_cost(1, 4096, 4096, "fp32"), matmul_cost(1, 4096, 4096, "bf16")
+    for bf16_peak, pays in ((max(measured.peak("bf16"), fp32), True), (fp32 / 40, False)):
+        dev = measured.with_(name="cpu", peaks={"fp32": fp32, "bf16": bf16_peak})
+        assert (roofline_time(*b16, dev, "bf16") < roofline_time(*f32, dev, "fp32")) == pays
