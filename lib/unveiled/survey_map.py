@@ -121,15 +121,21 @@ def survey_map_html(table: pd.DataFrame | None = None, sections: Mapping[str, st
     def link(text: str, href: str | None) -> str:
         return f'<a href="{html.escape(href)}">{html.escape(text)}</a>' if href else html.escape(text)
 
-    def where(item: str) -> str:
-        kind, number, place = _ITEM.match(item).groups()
-        if place.startswith("§"):
-            target = sections.get(place[1:])
-        else:
-            target = chapters.get(int(place.split()[1].split(".")[0]))
-        return f"{kind} {number} → {link(place, target)}"
+    def made(reproduced: str) -> str:
+        """'Fig. 11: Figure 2.6; Fig. 11: Figure 3.4' -> 'Fig. 11 → 2.6, 3.4', each book place linked."""
+        places: dict[str, list[str]] = {}
+        for item in filter(None, reproduced.split("; ")):
+            kind, number, place = _ITEM.match(item).groups()
+            places.setdefault(f"{kind} {number}", []).append(place)
+        lines = []
+        for name, where in places.items():
+            links = ", ".join(link(p, sections.get(p[1:])) if p.startswith("§")
+                              else link(p.split()[1], chapters.get(int(p.split()[1].split(".")[0]))) for p in where)
+            lines.append(f'<span style="white-space:nowrap">{name} →</span> {links}')
+        return "<br>".join(lines)
 
-    head = "".join(f"<th>{h}</th>" for h in ("Survey", "Topic", "In this book", "Depth", "Reproduced"))
+    head = "".join(f"<th>{h}</th>" for h in ("Survey", "Topic", "In this book", "Depth",
+                                              "Reproduced (survey → book figure)"))
     out = ["<style>table.survey-map{border-collapse:collapse;font-size:90%}"
            "table.survey-map td,table.survey-map th{padding:2px 6px;vertical-align:top;text-align:left;"
            "border-bottom:1px solid #e0e0e0}table.survey-map th.level{padding-top:10px}</style>",
@@ -144,8 +150,7 @@ def survey_map_html(table: pd.DataFrame | None = None, sections: Mapping[str, st
             book = link(f"§{r.book}", sections.get(r.book)) if r.book else "–"
             colour = _DEPTH_COLOURS[r.depth]
             depth = f'<span style="border-left:6px solid {colour};padding-left:4px">{html.escape(r.depth)}</span>'
-            made = "<br>".join(where(i) for i in filter(None, r.reproduced.split("; ")))
             out.append(f"<tr><td>§{html.escape(r.section)}</td><td>{html.escape(r.topic)}{note}</td>"
-                       f"<td>{book}</td><td>{depth}</td><td>{made}</td></tr>")
+                       f"<td>{book}</td><td>{depth}</td><td>{made(r.reproduced)}</td></tr>")
     out.append("</tbody></table></div>")
     return "\n".join(out)
