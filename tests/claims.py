@@ -3,19 +3,20 @@
 A *claim word* is a word or number in a claim zone (a Takeaway, the Summary, a caption, the typed words of a
 computed paragraph; see ``booktext.claim_zones``) that judges a result: a verdict ("beats", "pays",
 "recovers", "collapses"), a degree ("most", "close", "nearly", "far", "little", "free"), a comparison ("costs
-more than"), an approximate or
-typed quantity ("about 200", "a third", "twice", and in Takeaways, Summaries and computed paragraphs any typed
-decimal, percentage or multiple like "1.7×"). Such a word must not be typed on faith. It either
+more than"), an approximate or typed quantity ("about 200", "a third", "twice", and in Takeaways, Summaries and
+computed paragraphs any typed decimal, percentage or multiple like "1.7×"). Such a word must not be typed on
+faith. It either
 
-* is computed: chosen by the data in a computed paragraph (``"beats" if a < b else "does not beat"``) or
-  interpolated (``{ratio:.2f}×``), so it is no typed word at all; or
+* is computed: chosen by the data in a computed paragraph (``"beats" if a < b else "does not beat"``, or the
+  branches of an ``if`` statement) or interpolated (``{ratio:.2f}×``), so it is no typed word at all; or
 * sits inside a sentence that cites its source (``{cite}``): then it reports the literature's finding; or
 * is covered by a registered claim: a test decorated with ``@claim(page, "fragment", ...)`` whose fragments,
   copied from the page, contain the word, and whose body asserts what the words say (against a cached table,
   a live rerun or the library).
 
 ``tests/test_claims.py`` enforces this on every notebook of the table of contents, so a new chapter is
-checked the day it lands.
+checked the day it lands. The lexicon is a net, not a proof: a causal claim or a misquoted paper without any of
+these words passes it, and reviewers still read the text.
 """
 
 from __future__ import annotations
