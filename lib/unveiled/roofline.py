@@ -72,7 +72,7 @@ def attainable_performance(intensity, device: str | Device, dtype: str = "fp16")
 def bound(intensity, device: str | Device, dtype: str = "fp16"):
     """``"memory"`` below the ridge point, ``"compute"`` at or above it (arrays give arrays).
 
-    The label tells which optimisation can help: less traffic (quantisation, fusion, batching) for a
+    The label tells which optimisation can help: less traffic (quantization, fusion, batching) for a
     memory-bound operation, more or cheaper compute for a compute-bound one (survey §2.2). Chapter 1.
     """
     dev = _device(device)
@@ -374,7 +374,7 @@ def critical_batch_size(device: str | Device, dtype: str = "fp16", k: int = 4096
     load) towards ``2kn / ((k + n)·a)``; it crosses the ridge point ``π/β`` at
     ``m* = ⌈ I*·k·n·w / (2kn − I*·(k + n)·a) ⌉``. For large ``k, n`` this is ``≈ I*·w/2``: about the ridge
     point itself for 16-bit weights. ``a`` and ``w`` are bytes per activation and weight (``weight_dtype``
-    for weight-only quantisation; the compute runs at ``dtype``'s peak). Returns None when no ``m`` gets
+    for weight-only quantization; the compute runs at ``dtype``'s peak). Returns None when no ``m`` gets
     there. Introduced in Chapter 1.
     """
     dev = _device(device)

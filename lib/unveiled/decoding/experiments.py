@@ -7,9 +7,9 @@ the tables with :func:`unveiled.results.cached` and reruns a small setting live.
 
 Everything here runs on **one** torch thread (:data:`THREADS`). On the book's shared 2-core machine, a second
 thread helps only when the machine is idle: when other processes keep both cores busy, PyTorch's two threads
-wait on each other at every operator, and a decode step of the tiny model M measured 35 ms on one thread
-against more than 1 s on two (SmolLM2: about 0.6–0.9 s against 5–17 s). One thread gives slower but far
-steadier numbers, and the ratios the chapter reports are measured within one run. Introduced in Chapter 7.
+wait on each other at every operator, and a decode step can take many times longer on two threads than on
+one. One thread gives slower but far steadier numbers, and the ratios the chapter reports are measured within
+one run. Introduced in Chapter 7.
 """
 
 from __future__ import annotations

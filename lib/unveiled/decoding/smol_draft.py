@@ -1,9 +1,9 @@
-"""A tiny draft model for SmolLM2-135M: same tokenizer, 1/100 of the cost, distilled on Shakespeare.
+"""A tiny draft model for SmolLM2-135M: same tokenizer, a small fraction of the cost, distilled on Shakespeare.
 
 Speculative decoding needs a draft that shares the target's vocabulary and costs a small fraction ``c`` of a
 target step. The book's character models cannot draft for SmolLM2 (different tokenizer), so this module
 trains one: a 2-block LLaMA-style decoder (h = 128) over SmolLM2's byte-level BPE tokens. To stay a few MB it
-keeps only the ``4096`` most frequent SmolLM2 tokens of the Tiny Shakespeare training split (93 % of the
+keeps only the ``4096`` most frequent SmolLM2 tokens of the Tiny Shakespeare training split (most of the
 validation tokens) plus one "other" id; :class:`SubVocabDraft` maps ids in and scatters its logits back into
 SmolLM2's 49,152-token vocabulary (other tokens get probability 0, which speculative sampling allows: any
 ``q`` keeps the output exact, a poor ``q`` only lowers acceptance).

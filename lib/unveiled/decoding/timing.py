@@ -31,8 +31,9 @@ class TransposedLinear(torch.nn.Module):
     Same numbers as ``nn.Linear`` (up to float rounding). Why it exists: on a CPU, PyTorch sends a thin
     matrix product (a few rows, as when a verification pass scores ``k + 1`` tokens) through a GEMM kernel
     that handles the ``[out, in]`` weight less efficiently than a matrix-vector product handles one row, so a
-    4-token pass of SmolLM2 measured 1.7× a 1-token pass; with the weight stored ``[in, out]`` the kernel
-    streams it and the same pass costs about 1.35×. Introduced in Chapter 7.
+    few-token pass costs well over one single-token pass; with the weight stored ``[in, out]`` the kernel
+    streams it and the gap narrows. The cached ``decoding.experiments.smollm2_verification`` table measures
+    both layouts (Chapter 7 prints it). Introduced in Chapter 7.
     """
 
     def __init__(self, linear: torch.nn.Linear):

@@ -43,6 +43,7 @@ __all__ = [
     "calibration_batch",
     "eval_tokens",
     "live_perplexity",
+    "loss_recovered",
     "outlier_profiles",
     "perplexities",
     "run_recipes",
@@ -360,6 +361,31 @@ def tiny_sweep() -> pd.DataFrame:
         df.insert(0, "model", f"tiny-{name.lower()}")
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+def loss_recovered(table: pd.DataFrame, reference: str = "rtn") -> pd.DataFrame:
+    """How much of a reference method's quantization loss each other method wins back, setting by setting.
+
+    ``table`` is one model's cached method sweep (columns ``method``, ``w_bits``, ``granularity``,
+    ``perplexity``, with one ``method == "none"`` row: the unquantized model). For each setting (bits and
+    granularity, and activation bits and rotation where the table has them) the loss of a method is
+    its perplexity minus the unquantized one; ``recovered_pct`` is the share of the reference's loss that the
+    method removes (100: back to full precision, 0: no better than the reference, negative: worse). This is
+    how "GPTQ recovers X % of round-to-nearest's loss" is computed [Frantar et al. 2023]. Introduced in
+    Chapter 3."""
+    check_choice("reference", reference, sorted(set(table.method) - {"none"}))
+    full = table.loc[table.method == "none", "perplexity"]
+    if len(full) != 1:
+        raise ValueError(f"the table needs exactly one unquantized row (method 'none'), found {len(full)}")
+    keys = [c for c in ("w_bits", "granularity", "a_bits", "act_granularity", "rotate") if c in table.columns]
+    rows = table[table.method != "none"].assign(loss=lambda d: d.perplexity - full.item())
+    ref = rows[rows.method == reference].set_index(keys).loss.rename("reference_loss")
+    if not ref.index.is_unique:
+        raise ValueError(f"several {reference!r} rows share a setting {keys}: pass one model's table")
+    out = rows[rows.method != reference].join(ref, on=keys, how="inner")
+    out["recovered_pct"] = 100 * (out.reference_loss - out.loss) / out.reference_loss
+    return out[["method", "w_bits", "granularity", "perplexity", "loss", "reference_loss", "recovered_pct"]
+               ].reset_index(drop=True)
 
 
 def outlier_profiles(model: Decoder, calibration: torch.Tensor, layer: str = "layers.10.self_attn.q_proj",
