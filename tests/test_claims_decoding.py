@@ -53,7 +53,7 @@ def test_the_output_distribution_is_the_targets_in_closed_form():
 def test_verification_on_gpus_grows_slowly_below_the_ridge():
     ver = dec.verification_cost("llama-2-7b", "a6000", tokens=(1, 16, 128, 256), context_len=1024).set_index("tokens")
     assert 1 < ver.relative_time[16] < 1.05
-    assert ver.intensity[128] < min(uv.hardware(d).ridge_point("fp16") for d in ("a6000", "h100-sxm"))
+    assert ver.intensity[128] < min(uv.get_device(d).ridge_point("fp16") for d in ("a6000", "h100-sxm"))
 
 
 @claim(PAGE, "The measurement is not flat, and the roofline alone does not explain why",

@@ -64,7 +64,7 @@ def test_round_to_nearest_errs_by_at_most_half_a_step():
 @claim(PAGE, "The INT8 roof doubles the attainable performance of compute-bound operators",
        "moves the ridge point from about 200 to about 400 operations per byte")
 def test_the_a6000_int8_roof_doubles_fp16():
-    a6000 = uv.hardware("a6000", preset="llm-viewer")
+    a6000 = uv.get_device("a6000", preset="llm-viewer")
     assert a6000.peak("int8") == pytest.approx(2 * a6000.peak("fp16"), rel=1e-3)
     assert abs(a6000.ridge_point("fp16") - 200) < 10 and abs(a6000.ridge_point("int8") - 400) < 20
 

@@ -15,7 +15,7 @@ PAGE = "chapters/01_roofline.ipynb"
        "a decode step of a linear layer moves about one byte per operation",
        "A decode step of a linear layer does about one operation per byte")
 def test_time_is_the_slower_phase_and_decode_moves_a_byte_per_operation():
-    a6000 = uv.hardware("a6000", preset="llm-viewer")
+    a6000 = uv.get_device("a6000", preset="llm-viewer")
     for m in (1, 16, 2048):
         op = uv.Operation.matmul(m, 4096, 4096, "fp16")
         assert op.time(a6000) == pytest.approx(max(op.flops / a6000.peak("fp16"), op.bytes / a6000.bandwidth))
@@ -26,7 +26,7 @@ def test_time_is_the_slower_phase_and_decode_moves_a_byte_per_operation():
 
 @claim(PAGE, "only fewer bytes or faster memory help")
 def test_below_the_ridge_only_bandwidth_helps():
-    a6000 = uv.hardware("a6000", preset="llm-viewer")
+    a6000 = uv.get_device("a6000", preset="llm-viewer")
     low = 0.2 * a6000.ridge_point("fp16")
     faster_memory = a6000.with_(name="x", bandwidth=2 * a6000.bandwidth)
     more_compute = a6000.with_(name="y", peaks={**a6000.peaks, "fp16": 2 * a6000.peak("fp16")})
@@ -39,14 +39,14 @@ def test_below_the_ridge_only_bandwidth_helps():
 
 @claim(PAGE, "halving the width doubles the rate")
 def test_h100_peaks_double_from_tf32_to_bf16_to_fp8():
-    h100 = uv.hardware("h100-sxm")
+    h100 = uv.get_device("h100-sxm")
     assert h100.peak("bf16") == pytest.approx(2 * h100.peak("tf32"), rel=1e-3)
     assert h100.peak("fp8") == pytest.approx(2 * h100.peak("bf16"), rel=1e-3)
 
 
 @claim(PAGE, "Each step of 4× in batch size moves the operation about 4× right")
 def test_batching_moves_q_proj_about_4x_right_until_the_roof():
-    a6000 = uv.hardware("a6000", preset="llm-viewer")
+    a6000 = uv.get_device("a6000", preset="llm-viewer")
     ridge = a6000.ridge_point("fp16")
     batches = [1, 4, 16, 64, 256, 1024]
     intensity = np.array([uv.Operation.matmul(m, 4096, 4096, "fp16").intensity for m in batches])
@@ -58,7 +58,7 @@ def test_batching_moves_q_proj_about_4x_right_until_the_roof():
 
 @claim(PAGE, "offloading makes a slower memory the roofline's slope")
 def test_offloaded_weights_read_a_slower_memory():
-    a6000, cpu = uv.hardware("a6000", preset="llm-viewer"), uv.hardware("i9-13900k", preset="llm-viewer")
+    a6000, cpu = uv.get_device("a6000", preset="llm-viewer"), uv.get_device("i9-13900k", preset="llm-viewer")
     assert cpu.bandwidth < a6000.bandwidth / 5
     ddr = a6000.with_(name="a6000-ddr", bandwidth=cpu.bandwidth)
     assert ddr.ridge_point("fp16") > 5 * a6000.ridge_point("fp16")
