@@ -37,6 +37,7 @@ from .loop import DistillResult, DistillSettings, distill
 __all__ = [
     "EXPERIMENT_THREADS",
     "LIVE_SETTINGS",
+    "ROUNDING_SEEDS",
     "TINY_BASE",
     "TINY_RUNS",
     "TINY_SEQ_LEN",
@@ -280,6 +281,30 @@ def live_runs(progress: bool = True) -> pd.DataFrame:
 def live_check() -> pd.DataFrame:
     """:func:`live_runs`, cached. Introduced in Chapter 4."""
     return live_runs()
+
+
+#: Perturbed reruns of the live runs in :func:`live_rounding`.
+ROUNDING_SEEDS = 6
+
+
+@_experiment("live_rounding", "How far rounding-level perturbations move the live runs' validation loss")
+@torch_threads(EXPERIMENT_THREADS)
+def live_rounding() -> pd.DataFrame:
+    """The live runs unperturbed and under :data:`ROUNDING_SEEDS` seeded rounding-level perturbations of every
+    embedding (:func:`~unveiled.evaluation.rounding_perturbation`): ``spread`` is the largest move of the
+    validation loss, what 60 steps of training make of float32 differences between CPUs, and so the
+    tolerance of a live rerun on another machine. Introduced in Chapter 4."""
+    from ..evaluation import rounding_perturbation
+
+    base = live_runs(progress=False).set_index("run").val_loss_8k
+    moved = []
+    for seed in range(1, ROUNDING_SEEDS + 1):
+        with rounding_perturbation(seed):
+            moved.append(live_runs(progress=False).set_index("run").val_loss_8k)
+    moved = pd.concat(moved, axis=1)
+    return pd.DataFrame({"run": base.index, "val_loss_8k": base.values, "val_loss_min": moved.min(axis=1).values,
+                         "val_loss_max": moved.max(axis=1).values, "perturbed_runs": moved.shape[1],
+                         "spread": (moved.sub(base, axis=0)).abs().max(axis=1).values})
 
 
 def step_costs(

@@ -29,14 +29,17 @@ __all__ = [
     "EVICTION_SKIP",
     "EVICTION_TOKENS",
     "KV_BITS",
+    "LIVE_SETTINGS",
     "LIVE_TOKENS",
     "QUANT_SCHEMES",
     "QUANT_TOKENS",
+    "ROUNDING_SEEDS",
     "eviction_policies",
     "quant_cache",
     "smollm2_eval_tokens",
     "smollm2_kv_eviction",
     "smollm2_kv_quant",
+    "smollm2_kv_rounding",
 ]
 
 #: Tokens fed per forward pass while streaming (see :func:`~unveiled.kvcache.quality.streaming_nll`).
@@ -58,6 +61,11 @@ QUANT_SCHEMES: dict[str, tuple[str, str, int]] = {
     "per token (K and V), R=0": ("token", "token", 0),
 }
 EVICTION_BUDGETS = (32, 64, 128)
+#: The settings whose first LIVE_TOKENS predictions are rerun live (chapter, tests): (scheme, bits); None =
+#: the full-precision cache. The last one, 2-bit per-token groups without a window, is the most fragile.
+LIVE_SETTINGS = ((None, 16), ("KIVI (K per channel, V per token), R=32", 2), ("per token (K and V), R=0", 2))
+#: Perturbed reruns per live setting in :func:`smollm2_kv_rounding`.
+ROUNDING_SEEDS = 8
 
 
 def smollm2_eval_tokens(n: int) -> list[int]:
@@ -135,4 +143,31 @@ def smollm2_kv_eviction() -> pd.DataFrame:
     for name, budget, make in tqdm(settings, desc="eviction settings"):
         nll = streaming_nll(model, tokens, make, chunk=CHUNK)
         rows.append({"policy": name, "budget": budget, **_row(nll, EVICTION_SKIP)})
+    return pd.DataFrame(rows)
+
+
+@experiment("smollm2_kv_rounding", "How far rounding-level perturbations move the live-check settings' NLL")
+@torch_threads(1)
+def smollm2_kv_rounding() -> pd.DataFrame:
+    """For each of :data:`LIVE_SETTINGS`, the mean NLL of the first :data:`LIVE_TOKENS` predictions unperturbed
+    and under :data:`ROUNDING_SEEDS` seeded rounding-level perturbations
+    (:func:`~unveiled.evaluation.rounding_perturbation`): ``spread`` is the largest move, the tolerance a live
+    rerun on another CPU needs. A quantized cache rounds to a grid, so a tiny change of its input can flip a
+    code and, at 2 bits, change the model's next tokens' probabilities visibly. Chapter 6."""
+    from ..evaluation import rounding_perturbation
+    from ..smollm2 import load_smollm2
+
+    model = load_smollm2(progress=False)
+    tokens = smollm2_eval_tokens(LIVE_TOKENS)
+    rows = []
+    for scheme, bits in LIVE_SETTINGS:
+        make = quant_cache(scheme, bits)
+        base = float(streaming_nll(model, tokens, make, chunk=CHUNK).mean())
+        moved = []
+        for seed in range(1, ROUNDING_SEEDS + 1):
+            with rounding_perturbation(seed, model=model):
+                moved.append(float(streaming_nll(model, tokens, make, chunk=CHUNK).mean()))
+        rows.append({"scheme": scheme or "full precision", "kv_bits": bits, f"nll_first_{LIVE_TOKENS}": base,
+                     "nll_min": min(moved), "nll_max": max(moved), "perturbed_runs": len(moved),
+                     "spread": max(abs(m - base) for m in moved)})
     return pd.DataFrame(rows)
