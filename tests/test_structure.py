@@ -63,6 +63,36 @@ def test_first_code_cell_is_the_setup_cell(path):
     assert code[0]["metadata"].get("tags") == setup_cell.TAGS
 
 
+def _is_shown(cell: dict) -> bool:
+    tags = cell.get("metadata", {}).get("tags", [])
+    return "remove-cell" not in tags
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_a_page_opens_with_its_title(path):
+    """The reader sees the `# ` title first: no visible cell (imports included) above it."""
+    cells = load_nb(path)["cells"]
+    title = next((i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+                  and re.search(r"^# ", cell_source(c), flags=re.M)), None)
+    assert title is not None, f"{path.name} has no `# ` title"
+    shown = [i for i, c in enumerate(cells[:title]) if _is_shown(c)]
+    assert not shown, f"{path.name}: cells {shown} are shown above the title (move them below the objectives)"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=ids(CHAPTERS))
+def test_chapter_imports_follow_the_objectives(path):
+    """Title, learning objectives and expected background come first; the imports cell follows them."""
+    cells = load_nb(path)["cells"]
+    objectives = next((i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+                       and re.search(r"^## +Learning objectives", cell_source(c), flags=re.M)), None)
+    assert objectives is not None, f"{path.name}: missing '## Learning objectives'"
+    early = [i for i, c in enumerate(cells[:objectives]) if c["cell_type"] == "code" and _is_shown(c)]
+    assert not early, f"{path.name}: code cells {early} come before the learning objectives"
+    first_code = next(c for c in cells[objectives:] if c["cell_type"] == "code")
+    assert "import unveiled as uv" in cell_source(first_code), (
+        f"{path.name}: the first code cell after the objectives imports the library (`import unveiled as uv`)")
+
+
 def test_setup_cell_reads_the_single_repository_setting():
     import yaml
 

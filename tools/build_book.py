@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import pathlib
 import shutil
 import subprocess
@@ -50,7 +51,10 @@ def build(clean: bool = True) -> int:
     start = time.perf_counter()
     cmd = ["jupyter-book", "build", str(ROOT), "-W", "-n", "--keep-going"]
     print("==> jupyter-book build . -W -n --keep-going", flush=True)
-    rc = subprocess.run(cmd, cwd=ROOT).returncode
+    # The kernels that execute the notebooks know they run for the book (no progress bars, explorer stills);
+    # tools/book_assets.py sets the same flag for a bare `jupyter-book build`.
+    env = {**os.environ, "UNVEILED_BOOK_BUILD": "1"}
+    rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
     took = time.perf_counter() - start
     if rc == 0:
         STAMP.write_text(digest + "\n")

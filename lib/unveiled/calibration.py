@@ -36,6 +36,7 @@ import pandas as pd
 from ._validate import check_choice, check_int
 from .datafiles import data_file
 from .hardware import Device
+from .session import progress_bar
 
 __all__ = [
     "CLASSES",
@@ -190,9 +191,7 @@ def measure_scenarios(scenarios: Iterable[Scenario], models: Mapping | None = No
     models.update(_load_models(missing))
     it = scenarios
     if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(scenarios, desc="timing passes", leave=False)
+        it = progress_bar(scenarios, desc="timing passes")
     rows = []
     for s in it:
         rows.append({"model": s.model, "stage": s.stage, "batch": s.batch, "seq_len": s.seq_len,

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from ._validate import check_choice, check_int, check_number, unknown_name
 from .results import experiment
+from .session import progress_bar
 
 __all__ = [
     "LIVE_SETTINGS",
@@ -669,9 +670,7 @@ def build_teacher_cache(
     batch_size = check_int("batch_size", batch_size)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(ids), desc="teacher top-k cache", leave=False)
+        bar = progress_bar(total=len(ids), desc="teacher top-k cache", leave=False)
     t0 = time.perf_counter()
     parts = []
     for i in range(0, len(ids), batch_size):
@@ -717,9 +716,7 @@ def teacher_samples(
         raise ValueError("prompts must be a [N, prompt_len] tensor of token ids")
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(prompts), desc="teacher samples", leave=False)
+        bar = progress_bar(total=len(prompts), desc="teacher samples", leave=False)
     out = []
     for i in range(0, len(prompts), batch_size):
         out.append(generate(teacher, prompts[i : i + batch_size], new_tokens, temperature=temperature,
@@ -913,9 +910,7 @@ def distill(
     rows, elapsed, teacher_time = [], 0.0, 0.0
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=s.steps, desc=f"distilling ({s.loss}, α={s.alpha:g})" if s.uses_teacher else "training",
+        bar = progress_bar(total=s.steps, desc=f"distilling ({s.loss}, α={s.alpha:g})" if s.uses_teacher else "training",
                    leave=False)
     for step in range(s.steps):
         t0 = time.perf_counter()
@@ -1347,9 +1342,7 @@ def step_costs(
     times: dict[str, list[float]] = {m: [] for m in [*modes, "teacher pass (cache build)"]}
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=rounds * (len(modes) + 1), desc="timing training steps", leave=False)
+        bar = progress_bar(total=rounds * (len(modes) + 1), desc="timing training steps", leave=False)
     for _ in range(rounds):
         for mode, ms in modes.items():
             res = distill(Decoder(ZOO["S"].config, seed=ms.seed), windows, ms, teacher=teacher, cache=cache,
@@ -1546,9 +1539,7 @@ def smollm2_continuations(n: int = 160, prompt_tokens: int = 48, new_tokens: int
     rows = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc="SmolLM2 continuations", leave=False)
+        bar = progress_bar(total=n, desc="SmolLM2 continuations", leave=False)
     for i in range(0, n, batch_size):
         out = generate(model, prompts[i : i + batch_size], new_tokens, temperature=temperature, seed=seed + i,
                        progress=False)

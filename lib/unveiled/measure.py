@@ -39,6 +39,7 @@ from ._validate import check_int
 from .environment import cpu_name, machine_description
 from .hardware import Device, canonical_dtype, hardware
 from .roofline import bound, elementwise_cost, matmul_cost, roofline_time
+from .session import progress_bar
 
 __all__ = [
     "MachineMeasurement",
@@ -144,9 +145,7 @@ def _progress(total: int, enabled: bool, desc: str) -> Iterator[Callable[[str], 
     if not enabled:
         yield lambda label: None
         return
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, leave=True)
+    bar = progress_bar(total=total, desc=desc, leave=True)
 
     def step(label: str) -> None:
         bar.set_postfix_str(label)

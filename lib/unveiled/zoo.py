@@ -34,6 +34,7 @@ from ._validate import check_int, unknown_name
 from .datafiles import data_file
 from .evaluation import perplexity
 from .models import Decoder, DecoderConfig, load_model, save_model
+from .session import progress_bar
 from .text import corpus_split, shakespeare_tokenizer
 
 __all__ = [
@@ -209,9 +210,7 @@ def train(
     rows = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=f"training {entry.name}", leave=False)
+        bar = progress_bar(total=steps, desc=f"training {entry.name}")
     t0 = time.perf_counter()
     for step in range(steps):
         lr = lr_at(step, s)

@@ -33,6 +33,7 @@ import torch
 
 from .._validate import check_int
 from ..models import Decoder, DecoderConfig, model_from_state
+from ..session import progress_bar
 from ..zoo import lr_at
 
 __all__ = [
@@ -222,9 +223,7 @@ def train_smol_draft(settings: DraftTrainSettings = DRAFT_SETTINGS, teacher_cach
     gen = torch.Generator().manual_seed(s.seed)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="training the SmolLM2 draft", leave=False)
+        bar = progress_bar(total=steps, desc="training the SmolLM2 draft", leave=False)
     rows = []
     t0 = time.perf_counter()
     for step in range(steps):
