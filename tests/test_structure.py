@@ -309,3 +309,43 @@ def test_notebook_is_valid_nbformat_with_cell_ids(path):
     nbformat.validate(nb)
     cell_ids = [c.get("id") for c in nb.cells]
     assert all(cell_ids) and len(set(cell_ids)) == len(cell_ids), f"{path.name}: every cell needs a unique id"
+
+
+def display_math_problems(markdown: str) -> list[str]:
+    """Lines where `$$` display maths is glued to a paragraph (MyST then reads it as inline maths and swallows the
+    following prose): a `$$` block must start after a blank line and be followed by one."""
+    lines = markdown.split("\n")
+    problems, inside = [], False
+    for j, line in enumerate(lines):
+        s = line.strip()
+        n = s.count("$$")
+        if not n:
+            continue
+        opens = not inside and s.startswith("$$")
+        if not inside and not opens:
+            problems.append(f"line {j + 1}: `$$` inside a paragraph: {s[:60]!r}")
+            continue
+        if opens and j > 0 and lines[j - 1].strip():
+            problems.append(f"line {j + 1}: no blank line before `$$`: {s[:60]!r}")
+        closes = (opens and n >= 2) or (inside and n >= 1)
+        inside = opens and n == 1
+        if closes and not s.endswith("$$"):
+            problems.append(f"line {j + 1}: text after the closing `$$`: {s[-60:]!r}")
+        if closes and j + 1 < len(lines) and lines[j + 1].strip():
+            problems.append(f"line {j + 2}: no blank line after `$$`: {lines[j + 1].strip()[:60]!r}")
+    return problems
+
+
+def test_display_math_problems_are_found():
+    assert display_math_problems("a\n\n$$x$$\n\nb") == []
+    assert display_math_problems("a\n\n$$\nx\n$$\n\nb") == []
+    assert len(display_math_problems("a so\n$$x$$\nb")) == 2
+    assert display_math_problems("see $$x$$ here")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_display_math_stands_in_its_own_paragraph(path):
+    for i, cell in enumerate(load_nb(path)["cells"]):
+        if cell["cell_type"] == "markdown":
+            problems = display_math_problems(cell_source(cell))
+            assert not problems, f"{path.name} cell {i}: {problems}"

@@ -38,3 +38,42 @@ def color_scale(mapping: dict[str, str], domain: list[str] | None = None) -> alt
 def log_axis(title: str, **kwargs) -> dict:
     """Keyword arguments for an Altair positional encoding on a base-10 log scale (rooflines are log-log)."""
     return {"title": title, "scale": alt.Scale(type="log"), **kwargs}
+
+
+def _luminance(color: str) -> float:
+    h = color.lstrip("#")
+    if len(h) == 3:
+        h = "".join(c * 2 for c in h)
+    if len(h) != 6:
+        raise ValueError(f"expected a colour as #rrggbb, got {color!r}")
+    chans = [int(h[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in chans]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast_ratio(foreground: str, background: str = "#ffffff") -> float:
+    """WCAG 2 contrast ratio of two ``#rrggbb`` colours (1 to 21; text needs 4.5, large text 3)."""
+    a, b = sorted((_luminance(foreground), _luminance(background)), reverse=True)
+    return (a + 0.05) / (b + 0.05)
+
+
+def legible(color: str, background: str = "#ffffff", ratio: float = 4.5) -> str:
+    """``color`` darkened in steps (same hue) until text drawn in it reaches ``ratio`` contrast on ``background``.
+
+    Use it for labels and annotations drawn in a palette colour: the palette's lines and areas keep their
+    colour, the text that names them stays readable. Introduced in Chapter 1."""
+    h = color.lstrip("#")
+    rgb = [int(h[i:i + 2], 16) for i in (0, 2, 4)] if len(h) == 6 else None
+    if rgb is None:
+        raise ValueError(f"expected a colour as #rrggbb, got {color!r}")
+    out = color
+    for step in range(21):
+        out = "#" + "".join(f"{round(c * (1 - step / 20)):02x}" for c in rgb)
+        if contrast_ratio(out, background) >= ratio:
+            return out
+    return out
+
+
+def legible_scale(mapping: dict[str, str], domain: list[str] | None = None) -> alt.Scale:
+    """Like :func:`color_scale`, with every colour made :func:`legible` on white: for text marks."""
+    return color_scale({k: legible(v) for k, v in mapping.items()}, domain)

@@ -1,0 +1,95 @@
+/* Make every Altair chart of the book fit its page column (written for this book; not generated).
+ *
+ * Altair's HTML output calls the global vegaEmbed(element, spec, options). This file, loaded right after
+ * vega-offline.js on pages with charts (tools/book_assets.py), wraps that function: after a chart is drawn,
+ * if it is wider than its column, it is drawn again with
+ *   1. side-by-side panels stacked (hconcat -> vconcat, column facets -> row facets, repeat columns -> rows,
+ *      wrapped concat and facets -> one column), then, if still too wide,
+ *   2. every fixed view width narrowed by the overflow (never below 120 px).
+ * Charts with width "container" already follow their column. Nothing changes where a chart fits, so a wide
+ * screen shows the chart as its author drew it; a phone gets a stacked, narrower one. A resize of the window
+ * re-fits from the author's spec.
+ */
+(function () {
+  "use strict";
+  var embed = window.vegaEmbed;
+  if (typeof embed !== "function") { return; }
+  var MIN_WIDTH = 120;
+
+  function clone(x) { return JSON.parse(JSON.stringify(x)); }
+
+  function stack(spec) {
+    var s = clone(spec), changed = false;
+    if (s.hconcat) { s.vconcat = s.hconcat; delete s.hconcat; changed = true; }
+    if (s.concat && s.columns !== 1) { s.columns = 1; changed = true; }
+    if (s.repeat && !Array.isArray(s.repeat) && s.repeat.column) {
+      s.repeat.row = (s.repeat.row || []).concat(s.repeat.column); delete s.repeat.column; changed = true;
+    } else if (s.repeat && s.columns !== 1) { s.columns = 1; changed = true; }
+    if (s.facet && s.facet.column && !s.facet.row) { s.facet.row = s.facet.column; delete s.facet.column; changed = true; }
+    else if (s.facet && s.facet.field && s.columns !== 1) { s.columns = 1; changed = true; }
+    if (s.encoding && s.encoding.column && !s.encoding.row) {
+      s.encoding.row = s.encoding.column; delete s.encoding.column; changed = true;
+    } else if (s.encoding && s.encoding.facet && s.encoding.facet.columns !== 1) {
+      s.encoding.facet.columns = 1; changed = true;
+    }
+    return changed ? s : null;
+  }
+
+  function narrow(spec, by) {
+    var s = clone(spec), changed = false;
+    (function walk(node) {
+      if (Array.isArray(node)) { node.forEach(walk); return; }
+      if (!node || typeof node !== "object") { return; }
+      var isView = "mark" in node || "layer" in node;
+      if (isView && typeof node.width === "number" && node.width > MIN_WIDTH) {
+        node.width = Math.max(MIN_WIDTH, Math.floor(node.width - by)); changed = true;
+      }
+      ["layer", "hconcat", "vconcat", "concat", "spec"].forEach(function (k) { if (k in node) { walk(node[k]); } });
+    })(s);
+    return changed ? s : null;
+  }
+
+  function room(el) {
+    var box = el.getBoundingClientRect(), st = window.getComputedStyle(el);
+    return box.width - (parseFloat(st.paddingLeft) || 0) - (parseFloat(st.paddingRight) || 0);
+  }
+
+  function drawnWidth(el) {
+    var svg = el.querySelector("svg.marks, canvas.marks");
+    return svg ? svg.getBoundingClientRect().width : 0;
+  }
+
+  function fit(el, spec, opt, result, step) {
+    var over = drawnWidth(el) - room(el);
+    if (over <= 1 || step >= 4) { return Promise.resolve(result); }
+    var next = (step === 0 && stack(spec)) || narrow(spec, over);
+    if (!next) { return Promise.resolve(result); }
+    if (result && typeof result.finalize === "function") { result.finalize(); }
+    return embed(el, next, opt).then(function (r) { return fit(el, next, opt, r, step + 1); });
+  }
+
+  var charts = [];
+  window.vegaEmbed = function (el, spec, opt) {
+    return embed(el, spec, opt).then(function (result) {
+      var entry = {el: el, spec: spec, opt: opt, result: result, width: room(el)};
+      charts.push(entry);
+      return fit(el, spec, opt, result, 0).then(function (r) { entry.result = r; return r; });
+    });
+  };
+  for (var key in embed) { if (Object.prototype.hasOwnProperty.call(embed, key)) { window.vegaEmbed[key] = embed[key]; } }
+
+  var timer = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(timer);
+    timer = setTimeout(function () {
+      charts.forEach(function (c) {
+        var w = room(c.el);
+        if (Math.abs(w - c.width) < 2) { return; }
+        c.width = w;
+        if (c.result && typeof c.result.finalize === "function") { c.result.finalize(); }
+        embed(c.el, c.spec, c.opt).then(function (r) { return fit(c.el, c.spec, c.opt, r, 0); })
+          .then(function (r) { c.result = r; });
+      });
+    }, 250);
+  });
+})();
