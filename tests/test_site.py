@@ -387,3 +387,49 @@ def test_checks_script_reports_every_check():
     names |= set(re.findall(r"(\w+): \[\]", CHECKS_JS.split("const out = {", 1)[1].split("};", 1)[0]))
     assert names | {"console_errors", "vega_warnings", "page_weight", "network"} == set(CHECKS), names
     json.dumps(CHECKS)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Live explorers on a phone: their widgets, rendered by the ipywidgets HTML manager, fit 390 px with usable sliders
+# ------------------------------------------------------------------------------------------------------------
+
+def explorer_widgets():
+    import test_explorers
+
+    return test_explorers.EXPLORERS
+
+
+@pytest.mark.parametrize("explorer", explorer_widgets(), ids=lambda f: f.__name__)
+def test_live_explorer_fits_a_phone(browser, tmp_path, monkeypatch, explorer):
+    from ipywidgets.embed import embed_minimal_html
+
+    from unveiled.session import BOOK_BUILD_ENV
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    monkeypatch.delenv(BOOK_BUILD_ENV, raising=False)
+    shutil.copytree(root / "_extra" / "offline" / "html-manager", tmp_path / "html-manager")
+    embed_minimal_html(tmp_path / "index.html", views=[explorer()], requirejs=False,
+                       embed_url="html-manager/embed.js", title=explorer.__name__)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        visit = Visit(browser, f"http://127.0.0.1:{httpd.server_address[1]}/index.html", WIDTHS["phone"])
+        try:
+            p = visit.page
+            p.wait_for_selector(".jupyter-widgets", state="attached", timeout=15_000)
+            sizes = p.evaluate(
+                "() => ({page: document.documentElement.scrollWidth, view: window.innerWidth,"
+                " tracks: Array.from(document.querySelectorAll('.widget-slider .slider-container'))"
+                ".filter(s => s.checkVisibility()).map(s => Math.round(s.getBoundingClientRect().width))})")
+            assert sizes["page"] <= sizes["view"] + 1, f"the explorer is {sizes['page']} px wide on a 390 px screen"
+            assert all(t >= 100 for t in sizes["tracks"]), f"slider tracks too short to use: {sizes}"
+            assert not [e for e in visit.errors if "favicon" not in e], visit.errors
+        finally:
+            visit.close()
+    finally:
+        httpd.shutdown()

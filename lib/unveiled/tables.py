@@ -1,0 +1,96 @@
+"""Tables as a reader sees them: few columns, rounded numbers, units in the names, a dash for "nothing".
+
+A library table carries every column at full precision (unit-bearing names like ``time_s``, ``bytes``); the
+page shows a reader a short, rounded one that fits the column of a phone. :func:`reader_table` makes that
+one: it picks and renames columns, scales numbers into the unit its new name says, rounds them to a few
+significant digits with thousands separators, writes a dash where a value is missing (never ``NaN``), and
+refuses more than :data:`MAX_COLUMNS` columns (reshape to long format instead). Introduced in Chapter 1.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+__all__ = ["DASH", "MAX_COLUMNS", "format_number", "reader_table"]
+
+#: The most columns a reader-facing table may have (with the index); a wider table does not fit a phone.
+MAX_COLUMNS = 7
+#: What a missing value looks like.
+DASH = "–"
+
+
+def format_number(value: object, digits: int = 3) -> str:
+    """``value`` rounded to ``digits`` significant digits, with thousands separators; a dash if missing.
+
+    Integers print whole (``12,288``); floats keep ``digits`` significant digits without trailing zeros
+    (``0.0123``, ``1.5``), large ones print as rounded integers (``2,050``), tiny ones in scientific notation;
+    booleans and strings pass through. Introduced in Chapter 1."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT:
+        return DASH
+    if isinstance(value, bool) or not isinstance(value, numbers.Number):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return f"{int(value):,}"
+    x = float(value)
+    if math.isinf(x):
+        return "∞" if x > 0 else "−∞"
+    if x == 0:
+        return "0"
+    exponent = math.floor(math.log10(abs(x)))
+    if exponent >= digits - 1:
+        return f"{round(x):,}"
+    if exponent < -4:
+        return f"{x:.{digits - 1}e}"
+    decimals = max(0, digits - 1 - exponent)
+    return f"{x:,.{decimals}f}".rstrip("0").rstrip(".") if decimals else f"{x:,.0f}"
+
+
+def reader_table(df: pd.DataFrame, columns: Mapping[str, str] | Sequence[str] | None = None, *,
+                 scale: Mapping[str, float] | None = None, digits: int = 3, index: str | None = None,
+                 max_columns: int = MAX_COLUMNS) -> pd.DataFrame:
+    """A short, rounded copy of ``df`` for the page: the columns to show, renamed, scaled and formatted.
+
+    ``columns`` lists the columns to keep, or maps them to the names the reader sees (put the unit in the
+    name: ``{"time_s": "time (ms)"}``); ``scale`` multiplies a column (by its original name) into that unit
+    (``{"time_s": 1e3}``). ``index`` names the column that labels the rows (default: the first column when
+    ``df`` has a plain 0, 1, 2... index, else ``df``'s own index). Numbers are rounded by
+    :func:`format_number`; missing values print as a dash. Raises ``ValueError`` for a column that does not
+    exist or for more than ``max_columns`` columns (index included): show fewer, or reshape to long format.
+    Introduced in Chapter 1.
+    """
+    if columns is None:
+        names = {c: c for c in df.columns}
+    elif isinstance(columns, Mapping):
+        names = dict(columns)
+    else:
+        names = {c: c for c in columns}
+    missing = [c for c in names if c not in df.columns]
+    if missing:
+        raise ValueError(f"reader_table: no column {missing} in the table; it has {list(df.columns)}")
+    scale = dict(scale or {})
+    unknown = [c for c in scale if c not in names]
+    if unknown:
+        raise ValueError(f"reader_table: scale names columns that are not shown: {unknown}")
+    out = df[list(names)].copy()
+    for col, factor in scale.items():
+        out[col] = out[col] * factor
+    if index is None and isinstance(df.index, pd.RangeIndex) and len(names) > 1:
+        index = next(iter(names))
+    if index is not None:
+        if index not in names:
+            raise ValueError(f"reader_table: index {index!r} is not among the columns shown {list(names)}")
+        out = out.set_index(index)
+        out.index = [format_number(v, digits) for v in out.index]
+        out.index.name = names[index]
+    width = len(out.columns) + 1
+    if width > max_columns:
+        raise ValueError(f"reader_table: {width} columns (with the index) do not fit a phone; show at most "
+                         f"{max_columns} or reshape the table to long format (one row per item and quantity)")
+    out = out.rename(columns=names)
+    for col in out.columns:
+        out[col] = [format_number(v, digits) for v in out[col]]
+    return out
