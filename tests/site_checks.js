@@ -34,7 +34,8 @@
       drawn += sized;
       if (items.length && !sized) emptyGroups.push(cls.split(" ")[0]);
     });
-    const title = short(svg.getAttribute("aria-label") || "");
+    const doc = embed.querySelector("[role='graphics-document']");
+    const title = short(doc ? doc.getAttribute("aria-label") || "" : "");
     if (bad) out.empty_marks.push(`chart ${i + 1} (${where(embed)}, ${title}): ${bad} marks with NaN/Infinity coordinates`);
     if (!drawn) out.empty_marks.push(`chart ${i + 1} (${where(embed)}, ${title}): no mark has a visible size`);
     else if (emptyGroups.length) out.empty_marks.push(`chart ${i + 1} (${where(embed)}, ${title}): zero-size marks in ${emptyGroups.join(", ")}`);
@@ -88,8 +89,10 @@
   });
 
   // 5. Every chart and image has an accessible name.
-  document.querySelectorAll(".vega-embed svg.marks").forEach((svg, i) => {
-    if (!(svg.getAttribute("aria-label") || "").trim()) out.accessible_names.push(`chart ${i + 1} (${where(svg)}): no aria-label (give the chart a title or description)`);
+  document.querySelectorAll(".vega-embed").forEach((embed, i) => {
+    const doc = embed.querySelector("[role='graphics-document']");
+    const name = doc ? (doc.getAttribute("aria-label") || "").trim() : "";
+    if (!name || name === "Vega visualization") out.accessible_names.push(`chart ${i + 1} (${where(embed)}): no accessible name (give the chart a title or description)`);
   });
   article.querySelectorAll("img").forEach((img) => {
     const alt = (img.getAttribute("alt") || "").trim();

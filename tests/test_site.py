@@ -338,10 +338,10 @@ def test_wide_charts_are_stacked_to_fit_a_phone(server, browser, built_site):
     visit = Visit(browser, f"{server}/{CHAPTER}", WIDTHS["phone"], replace={f"{server}/{CHAPTER}": html})
     try:
         sizes = visit.page.evaluate(
-            "() => Array.from(document.querySelectorAll('.vega-embed svg.marks')).filter("
-            "s => (s.getAttribute('aria-label') || '').includes('three panels')).map(s => {"
-            "const b = s.getBoundingClientRect(); const c = document.querySelector('article.bd-article')"
-            ".getBoundingClientRect(); return [b.width, b.height, c.width]; })")
+            "() => Array.from(document.querySelectorAll('.vega-embed')).filter(e => (e.querySelector("
+            "\"[role='graphics-document']\").getAttribute('aria-label') || '').includes('three panels')).map(e => {"
+            "const b = e.querySelector('svg.marks').getBoundingClientRect(); const c = document.querySelector("
+            "'article.bd-article').getBoundingClientRect(); return [b.width, b.height, c.width]; })")
         assert len(sizes) == 1
         width, height, column = sizes[0]
         assert width <= column and height > 3 * 100, f"not stacked to fit: {width}x{height} in {column} px"

@@ -40,3 +40,35 @@ def test_reader_table_refuses_wide_tables_and_unknown_columns():
         reader_table(wide, ["c0", "c1"], scale={"c2": 2})
     with pytest.raises(ValueError, match="index"):
         reader_table(wide, ["c0", "c1"], index="c3")
+
+
+def test_book_tables_hide_row_numbers_dash_missing_values_and_wrap_names():
+    from unveiled.tables import book_table_html
+
+    df = pd.DataFrame({"time_per_token_s": [0.5, np.nan], "name": ["a", None]})
+    html = book_table_html(df)
+    assert "NaN" not in html and "None" not in html and html.count(DASH) == 2
+    assert "<th>0</th>" not in html and "time_<wbr>per_<wbr>token_<wbr>s" in html
+    labelled = book_table_html(df.set_index("name"))
+    assert ">a</th>" in labelled
+
+
+def test_book_tables_are_installed_only_in_the_book_build(monkeypatch):
+    import IPython
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from unveiled import tables
+    from unveiled.session import BOOK_BUILD_ENV
+
+    shell = InteractiveShell.instance()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    html = shell.display_formatter.formatters["text/html"]
+    monkeypatch.delenv(BOOK_BUILD_ENV, raising=False)
+    assert not tables.install_book_tables()
+    monkeypatch.setenv(BOOK_BUILD_ENV, "1")
+    try:
+        assert tables.install_book_tables()
+        assert DASH in html(pd.DataFrame({"x": [np.nan]}))
+    finally:
+        html.pop(pd.DataFrame, None)
+        InteractiveShell.clear_instance()

@@ -1,7 +1,10 @@
-/* Make every Altair chart of the book fit its page column (written for this book; not generated).
+/* Make every Altair chart of the book fit its page column and carry its title as its accessible name
+ * (written for this book; not generated).
  *
  * Altair's HTML output calls the global vegaEmbed(element, spec, options). This file, loaded right after
- * vega-offline.js on pages with charts (tools/book_assets.py), wraps that function: after a chart is drawn,
+ * vega-offline.js on pages with charts (tools/book_assets.py), wraps that function. A chart without a
+ * `description` gets its title (and subtitle) as one, which Vega turns into the chart's aria-label; a chart
+ * with neither keeps Vega's generic "Vega visualization" (a site test failure). After a chart is drawn,
  * if it is wider than its column, it is drawn again with
  *   1. side-by-side panels stacked (hconcat -> vconcat, column facets -> row facets, repeat columns -> rows,
  *      wrapped concat and facets -> one column), then, if still too wide,
@@ -49,6 +52,29 @@
     return changed ? s : null;
   }
 
+  function titleText(t) {
+    if (!t) { return ""; }
+    if (typeof t === "string") { return t; }
+    if (Array.isArray(t)) { return t.join(" "); }
+    var sub = t.subtitle ? (Array.isArray(t.subtitle) ? t.subtitle.join(" ") : t.subtitle) : "";
+    return [titleText(t.text), sub].filter(Boolean).join(": ");
+  }
+
+  function named(spec) {
+    if (!spec || typeof spec !== "object" || spec.description) { return spec; }
+    var found = "";
+    (function walk(node) {
+      if (found || !node || typeof node !== "object") { return; }
+      if (Array.isArray(node)) { node.forEach(walk); return; }
+      found = titleText(node.title);
+      ["hconcat", "vconcat", "concat", "layer", "spec"].forEach(function (k) { if (k in node) { walk(node[k]); } });
+    })(spec);
+    if (!found) { return spec; }
+    var s = clone(spec);
+    s.description = found;
+    return s;
+  }
+
   function room(el) {
     var box = el.getBoundingClientRect(), st = window.getComputedStyle(el);
     return box.width - (parseFloat(st.paddingLeft) || 0) - (parseFloat(st.paddingRight) || 0);
@@ -70,6 +96,7 @@
 
   var charts = [];
   window.vegaEmbed = function (el, spec, opt) {
+    spec = named(spec);
     return embed(el, spec, opt).then(function (result) {
       var entry = {el: el, spec: spec, opt: opt, result: result, width: room(el)};
       charts.push(entry);

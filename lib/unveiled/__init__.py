@@ -99,6 +99,10 @@ __all__ = [
 ]
 
 
+# In the book build, DataFrames display as reader tables (a dash for missing values, no 0, 1, 2... index).
+_tables_installed = importlib.import_module(".tables", __name__).install_book_tables()
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         module = importlib.import_module(f".{_LAZY[name]}", __name__)

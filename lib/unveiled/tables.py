@@ -4,18 +4,21 @@ A library table carries every column at full precision (unit-bearing names like 
 page shows a reader a short, rounded one that fits the column of a phone. :func:`reader_table` makes that
 one: it picks and renames columns, scales numbers into the unit its new name says, rounds them to a few
 significant digits with thousands separators, writes a dash where a value is missing (never ``NaN``), and
-refuses more than :data:`MAX_COLUMNS` columns (reshape to long format instead). Introduced in Chapter 1.
+refuses more than :data:`MAX_COLUMNS` columns (reshape to long format instead). In the book build every
+DataFrame is shown by :func:`book_table_html` (a dash for missing values, no 0, 1, 2... row numbers), so a
+chapter's plain tables follow the same rules. Introduced in Chapter 1.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-__all__ = ["DASH", "MAX_COLUMNS", "format_number", "reader_table"]
+__all__ = ["DASH", "MAX_COLUMNS", "book_table_html", "format_number", "install_book_tables", "reader_table"]
 
 #: The most columns a reader-facing table may have (with the index); a wider table does not fit a phone.
 MAX_COLUMNS = 7
@@ -94,3 +97,37 @@ def reader_table(df: pd.DataFrame, columns: Mapping[str, str] | Sequence[str] | 
     for col in out.columns:
         out[col] = [format_number(v, digits) for v in out[col]]
     return out
+
+
+def book_table_html(df: pd.DataFrame) -> str:
+    """How the built book shows a DataFrame: pandas' own HTML table (rounded by ``display.float_format``),
+    without the 0, 1, 2... row numbers of a plain index, with a dash for missing values, and with line-break
+    opportunities after the underscores of long column names (``time_per_token_s`` may wrap on a phone).
+    Introduced in Chapter 1."""
+    plain = isinstance(df.index, pd.RangeIndex) and df.index.start == 0 and df.index.step == 1
+    html = df.to_html(notebook=True, na_rep=DASH, index=not plain, border=0,
+                      max_rows=pd.get_option("display.max_rows"), max_cols=pd.get_option("display.max_columns"),
+                      show_dimensions=False)
+
+    def breakable(m: re.Match) -> str:
+        return m.group(1) + m.group(2).replace("_", "_<wbr>") + m.group(3)
+
+    return re.sub(r"(<th[^>]*>)([^<]*)(</th>)", breakable, html)
+
+
+def install_book_tables() -> bool:
+    """In the book build, show every DataFrame through :func:`book_table_html` (live sessions keep pandas'
+    own display). Called by ``import unveiled``; returns whether it installed the formatter."""
+    from .session import book_build
+
+    if not book_build():
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+    shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, book_table_html)
+    return True
