@@ -34,17 +34,18 @@
       drawn += sized;
       if (items.length && !sized) emptyGroups.push(cls.split(" ")[0]);
     });
-    const doc = embed.querySelector("[role='graphics-document']");
+    const doc = embed.matches("[role='graphics-document']") ? embed : embed.querySelector("[role='graphics-document']");
     const title = short(doc ? doc.getAttribute("aria-label") || "" : "");
     if (bad) out.empty_marks.push(`chart ${i + 1} (${where(embed)}, ${title}): ${bad} marks with NaN/Infinity coordinates`);
     if (!drawn) out.empty_marks.push(`chart ${i + 1} (${where(embed)}, ${title}): no mark has a visible size`);
     else if (emptyGroups.length) out.empty_marks.push(`chart ${i + 1} (${where(embed)}, ${title}): zero-size marks in ${emptyGroups.join(", ")}`);
   });
 
-  // 2. No raw TeX, MyST role or NaN in the visible text (code, rendered maths and charts excepted).
+  // 2. No raw TeX or MyST role in the visible text, no NaN (or <NA>, NaT) shown as a value (code, rendered maths
+  //    and charts excepted).
   const skip = "pre, code, script, style, mjx-container, .MathJax, svg, .highlight, textarea, kbd, .headerlink";
   const patterns = [[/\$/, "$"], [/\\\(|\\\)|\\\[|\\\]/, "\\( or \\["], [/\{(cite|ref|numref|eq|doc|term)(:[a-z]+)?\}`?/, "{role}"],
-    [/\bNaN\b/, "NaN"]];
+    [/^\s*(NaN|nan|<NA>|NaT)\s*$/, "NaN"]];
   const walker = document.createTreeWalker(article, NodeFilter.SHOW_TEXT);
   for (let node = walker.nextNode(); node; node = walker.nextNode()) {
     const el = node.parentElement;
@@ -88,9 +89,15 @@
     }
   });
 
+  // A chart squeezed into the column (its SVG shown smaller than drawn) has shrunken, illegible text.
+  document.querySelectorAll(".vega-embed svg.marks").forEach((svg, i) => {
+    const natural = parseFloat(svg.getAttribute("width")) || 0, shown = svg.getBoundingClientRect().width;
+    if (visible(svg) && natural > 0 && shown < 0.95 * natural) out.overflow.push(`chart ${i + 1} (${where(svg)}): drawn ${Math.round(natural)} px wide, squeezed to ${Math.round(shown)} px (its text shrinks)`);
+  });
+
   // 5. Every chart and image has an accessible name.
   document.querySelectorAll(".vega-embed").forEach((embed, i) => {
-    const doc = embed.querySelector("[role='graphics-document']");
+    const doc = embed.matches("[role='graphics-document']") ? embed : embed.querySelector("[role='graphics-document']");
     const name = doc ? (doc.getAttribute("aria-label") || "").trim() : "";
     if (!name || name === "Vega visualization") out.accessible_names.push(`chart ${i + 1} (${where(embed)}): no accessible name (give the chart a title or description)`);
   });
@@ -150,6 +157,7 @@
     if (!fg || (isSvg && (+st.fillOpacity === 0 || st.fill === "none"))) return;
     const bg = background(isSvg ? el.closest(".vega-embed") || el : el);
     const alpha = fg[3] * (isSvg ? +(st.fillOpacity || 1) * +(st.opacity || 1) : 1);
+    if (alpha < 0.05) return;  // hidden (Vega hides overlapping labels with opacity 0)
     const mix = fg.slice(0, 3).map((v, i) => v * alpha + bg[i] * (1 - alpha));
     const [a, b] = [lum(mix), lum(bg)].sort((x, y) => y - x);
     const ratio = (a + 0.05) / (b + 0.05);

@@ -8,7 +8,8 @@
  * if it is wider than its column, it is drawn again with
  *   1. side-by-side panels stacked (hconcat -> vconcat, column facets -> row facets, repeat columns -> rows,
  *      wrapped concat and facets -> one column), then, if still too wide,
- *   2. every fixed view width narrowed by the overflow (never below 120 px).
+ *   2. every fixed view width narrowed by the overflow (never below 120 px), legends moved under the plot.
+ * On a screen narrower than 600 px the chart's "..." action menu is left out.
  * Charts with width "container" already follow their column. Nothing changes where a chart fits, so a wide
  * screen shows the chart as its author drew it; a phone gets a stacked, narrower one. A resize of the window
  * re-fits from the author's spec.
@@ -40,6 +41,9 @@
 
   function narrow(spec, by) {
     var s = clone(spec), changed = false;
+    // Legends go under the chart: on a narrow screen the plot keeps the width a side legend would take.
+    s.config = s.config || {};
+    s.config.legend = Object.assign({}, s.config.legend, {orient: "bottom", direction: "vertical"});
     (function walk(node) {
       if (Array.isArray(node)) { node.forEach(walk); return; }
       if (!node || typeof node !== "object") { return; }
@@ -80,9 +84,10 @@
     return box.width - (parseFloat(st.paddingLeft) || 0) - (parseFloat(st.paddingRight) || 0);
   }
 
-  function drawnWidth(el) {
+  function drawnWidth(el) {  // the chart's own width (a flex container may shrink its SVG on screen)
     var svg = el.querySelector("svg.marks, canvas.marks");
-    return svg ? svg.getBoundingClientRect().width : 0;
+    if (!svg) { return 0; }
+    return parseFloat(svg.getAttribute("width")) || svg.getBoundingClientRect().width;
   }
 
   function fit(el, spec, opt, result, step) {
@@ -96,7 +101,10 @@
 
   var charts = [];
   window.vegaEmbed = function (el, spec, opt) {
+    if (typeof el === "string") { el = document.querySelector(el); }
     spec = named(spec);
+    // On a phone the "..." menu would take 38 px of the column (and it links to an online editor).
+    if (el && room(el) < 600) { opt = Object.assign({}, opt, {actions: false}); }
     return embed(el, spec, opt).then(function (result) {
       var entry = {el: el, spec: spec, opt: opt, result: result, width: room(el)};
       charts.push(entry);

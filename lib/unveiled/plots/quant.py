@@ -91,25 +91,35 @@ def perplexity_vs_bits_chart(df: pd.DataFrame, *, baseline: float | None = None,
 
 def perplexity_bars_chart(df: pd.DataFrame, *, color: str = "method", baseline: float | None = None,
                           title: str = "", width: int = 380, palette: dict[str, str] | None = None) -> alt.LayerChart:
-    """Horizontal bars of perplexity per recipe (log x), coloured by ``color``; a dashed rule at the baseline.
+    """Perplexity per recipe as a dot on a log axis, labelled with its value, coloured by ``color``; a dashed
+    rule at the baseline.
 
+    Dots, not bars: a bar's length starts at zero, which a log axis cannot show (Vega then draws nothing).
     Introduced in Chapter 3."""
     d = df.copy()
     d["size_MB"] = d["size_bytes"] / 1e6
     d = _round(d[["label", color, "perplexity", "size_MB"]], ["perplexity", "size_MB"])
+    d = d[d["perplexity"] > 0]
     order = list(dict.fromkeys(d[color]))
     pal = palette or {m: c for m, c in zip(order, ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
                                                     "#9467bd", "#8c564b"], strict=False)}
-    bars = alt.Chart(d).mark_bar().encode(
+    lower = {k.lower(): v for k, v in pal.items()}
+    pal = {m: pal.get(m) or lower.get(str(m).lower(), "#333333") for m in order}
+    lo, hi = float(d["perplexity"].min()), float(d["perplexity"].max())
+    if baseline is not None:
+        lo, hi = min(lo, baseline), max(hi, baseline)
+    scale = alt.Scale(type="log", domain=[lo / 1.3, hi * 2.5])
+    dots = alt.Chart(d).mark_circle(size=90, opacity=0.9).encode(
         y=alt.Y("label:N", sort=list(d["label"]), title=None),
-        x=alt.X("perplexity:Q", scale=alt.Scale(type="log"), title="perplexity (log)", axis=alt.Axis(labelExpr=_FMT)),
+        x=alt.X("perplexity:Q", scale=scale, title="perplexity (log)", axis=alt.Axis(labelExpr=_FMT)),
         color=alt.Color(f"{color}:N", title=color, sort=order, scale=color_scale(pal, order)),
         tooltip=["label:N", alt.Tooltip("perplexity:Q", format=".4g"), alt.Tooltip("size_MB:Q", format=".1f")])
-    text = bars.mark_text(align="left", dx=3, fontSize=10).encode(text=alt.Text("perplexity:Q", format=".3~g"),
-                                                                   color=alt.value("#333"))
-    layers = [bars, text]
+    text = dots.mark_text(align="left", dx=8, fontSize=10).encode(text=alt.Text("perplexity:Q", format=",.3~r"),
+                                                                  color=alt.value("#333"))
+    layers = [dots, text]
     if baseline is not None:
-        layers.append(alt.Chart(pd.DataFrame({"x": [round(baseline, 3)]})).mark_rule(strokeDash=[4, 3]).encode(x="x:Q"))
+        layers.insert(0, alt.Chart(pd.DataFrame({"x": [round(baseline, 3)]})).mark_rule(
+            strokeDash=[4, 3], color="#555").encode(x=alt.X("x:Q", scale=scale)))
     return _svg(alt.layer(*layers).properties(width=width, height=max(120, 18 * len(d)), title=title))
 
 
@@ -176,13 +186,15 @@ def gptq_layers_chart(report: pd.DataFrame, *, title: str = "", width: int = 360
 
 
 def activation_profile_chart(df: pd.DataFrame, *, title: str = "", width: int = 420, height: int = 110) -> alt.FacetChart:
-    """Per-channel maximum |activation| of one layer's input, sorted, one panel per transform (log y).
+    """Per-channel maximum |activation| of one layer's input, sorted, one panel per transform (log y, a step
+    line: channels whose maximum is zero cannot be drawn on a log axis and are left out).
 
     ``df`` has columns ``transform``, ``rank`` (channel rank by magnitude) and ``absmax``. Introduced in
     Chapter 3."""
     d = _round(df[["transform", "rank", "absmax"]], ["absmax"], 3)
     order = list(dict.fromkeys(d["transform"]))
-    chart = alt.Chart(d).mark_area(opacity=0.7, interpolate="step-after").encode(
+    d = d[d["absmax"] > 0]  # a log axis cannot show a zero (an area's baseline would be one)
+    chart = alt.Chart(d).mark_line(interpolate="step-after", strokeWidth=1.5).encode(
         x=alt.X("rank:Q", title="input channels, sorted by max |x|"),
         y=alt.Y("absmax:Q", scale=alt.Scale(type="log"), title="max |x|", axis=alt.Axis(labelExpr=_FMT)),
         color=alt.Color("transform:N", legend=None, sort=order),

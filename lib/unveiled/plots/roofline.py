@@ -18,7 +18,7 @@ import pandas as pd
 from ..datafiles import data_file
 from ..hardware import DTYPES, Device, canonical_dtype, hardware, hardware_table
 from ..roofline import attainable_performance
-from .style import BOUND_COLORS, PRECISION_COLORS, color_scale
+from .style import BOUND_COLORS, PRECISION_COLORS, color_scale, legible
 
 __all__ = [
     "PHASE_COLORS",
@@ -39,6 +39,9 @@ SURVEY_FIG15 = pd.DataFrame({"case": ["memory-bound", "compute-bound"], "intensi
 
 #: The three phases of an operation (survey Fig. 4).
 PHASE_COLORS: dict[str, str] = {"load": "#4c78a8", "compute": "#f58518", "store": "#b279a2"}
+#: Vega's "tableau10" scheme, spelled out so that labels can be drawn in a legible shade of each colour.
+_TABLEAU10 = ["#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d",
+              "#bab0ac"]
 
 _X_TITLE = "arithmetic intensity (ops/byte)"
 _Y_TITLE = "attainable performance (TFLOP/s or TOP/s)"
@@ -127,7 +130,8 @@ def roofline_chart(lines: Iterable, points: pd.DataFrame | None = None, *, log: 
         dts = list(dict.fromkeys(df["dtype"]))
         cscale, cfield = color_scale(PRECISION_COLORS, dts), "dtype"
     elif color == "label":
-        cscale, cfield = alt.Scale(scheme="tableau10", domain=list(dict.fromkeys(df["label"]))), "label"
+        labels = list(dict.fromkeys(df["label"]))
+        cscale, cfield = color_scale(dict(zip(labels, _TABLEAU10 * 2, strict=False)), labels), "label"
     else:
         raise ValueError(f"color must be 'label' or 'dtype', got {color!r}")
     legend = alt.Legend(title=None, orient="bottom", columns=1, labelLimit=420)
@@ -147,17 +151,22 @@ def roofline_chart(lines: Iterable, points: pd.DataFrame | None = None, *, log: 
         fill = alt.Fill("bound:N", scale=color_scale(BOUND_COLORS, ["memory", "compute"]), legend=None)
         layers.append(alt.Chart(bands).mark_rect(opacity=0.12).encode(
             x=alt.X("x:Q", scale=xscale, axis=_axis(_X_TITLE, log)), x2="x2:Q", fill=fill))
+        bands["ink"] = [legible(BOUND_COLORS[b]) for b in bands["bound"]]  # text readable on white
         layers.append(alt.Chart(bands).mark_text(baseline="bottom", dy=-6, fontWeight="bold").encode(
-            x=alt.X("mid:Q", scale=xscale), y=alt.value(height), text="label:N", fill=fill,
+            x=alt.X("mid:Q", scale=xscale), y=alt.value(height), text="label:N",
+            fill=alt.Fill("ink:N", scale=None),
         ).transform_calculate(mid="sqrt(datum.x * datum.x2)" if log else "(datum.x + datum.x2) / 2"))
     layers.append(base.mark_line(strokeWidth=2.5, clip=True))
     if annotate_ridges:
-        ridges = df[df["intensity"] == df["ridge"]]
+        ridges = df[df["intensity"] == df["ridge"]].copy()
+        # The label sits above and right of its ridge point (never over the y axis), in the line's colour
+        # darkened until it is readable on white.
+        ink = dict(zip(cscale.domain, cscale.range, strict=True))
+        ridges["ink"] = [legible(ink.get(v, "#333333")) for v in ridges[cfield]]
         layers.append(base.transform_filter(alt.datum.intensity == alt.datum.ridge).mark_point(
             filled=True, size=45))
-        layers.append(alt.Chart(ridges).mark_text(align="right", dx=-7, dy=-7, fontSize=11).encode(
-            x=x, y=y, text=alt.Text("ridge:Q", format=".1f"),
-            color=alt.Color(f"{cfield}:N", scale=cscale, legend=None)))
+        layers.append(alt.Chart(ridges).mark_text(align="left", dx=6, dy=-9, fontSize=11).encode(
+            x=x, y=y, text=alt.Text("ridge:Q", format=",.1f"), fill=alt.Fill("ink:N", scale=None)))
     if points is not None:
         pts = points.copy()
         if "intensity" not in pts or "flop_s" not in pts:

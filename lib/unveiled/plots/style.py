@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import altair as alt
 
+THEME = "unveiled"
+
+
+@alt.theme.register(THEME, enable=True)
+def unveiled_theme() -> alt.theme.ThemeConfig:
+    """Altair's default theme plus legibility: axis labels keep a gap between them (overlapping ones are
+    dropped, also on log axes) and legend labels are never truncated. Enabled when :mod:`unveiled.plots`
+    is imported. Introduced in Chapter 1."""
+    return {"config": {"view": {"continuousWidth": 300, "continuousHeight": 300},
+                       "axis": {"labelOverlap": "greedy", "labelSeparation": 4},
+                       "legend": {"labelLimit": 0}}}
+
+
 #: Inference stages.
 STAGE_COLORS: dict[str, str] = {"prefill": "#1f77b4", "decode": "#d62728"}
 
