@@ -8,7 +8,8 @@
  * if it is wider than its column, it is drawn again with
  *   1. side-by-side panels stacked (hconcat -> vconcat, column facets -> row facets, repeat columns -> rows,
  *      wrapped concat and facets -> one column), then, if still too wide,
- *   2. every fixed view width narrowed by the overflow (never below 120 px), legends moved under the plot.
+ *   2. every fixed view width narrowed by the overflow (never below 60 px), legends moved under the plot
+ *      and listed one entry per line, titles broken into lines.
  * On a screen narrower than 600 px the chart's "..." action menu is left out.
  * Charts with width "container" already follow their column. Nothing changes where a chart fits, so a wide
  * screen shows the chart as its author drew it; a phone gets a stacked, narrower one. A resize of the window
@@ -18,7 +19,7 @@
   "use strict";
   var embed = window.vegaEmbed;
   if (typeof embed !== "function") { return; }
-  var MIN_WIDTH = 120;
+  var MIN_WIDTH = 60;  // a panel of a small multiple can be this narrow; a lone chart never gets there
 
   function clone(x) { return JSON.parse(JSON.stringify(x)); }
 
@@ -39,17 +40,54 @@
     return changed ? s : null;
   }
 
-  function narrow(spec, by) {
-    var s = clone(spec), changed = false;
-    // Legends go under the chart: on a narrow screen the plot keeps the width a side legend would take.
+  // A title longer than the column would widen the chart: break it into lines of at most `chars` characters.
+  function wrapTitle(title, chars) {
+    function lines(text) {
+      if (typeof text !== "string" || text.length <= chars) { return text; }
+      var out = [], line = "";
+      text.split(" ").forEach(function (w) {
+        if (line && (line + " " + w).length > chars) { out.push(line); line = w; } else { line = line ? line + " " + w : w; }
+      });
+      if (line) { out.push(line); }
+      return out;
+    }
+    if (typeof title === "string") { return lines(title); }
+    if (title && typeof title === "object" && !Array.isArray(title)) {
+      var t = Object.assign({}, title);
+      t.text = lines(t.text);
+      if (t.subtitle) { t.subtitle = lines(t.subtitle); }
+      return t;
+    }
+    return title;
+  }
+
+  function narrow(spec, by, width) {
+    var s = clone(spec), changed = false, chars = Math.max(20, Math.floor(width / 7.5));
+    // Legends go under the chart, one entry per line: the plot keeps the width a side legend would take.
     s.config = s.config || {};
     s.config.legend = Object.assign({}, s.config.legend, {orient: "bottom", direction: "vertical"});
+    // Facet headers such as "batch 1, seq 1024" break after their commas.
+    s.config.header = Object.assign({labelExpr: "split(datum.label, ', ')"}, s.config.header);
     (function walk(node) {
       if (Array.isArray(node)) { node.forEach(walk); return; }
       if (!node || typeof node !== "object") { return; }
       var isView = "mark" in node || "layer" in node;
       if (isView && typeof node.width === "number" && node.width > MIN_WIDTH) {
         node.width = Math.max(MIN_WIDTH, Math.floor(node.width - by)); changed = true;
+      }
+      if (node.title) {
+        var t = wrapTitle(node.title, chars);
+        if (JSON.stringify(t) !== JSON.stringify(node.title)) { node.title = t; changed = true; }
+      }
+      if (node.encoding) {
+        Object.keys(node.encoding).forEach(function (ch) {
+          var enc = node.encoding[ch];
+          if (enc && enc.legend && typeof enc.legend === "object" && enc.legend.direction !== "vertical") {
+            enc.legend = Object.assign({}, enc.legend, {direction: "vertical", orient: "bottom"});
+            delete enc.legend.columns;
+            changed = true;
+          }
+        });
       }
       ["layer", "hconcat", "vconcat", "concat", "spec"].forEach(function (k) { if (k in node) { walk(node[k]); } });
     })(s);
@@ -93,7 +131,7 @@
   function fit(el, spec, opt, result, step) {
     var over = drawnWidth(el) - room(el);
     if (over <= 1 || step >= 4) { return Promise.resolve(result); }
-    var next = (step === 0 && stack(spec)) || narrow(spec, over);
+    var next = (step === 0 && stack(spec)) || narrow(spec, over, room(el));
     if (!next) { return Promise.resolve(result); }
     if (result && typeof result.finalize === "function") { result.finalize(); }
     return embed(el, next, opt).then(function (r) { return fit(el, next, opt, r, step + 1); });
