@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unveiled.tables import DASH, MAX_COLUMNS, format_number, reader_table
+from unveiled.tables import DASH, MAX_COLUMNS, format_number, format_si, reader_table
 
 
 @pytest.mark.parametrize("value, text", [
@@ -72,3 +72,8 @@ def test_book_tables_are_installed_only_in_the_book_build(monkeypatch):
     finally:
         html.pop(pd.DataFrame, None)
         InteractiveShell.clear_instance()
+
+
+def test_format_si():
+    assert format_si(1.61e9, "B") == "1.61 GB" and format_si(4194304000.0) == "4.19 G"
+    assert format_si(0.2007) == "0.201" and format_si(999) == "999" and format_si(float("nan")) == DASH

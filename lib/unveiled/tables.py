@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-__all__ = ["DASH", "MAX_COLUMNS", "book_table_html", "format_number", "install_book_tables", "reader_table"]
+__all__ = ["DASH", "MAX_COLUMNS", "book_table_html", "format_number", "format_si", "install_book_tables",
+           "reader_table"]
 
 #: The most columns a reader-facing table may have (with the index); a wider table does not fit a phone.
 MAX_COLUMNS = 7
@@ -50,6 +51,18 @@ def format_number(value: object, digits: int = 3) -> str:
         return f"{x:.{digits - 1}e}"
     decimals = max(0, digits - 1 - exponent)
     return f"{x:,.{decimals}f}".rstrip("0").rstrip(".") if decimals else f"{x:,.0f}"
+
+
+def format_si(value: object, unit: str = "", digits: int = 3) -> str:
+    """``value`` with a decimal SI prefix and ``digits`` significant digits: ``format_si(1.61e9, "B")`` is
+    ``"1.61 GB"``; values under 1,000 print as :func:`format_number`. Introduced in Chapter 2."""
+    if not isinstance(value, numbers.Number) or isinstance(value, bool):
+        return format_number(value, digits)
+    x = float(value)
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{format_number(x / scale, digits)} {prefix}{unit}"
+    return f"{format_number(x, digits)} {unit}".strip()
 
 
 def reader_table(df: pd.DataFrame, columns: Mapping[str, str] | Sequence[str] | None = None, *,

@@ -16,7 +16,7 @@ import math
 from ..analyzer.analysis import Analysis, analyze
 from ..analyzer.configs import model_names
 from ..hardware import device_names
-from ..plots.style import BOUND_COLORS, PRECISION_COLORS
+from ..plots.style import BOUND_COLORS, PRECISION_COLORS, legible
 from .live import control_row, fit_svg, live_or_still
 
 __all__ = ["analyzer_explorer", "operator_graph_html", "operator_roofline_svg"]
@@ -48,7 +48,7 @@ def operator_graph_html(a: Analysis, max_height: int | None = 520) -> str:
             f'<div style="background:#eee;height:5px"><div style="background:{colour};height:5px;'
             f'width:{min(share, 100):.1f}%"></div></div>'
             f'<span style="color:#555">{share:.1f} % of the time ({1e3 * r.total_time_s:.3g} ms)</span></div>'
-            '<div style="text-align:center;color:#999;font-size:9px;line-height:9px">▼</div>'
+            '<div style="text-align:center;color:#666;font-size:9px;line-height:9px">▼</div>'
         )
     if boxes:
         boxes[-1] = boxes[-1].rsplit("<div style=\"text-align:center", 1)[0]
@@ -93,7 +93,7 @@ def operator_roofline_svg(a: Analysis, *, width: int = 560, height: int = 330) -
         c = PRECISION_COLORS.get(d, "#333")
         out.append('<polyline fill="none" stroke-width="2" stroke="' + c + '" points="'
                    + " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts_line) + '"/>')
-        out.append(f'<text x="{ml + pw - 4}" y="{sy(peak) - 3 - 10 * i:.1f}" text-anchor="end" fill="{c}">'
+        out.append(f'<text x="{ml + pw - 4}" y="{sy(peak) - 3 - 10 * i:.1f}" text-anchor="end" fill="{legible(c)}">'
                    f'{d.upper()} roof, ridge {r:.0f}</text>')
     for _, r in pts.iterrows():
         x, y, ly = sx(r.intensity), sy(r.tflop_s), sy(r.label_y)

@@ -65,8 +65,10 @@ def tradeoff_html(quant: dict[str, Analysis], base: dict[str, Analysis]) -> str:
         f"{_gb(m.activations)} = <b>{_gb(m.total)}</b> ({fits}"
         + (f" {_gb(cap)}" if cap else "") + f")</p><div style='width:300px;max-width:100%;font-size:0'>{bar}</div></div>"
         "<div><table><tr><th>operator</th><th>P</th><th>D</th></tr>" + cells + "</table>"
-        f"<span style='color:{BOUND_COLORS['memory']}'>■</span> memory-bound "
-        f"<span style='color:{BOUND_COLORS['compute']}'>■</span> compute-bound</div></div>")
+        f"<span style='display:inline-block;width:0.8em;height:0.8em;background:{BOUND_COLORS['memory']}'></span> "
+        "memory-bound "
+        f"<span style='display:inline-block;width:0.8em;height:0.8em;background:{BOUND_COLORS['compute']}'></span> "
+        "compute-bound</div></div>")
 
 
 def speedup_svg(model: str, device: str, *, w_bits: int, a_bits: int, kv_bits: int, seq_len: int,

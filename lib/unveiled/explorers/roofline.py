@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 from ..hardware import DTYPES, Device, canonical_dtype, hardware
+from ..plots.style import legible
 from ..roofline import attainable_performance, bound
 from .live import control_row, fit_svg, labelled, live_or_still, slider_layout
 
@@ -68,7 +69,7 @@ def roofline_svg(devices: Sequence[Device], dtype: str, intensity: float, *, wid
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2.5"/>')
         perf = float(attainable_performance(intensity, d, dtype)) / 1e12
         parts.append(f'<circle cx="{sx(intensity):.1f}" cy="{sy(perf):.1f}" r="5" fill="{c}" stroke="black"/>')
-        parts.append(f'<text x="{ml + 8}" y="{mt + 16 + 14 * i}" fill="{c}">{html.escape(d.display_name)}: '
+        parts.append(f'<text x="{ml + 8}" y="{mt + 16 + 14 * i}" fill="{legible(c)}">{html.escape(d.display_name)}: '
                      f'ridge {r:,.1f}, peak {_fmt(d.peak(dtype) / 1e12)} T</text>')
     x = sx(intensity)
     parts.append(f'<line x1="{x:.1f}" y1="{mt}" x2="{x:.1f}" y2="{mt + ph}" stroke="#555" stroke-dasharray="4,3"/>')
@@ -85,7 +86,7 @@ def _summary(devices: Sequence[Device], dtype: str, intensity: float, flops: flo
             continue
         perf = float(attainable_performance(intensity, d, dtype))
         b = bound(intensity, d, dtype)
-        colour = "#d62728" if b == "memory" else "#2ca02c"
+        colour = legible("#d62728" if b == "memory" else "#2ca02c")
         rows.append(f"<tr><td>{html.escape(d.display_name)}</td><td>{_fmt(perf / 1e12)} T</td>"
                     f"<td>{100 * perf / d.peak(dtype):.0f}%</td><td style='color:{colour}'>{b}-bound</td>"
                     f"<td>{_fmt(flops / perf * 1e6)} µs</td></tr>")
