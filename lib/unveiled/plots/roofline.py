@@ -18,7 +18,7 @@ import pandas as pd
 from ..datafiles import data_file
 from ..hardware import DTYPES, Device, canonical_dtype, hardware, hardware_table
 from ..roofline import attainable_performance
-from .style import BOUND_COLORS, PRECISION_COLORS, color_scale, legible
+from .style import BOUND_COLORS, PRECISION_COLORS, color_scale, label_layout, legible
 
 __all__ = [
     "PHASE_COLORS",
@@ -177,13 +177,50 @@ def roofline_chart(lines: Iterable, points: pd.DataFrame | None = None, *, log: 
         ptip = [c for c in pts.columns if c not in ("tflop_s",)]
         layers.append(alt.Chart(pts).mark_point(filled=True, size=90, color="black", shape="diamond").encode(
             x=x, y=y, tooltip=ptip))
-        layers.append(alt.Chart(pts).mark_text(align="left", dx=8, dy=-8, fontSize=11, color="black").encode(
-            x=x, y=y, text="label:N"))
+        taken = [] if not annotate_ridges else list(zip(ridges["intensity"], ridges["tflop_s"],
+                                                        ridges["ridge"].map(lambda v: f"{v:,.1f}"), strict=True))
+        layers += _point_labels(pts, xscale, yscale, (lo, hi), y_domain, log, width, height, taken)
     # Extra layers are appended here rather than layering this chart again: nested layer charts make Altair
     # deep-copy the whole spec over and over (seconds for a few panels).
     layers += list(_layers or [])
     chart = alt.layer(*layers).properties(width=width, height=height, title=title).resolve_scale(color="shared")
     return chart if _layers is not None else _svg(chart)
+
+
+def _point_labels(pts: pd.DataFrame, xscale: alt.Scale, yscale: alt.Scale, x_domain: Sequence[float],
+                  y_domain: Sequence[float], log: bool, width: int, height: int,
+                  taken: Sequence[tuple[float, float, str]] = ()) -> list:
+    """Text layers that label the points without overlaps (:func:`.style.label_layout`), one per alignment;
+    ``taken`` lists the ridge labels (intensity, TFLOP/s, text) drawn right-above their points."""
+    def to_px(v, dom, size):
+        if log:
+            a, b = math.log10(dom[0]), math.log10(dom[1])
+            return size * (math.log10(max(v, 1e-300)) - a) / (b - a)
+        return size * (v - dom[0]) / (dom[1] - dom[0])
+
+    def from_px(p, dom, size):
+        if log:
+            a, b = math.log10(dom[0]), math.log10(dom[1])
+            return 10 ** (a + p / size * (b - a))
+        return dom[0] + p / size * (dom[1] - dom[0])
+
+    xs = [to_px(v, x_domain, width) for v in pts["intensity"]]
+    ys = [height - to_px(v, y_domain, height) for v in pts["tflop_s"]]
+    fixed = []
+    for ix, iy, text in taken:
+        px, py = to_px(ix, x_domain, width) + 6, height - to_px(iy, y_domain, height) - 9
+        fixed.append((px, py - 6.5, px + 6.2 * len(text), py + 6.5))
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    spots = dict(zip(order, label_layout([xs[i] for i in order], [ys[i] for i in order],
+                                         [pts["label"].iloc[i] for i in order], width=width, height=height,
+                                         fixed=fixed), strict=True))
+    lab = pd.DataFrame({"label": pts["label"].to_numpy(),
+                        "lx": [from_px(xs[i] + spots[i][0], x_domain, width) for i in range(len(xs))],
+                        "ly": [from_px(height - ys[i] - spots[i][1], y_domain, height) for i in range(len(xs))],
+                        "align": [spots[i][2] for i in range(len(xs))]})
+    return [alt.Chart(lab[lab["align"] == a]).mark_text(align=a, baseline="middle", fontSize=11, color="black")
+            .encode(x=alt.X("lx:Q", scale=xscale), y=alt.Y("ly:Q", scale=yscale), text="label:N")
+            for a in ("left", "right") if (lab["align"] == a).any()]
 
 
 def timeline_chart(phases: pd.DataFrame, *, unit: str = "us", width: int = 400) -> alt.FacetChart:

@@ -90,3 +90,32 @@ def legible(color: str, background: str = "#ffffff", ratio: float = 4.5) -> str:
 def legible_scale(mapping: dict[str, str], domain: list[str] | None = None) -> alt.Scale:
     """Like :func:`color_scale`, with every colour made :func:`legible` on white: for text marks."""
     return color_scale({k: legible(v) for k, v in mapping.items()}, domain)
+
+
+def label_layout(x_px: list[float], y_px: list[float], texts: list[str], *, width: float, height: float,
+                 char_px: float = 6.2, line_px: float = 13.0, gap: float = 7.0,
+                 fixed: list[tuple[float, float, float, float]] = ()) -> list[tuple[float, float, str]]:
+    """Where to put each point's label so that no two labels overlap (greedy, in pixels).
+
+    Each label, in the order given, takes the first of: right-above, right-below, left-above, left-below of
+    its point, that stays inside the plot and overlaps no label placed before it (the last candidate if none
+    does). ``fixed`` lists boxes ``(left, top, right, bottom)`` already taken (other labels). Returns
+    ``(dx, dy, align)`` per label: pixel offsets from the point (y grows downwards) and the text alignment.
+    Text width is estimated as ``char_px`` per character. Introduced in Chapter 1."""
+    boxes: list[tuple[float, float, float, float]] = list(fixed)
+    out = []
+    for x, y, text in zip(x_px, y_px, texts, strict=True):
+        w = char_px * len(str(text))
+        choice = None
+        for dx, dy, align in ((gap, -gap, "left"), (gap, gap + 2, "left"), (-gap, -gap, "right"),
+                              (-gap, gap + 2, "right")):
+            left = x + dx if align == "left" else x + dx - w
+            box = (left, y + dy - line_px / 2, left + w, y + dy + line_px / 2)
+            inside = box[0] >= 0 and box[2] <= width and box[1] >= -line_px and box[3] <= height + line_px
+            clear = all(box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3] for b in boxes)
+            choice = (dx, dy, align, box)
+            if inside and clear:
+                break
+        boxes.append(choice[3])
+        out.append(choice[:3])
+    return out
