@@ -369,7 +369,8 @@ def test_site_serves_its_own_assets(built_site):
 
 
 def test_pages_load_only_the_scripts_they_need(built_site):
-    """Vega only where there is a chart, MathJax only where there is maths, the widget manager nowhere."""
+    """Vega only where there is a chart, MathJax only where there is maths, the widget manager, FontAwesome's
+    JavaScript, Thebe and (but on the search page) the search index nowhere."""
     for page in site_pages(built_site):
         html = (built_site / page).read_text(encoding="utf-8")
         has_chart = "vegaEmbed(" in html.split("</head>", 1)[1]
@@ -377,6 +378,10 @@ def test_pages_load_only_the_scripts_they_need(built_site):
         assert ("vega-offline.js" in html) == has_chart, f"{page}: Vega loaded {'without' if has_chart else 'with'}"
         assert ("mathjax" in html.lower().split("</head>", 1)[0]) == has_math, f"{page}: MathJax mismatch"
         assert "html-manager" not in html, f"{page} loads the ipywidgets manager"
+        assert "fontawesome.js" not in html, f"{page} loads FontAwesome's JavaScript (the CSS draws the icons)"
+        assert "searchindex.js" not in html, f"{page} loads the search index (only search.html needs it)"
+        assert "THEBE_JS_URL" not in html, f"{page} carries the unused Thebe configuration"
+    assert "searchindex.js" in (built_site / "search.html").read_text(encoding="utf-8")
 
 
 def test_known_defects_name_a_reason():

@@ -9,7 +9,8 @@
    does not widen); the ipywidgets manager only on a page that embeds widget state (none should: see
    ``unveiled.explorers.live``). MathJax is assembled from its components without the context menu
    (``tools/vendor_assets.py``). The theme's FontAwesome JavaScript (1.5 MB, which redraws the icons as
-   SVG) is dropped: the theme's CSS already draws the same icons with its web fonts.
+   SVG) is dropped: the theme's CSS already draws the same icons with its web fonts; so is the search index
+   (100 kB and growing) on every page but the search page.
 3. **No console errors**: the unused Thebe configuration script (emitted twice by Jupyter Book 1, a
    ``THEBE_JS_URL`` redeclaration error) is dropped, the theme gets a default colour mode (an empty mode
    logs "Got invalid theme mode"), and the site has a favicon.
@@ -33,6 +34,9 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 #: What MathJax's loader (``mathjax_path``: ``_extra/mathjax/startup.js``) fetches; the rest loads on demand.
 MATHJAX_COMPONENTS = ["input/tex", "output/chtml", "a11y/assistive-mml"]
 FONTAWESOME_JS = re.compile(r'\s*<script defer src="[^"]*_static/scripts/fontawesome\.js[^"]*"></script>')
+# The theme loads Sphinx's search index on every page for a search-as-you-type box the book does not enable
+# (search_as_you_type is false: the search box opens search.html, which loads the index itself).
+SEARCH_JS = re.compile(r'\s*<script src="[^"]*(?:_static/searchtools\.js|_static/language_data\.js|searchindex\.js)"></script>')
 
 
 def mark_book_build() -> None:
@@ -80,12 +84,17 @@ def _config_inited(app: Any, config: Any) -> None:
         config.html_favicon = str(here / "favicon.svg")
 
 
-def _drop_fontawesome_js(app: Any, exception: Exception | None) -> None:
+def _drop_unused_scripts(app: Any, exception: Exception | None) -> None:
+    """Remove the theme's FontAwesome JavaScript from every page and the search scripts from every page but the
+    search page (both are written by the theme's templates, after the per-page asset lists)."""
     if exception is not None or app.builder.format != "html":
         return
-    for page in pathlib.Path(app.outdir).rglob("*.html"):
+    out = pathlib.Path(app.outdir)
+    for page in out.rglob("*.html"):
         text = page.read_text(encoding="utf-8")
         new = FONTAWESOME_JS.sub("", text)
+        if page != out / "search.html":
+            new = SEARCH_JS.sub("", new)
         if new != text:
             page.write_text(new, encoding="utf-8")
 
@@ -94,5 +103,5 @@ def setup(app: Any) -> dict[str, Any]:
     mark_book_build()
     app.connect("config-inited", _config_inited)
     app.connect("html-page-context", _page_context, priority=900)
-    app.connect("build-finished", _drop_fontawesome_js)
+    app.connect("build-finished", _drop_unused_scripts)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
