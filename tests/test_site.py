@@ -440,3 +440,33 @@ def test_live_explorer_fits_a_phone(browser, tmp_path, monkeypatch, explorer):
             visit.close()
     finally:
         httpd.shutdown()
+
+
+def status_table(built_site: pathlib.Path) -> dict[str, tuple[float, str]]:
+    """The status page's execution table: {document: (run time in s, status)}."""
+    html = (built_site / "appendix" / "status.html").read_text(encoding="utf-8")
+    body = html[html.find("<tbody>"):html.find("</tbody>")]
+    rows = re.findall(r'<span class="doc">([^<]+)</span>.*?<td><p>[^<]*</p></td>\s*<td><p>[^<]*</p></td>\s*'
+                      r"<td><p>([0-9.]+)</p></td>\s*<td><p>([^<]*)</p></td>", body, flags=re.S)
+    return {doc: (float(t), status) for doc, t, status in rows}
+
+
+def test_status_table_says_ok_in_words(built_site):
+    table = status_table(built_site)
+    assert table and all(status in ("ok", "failed") for _, status in table.values()), table
+
+
+def test_run_time_claims_come_from_the_status_table(built_site):
+    """The introduction's and the instructors' run-time sentences quote the chapters' times of this build."""
+    import book_assets
+
+    table = status_table(built_site)
+    times = [t for doc, (t, _) in table.items() if doc.startswith("chapters/")]
+    assert times, "no chapter in the status table"
+    # the status page rounds to 0.01 s; the phrase rounds to seconds or tenths of minutes
+    phrase = book_assets.describe_runtimes(times, book_assets.build_cores())
+    for page in ("intro.html", "instructors.html"):
+        text = re.sub(r"<[^>]+>|\s+", " ", (built_site / page).read_text(encoding="utf-8"))
+        assert phrase in text, f"{page} does not say '{phrase}'"
+    intro = (built_site / "intro.html").read_text(encoding="utf-8")
+    assert "about a minute" not in intro and "one to two minutes" not in (built_site / "instructors.html").read_text()

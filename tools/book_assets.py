@@ -14,6 +14,10 @@
 3. **No console errors**: the unused Thebe configuration script (emitted twice by Jupyter Book 1, a
    ``THEBE_JS_URL`` redeclaration error) is dropped, the theme gets a default colour mode (an empty mode
    logs "Got invalid theme mode"), and the site has a favicon.
+4. **Run-time claims come from the build**: the role ``{notebook-times}`chapters``` writes the range of
+   execution times of the notebooks under ``chapters/`` in this build (the numbers of the status page's
+   table, which shows "ok"/"failed" in words rather than emoji that need an emoji font), e.g. "40 s to
+   2.1 minutes on 2 CPU cores". It is resolved after every notebook has run.
 
 The vendored files live in ``_extra/`` (copied to the site root, never injected into every page the way
 Jupyter Book injects every ``.js`` under ``_static/``); scripts reach them as ``_static/../offline/...``.
@@ -26,6 +30,8 @@ import pathlib
 import re
 from typing import Any
 
+from docutils import nodes
+
 #: Same name as ``unveiled.session.BOOK_BUILD_ENV`` (a test keeps them equal; tools do not import the library).
 BOOK_BUILD_ENV = "UNVEILED_BOOK_BUILD"
 VEGA = ("../offline/vega-offline.js", "../offline/vega-fit.js")
@@ -37,6 +43,50 @@ FONTAWESOME_JS = re.compile(r'\s*<script defer src="[^"]*_static/scripts/fontawe
 # The theme loads Sphinx's search index on every page for a search-as-you-type box the book does not enable
 # (search_as_you_type is false: the search box opens search.html, which loads the index itself).
 SEARCH_JS = re.compile(r'\s*<script src="[^"]*(?:_static/searchtools\.js|_static/language_data\.js|searchindex\.js)"></script>')
+
+
+def describe_runtimes(seconds: list[float], cores: int) -> str:
+    """The phrase the ``notebook-times`` role writes: the range of ``seconds`` on ``cores`` CPU cores."""
+    if not seconds:
+        return "(no notebook ran in this build)"
+
+    def fmt(s: float) -> str:
+        return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} minutes"
+
+    lo, hi = min(seconds), max(seconds)
+    span = fmt(hi) if round(lo) == round(hi) else f"{fmt(lo)} to {fmt(hi)}"
+    return f"{span} on {cores} CPU core{'s' if cores != 1 else ''}"
+
+
+def build_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class NotebookTimes(nodes.Inline, nodes.TextElement):
+    """Placeholder for the ``notebook-times`` role, replaced once every notebook has run."""
+
+
+def _notebook_times_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+    node = NotebookTimes(rawtext, "")
+    node["prefix"] = text.strip().rstrip("/") + "/"
+    return [node], []
+
+
+def _resolve_notebook_times(app: Any, doctree: Any, docname: str) -> None:
+    from myst_nb.sphinx_ import NbMetadataCollector
+
+    data = NbMetadataCollector.get_doc_data(app.env)
+    for node in list(doctree.findall(NotebookTimes)):
+        times = [d["exec_data"]["runtime"] for doc, d in sorted(data.items())
+                 if doc.startswith(node["prefix"]) and d.get("exec_data") and d["exec_data"].get("runtime")]
+        node.replace_self(nodes.Text(describe_runtimes(times, build_cores())))
+
+
+def _status_in_words() -> None:
+    """The execution table says "ok"/"failed" (its ✅/❌ need an emoji font)."""
+    from myst_nb.ext import execution_tables
+
+    execution_tables._key2transform["succeeded"] = lambda ok: "ok" if ok is True else "failed"
 
 
 def mark_book_build() -> None:
@@ -101,6 +151,10 @@ def _drop_unused_scripts(app: Any, exception: Exception | None) -> None:
 
 def setup(app: Any) -> dict[str, Any]:
     mark_book_build()
+    _status_in_words()
+    app.add_node(NotebookTimes)
+    app.add_role("notebook-times", _notebook_times_role)
+    app.connect("doctree-resolved", _resolve_notebook_times)
     app.connect("config-inited", _config_inited)
     app.connect("html-page-context", _page_context, priority=900)
     app.connect("build-finished", _drop_unused_scripts)
