@@ -5,12 +5,13 @@
    ipywidgets explorers into stills (``unveiled.session``, ``unveiled.explorers.live``).
 2. **Each page loads only what it uses** (the first visit of a chapter stays under 3 MB, the introduction
    under 1 MB): Vega (``_extra/offline/vega-offline.js``) and the chart fitting (``vega-fit.js``) only on
-   pages with an Altair chart; MathJax only on pages with maths (Sphinx's own rule, which this extension
-   does not widen); the ipywidgets manager only on a page that embeds widget state (none should: see
+   pages with an Altair chart; MathJax only on pages whose own body has maths (Sphinx also loads it on a
+   page whose toctree includes maths, such as the introduction); the ipywidgets manager only on a page that embeds widget state (none should: see
    ``unveiled.explorers.live``). MathJax is assembled from its components without the context menu
    (``tools/vendor_assets.py``). The theme's FontAwesome JavaScript (1.5 MB, which redraws the icons as
-   SVG) is dropped: the theme's CSS already draws the same icons with its web fonts; so is the search index
-   (100 kB and growing) on every page but the search page.
+   SVG) is dropped: the theme's CSS already draws the same icons with its web fonts; so are the search index
+   (100 kB and growing) on every page but the search page, the unused sphinx-design assets, the brands icon
+   font (the repository button gets a solid icon) and the theme's rules for icons no page uses.
 3. **No console errors**: the unused Thebe configuration script (emitted twice by Jupyter Book 1, a
    ``THEBE_JS_URL`` redeclaration error) is dropped, the theme gets a default colour mode (an empty mode
    logs "Got invalid theme mode"), and the site has a favicon.
@@ -42,6 +43,11 @@ MATHJAX_COMPONENTS = ["input/tex", "output/chtml", "a11y/assistive-mml"]
 FONTAWESOME_JS = re.compile(r'\s*<script defer src="[^"]*_static/scripts/fontawesome\.js[^"]*"></script>')
 # The theme loads Sphinx's search index on every page for a search-as-you-type box the book does not enable
 # (search_as_you_type is false: the search box opens search.html, which loads the index itself).
+SPHINX_DESIGN = re.compile(r'\s*(?:<link rel="stylesheet" type="text/css" href="[^"]*sphinx-design\.min\.css[^"]*" />'
+                           r'|<script [^>]*src="[^"]*design-tabs\.js[^"]*"></script>)')
+ICON_RULE = re.compile(r'((?:\.fa-[a-z0-9-]+:before,?)+)(\{content:"[^"]*"\})')
+#: Icons the theme's scripts switch to at run time (kept even if no page names them).
+ICONS_ALWAYS = ("fa-compress", "fa-expand", "fa-xmark", "fa-sun", "fa-moon", "fa-circle-half-stroke")
 SEARCH_JS = re.compile(r'\s*<script src="[^"]*(?:_static/searchtools\.js|_static/language_data\.js|searchindex\.js)"></script>')
 
 
@@ -95,14 +101,18 @@ def mark_book_build() -> None:
 
 
 def page_needs(body: str) -> dict[str, bool]:
-    """Which optional scripts a page body uses: Altair charts, ipywidgets state."""
-    return {"vega": "vegaEmbed(" in body, "widgets": WIDGET_STATE in body}
+    """Which optional scripts a page body uses: Altair charts, ipywidgets state, maths."""
+    return {"vega": "vegaEmbed(" in body, "widgets": WIDGET_STATE in body,
+            "math": bool(re.search(r'class="math[ "]', body))}
 
 
-def _unused(js: Any) -> bool:
-    name = getattr(js, "filename", None) or str(js)
+def _unused(js: Any, needs: dict[str, bool]) -> bool:
+    name = str(getattr(js, "filename", None) or "")
     body = getattr(js, "attributes", {}).get("body", "") if hasattr(js, "attributes") else ""
-    return name.endswith("sphinx-thebe.js") or "THEBE_JS_URL" in body
+    if name.endswith("sphinx-thebe.js") or "THEBE_JS_URL" in body:
+        return True
+    # Sphinx counts the maths of every page a page's toctree includes (the introduction includes the book)
+    return not needs["math"] and ("mathjax" in name.lower() or body.startswith("window.MathJax"))
 
 
 def _page_context(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
@@ -117,13 +127,13 @@ def _page_context(app: Any, pagename: str, templatename: str, context: dict, doc
             app.add_js_file(path, priority=310 + i)
     files = context.get("script_files")
     if files is not None:
-        files[:] = [js for js in files if not _unused(js)]
+        files[:] = [js for js in files if not _unused(js, needs)]
 
 
 def _config_inited(app: Any, config: Any) -> None:
-    options = dict(config.html_theme_options or {})
-    options.setdefault("default_mode", "light")
-    config.html_theme_options = options
+    context = dict(config.html_context or {})  # the theme reads its default colour mode from the page context
+    context.setdefault("default_mode", "light")
+    config.html_context = context
     mj = dict(config.mathjax3_config or {})
     loader = dict(mj.get("loader", {}))
     loader.setdefault("load", list(MATHJAX_COMPONENTS))
@@ -134,19 +144,107 @@ def _config_inited(app: Any, config: Any) -> None:
         config.html_favicon = str(here / "favicon.svg")
 
 
-def _drop_unused_scripts(app: Any, exception: Exception | None) -> None:
-    """Remove the theme's FontAwesome JavaScript from every page and the search scripts from every page but the
-    search page (both are written by the theme's templates, after the per-page asset lists)."""
+def _trim_pages(app: Any, exception: Exception | None) -> None:
+    """After the build, lighten what the theme's templates wrote into every page (after the per-page asset lists):
+    no FontAwesome JavaScript; no search scripts but on the search page; no sphinx-design stylesheet and script
+    where no ``sd-`` element is used; the repository button's GitHub logo replaced by a solid icon (so the
+    120 kB brands font never loads); the solid icons drawn as inline SVG and the icons of admonition titles and
+    external links as SVG masks (so the 150 kB solid font does not load either); and the theme stylesheet's icon
+    rules cut down to the icons the site uses."""
     if exception is not None or app.builder.format != "html":
         return
     out = pathlib.Path(app.outdir)
+    used: set[str] = set(ICONS_ALWAYS)
+    fa_js = out / "_static" / "scripts" / "fontawesome.js"
+    icons = solid_icons(fa_js.read_text(encoding="utf-8")) if fa_js.exists() else {}
     for page in out.rglob("*.html"):
         text = page.read_text(encoding="utf-8")
-        new = FONTAWESOME_JS.sub("", text)
+        new = FONTAWESOME_JS.sub("", text).replace('class="fab fa-github"', 'class="fas fa-code-branch"')
+        new = inline_icons(new, icons)
         if page != out / "search.html":
             new = SEARCH_JS.sub("", new)
+        if 'class="sd-' not in new:
+            new = SPHINX_DESIGN.sub("", new)
+        used |= set(re.findall(r"fa-[a-z0-9-]+", new))
         if new != text:
             page.write_text(new, encoding="utf-8")
+    for js in ("scripts/pydata-sphinx-theme.js", "scripts/sphinx-book-theme.js"):
+        if (out / "_static" / js).exists():
+            used |= set(re.findall(r"fa-[a-z0-9-]+", (out / "_static" / js).read_text(encoding="utf-8")))
+    css = out / "_static" / "styles" / "pydata-sphinx-theme.css"
+    if css.exists():
+        theme = css.read_text(encoding="utf-8")
+        css.write_text(trim_icon_rules(theme, used), encoding="utf-8")
+        book_css = out / "_static" / "book.css"
+        if book_css.exists() and icons:
+            book_css.write_text(book_css.read_text(encoding="utf-8") + "\n/* Generated by tools/book_assets.py: the "
+                                "theme's font icons in pseudo-elements, as SVG masks. */\n"
+                                + icon_mask_css(theme, icons) + "\n", encoding="utf-8")
+
+
+def solid_icons(fontawesome_js: str) -> dict[str, tuple[int, int, str]]:
+    """The solid icons defined in the theme's FontAwesome JavaScript: name -> (width, height, SVG path)."""
+    start = fontawesome_js.find('"fas"===c&&d("fa",l)}var p={')
+    end = fontawesome_js.find('d("fas",p),d("fa-solid",p)')
+    if start < 0 or end < start:
+        return {}
+    block = fontawesome_js[start:end]
+    pattern = r'(?:"([a-z0-9-]+)"|\b([a-z0-9]+)):\[(\d+),(\d+),\[[^\]]*\],"([0-9a-f]+)","(M[^"]+)"\]'
+    icons = {}
+    for m in re.finditer(pattern, block):
+        icons[m.group(1) or m.group(2)] = (int(m.group(3)), int(m.group(4)), m.group(6))
+        icons[f"U+{m.group(5)}"] = icons[m.group(1) or m.group(2)]  # also by code point
+    return icons
+
+
+def icon_mask_css(theme_css: str, icons: dict[str, tuple[int, int, str]]) -> str:
+    """CSS that draws the theme's font icons in pseudo-elements (admonition titles, external links) as SVG masks
+    in the same colour, so that no page needs the icon font: one rule per theme rule that sets such content."""
+    chars = dict(re.findall(r'--pst-icon-([a-z-]+):"(.)"', theme_css))
+    chars.update({f"admonition-{t}": chars.get(n, "") for t, n in
+                  re.findall(r'--pst-icon-admonition-([a-z-]+):var\(--pst-icon-([a-z-]+)\)', theme_css)})
+    rules = []
+    for selector, body, var in re.findall(r'([^{}]+)\{([^{}]*content:var\(--pst-icon-([a-z-]+)\)[^{}]*)\}', theme_css):
+        icon = icons.get(f"U+{ord(chars[var]):x}") if chars.get(var) else None
+        if icon is None:
+            continue
+        w, h, path = icon
+        url = ("url(\"data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 " f"{w} {h}'%3E"
+               f"%3Cpath d='{path}'/%3E%3C/svg%3E\") center/contain no-repeat")
+        size = "" if "width:" in body else "display:inline-block;width:.8em;height:.8em;vertical-align:-.05em;"
+        rules.append(f'{selector.strip()}{{content:"";font:inherit;background-color:currentColor;{size}'
+                     f"-webkit-mask:{url};mask:{url}}}")
+    return "\n".join(rules)
+
+
+ICON_TAG = re.compile(r'<(i|span) class="([^"]*\bfa(?:s|-solid)\b[^"]*)"([^>]*)></\1>')
+
+
+def inline_icons(html: str, icons: dict[str, tuple[int, int, str]]) -> str:
+    """Draw the page's solid icons as inline SVG (what FontAwesome's JavaScript does at run time), so that the
+    150 kB icon font is not needed; an icon the JavaScript does not define keeps its font glyph."""
+    def svg(m: re.Match) -> str:
+        classes = m.group(2).split()
+        names = [c[3:] for c in classes if c.startswith("fa-") and c[3:] in icons]
+        if not names:
+            return m.group(0)
+        w, h, path = icons[names[0]]
+        keep = [c for c in classes if c not in ("fas", "fa-solid", f"fa-{names[0]}")] + ["svg-inline--fa"]
+        return (f'<svg class="{" ".join(keep)}"{m.group(3)} aria-hidden="true" focusable="false" role="img" '
+                f'xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}"><path fill="currentColor" d="{path}"/>'
+                "</svg>")
+
+    return ICON_TAG.sub(svg, html)
+
+
+def trim_icon_rules(css: str, used: set[str]) -> str:
+    """``css`` without the FontAwesome ``.fa-NAME:before{content:...}`` rules of icons not in ``used``."""
+    def keep(m: re.Match) -> str:
+        names = re.findall(r"\.(fa-[a-z0-9-]+):before", m.group(1))
+        kept = [n for n in names if n in used]
+        return "" if not kept else ",".join(f".{n}:before" for n in kept) + m.group(2)
+
+    return ICON_RULE.sub(keep, css)
 
 
 def setup(app: Any) -> dict[str, Any]:
@@ -157,5 +255,5 @@ def setup(app: Any) -> dict[str, Any]:
     app.connect("doctree-resolved", _resolve_notebook_times)
     app.connect("config-inited", _config_inited)
     app.connect("html-page-context", _page_context, priority=900)
-    app.connect("build-finished", _drop_unused_scripts)
+    app.connect("build-finished", _trim_pages)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
