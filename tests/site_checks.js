@@ -72,7 +72,7 @@
 
   // 4. Nothing is wider than the column or scrolls sideways, except code blocks (deliberately scrollable).
   const col = article.getBoundingClientRect();
-  const allowed = "pre, .highlight, div.highlight, .cell_input";
+  const allowed = "pre, .highlight, div.highlight, .cell_input, mjx-assistive-mml";  // the last: hidden, for screen readers
   const reported = [];
   article.querySelectorAll("*").forEach((el) => {
     if (reported.some((r) => r.contains(el)) || el.closest(allowed) || !visible(el)) return;

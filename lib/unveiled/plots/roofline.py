@@ -257,7 +257,9 @@ def timeline_chart(phases: pd.DataFrame, *, unit: str = "us", width: int = 400) 
         row=alt.Row("operation:N", title=None, sort=list(dict.fromkeys(df["operation"])),
                     header=alt.Header(labelAngle=0, labelAlign="left", labelLimit=600, labelOrient="top",
                                       labelFontWeight="bold", labelFontSize=12)),
-    ).resolve_scale(x="independent")
+    ).resolve_scale(x="independent").properties(
+        description="Load, compute and store of each operation over time, one after the other (serial) and "
+                    "overlapped")
     return _svg(out)
 
 
@@ -426,7 +428,7 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
         tflop_s="min(datum.peak, datum.bw * datum.intensity) / 1e12",
         bound="datum.intensity < datum.ridge ? 'memory-bound' : 'compute-bound'",
         label=("datum.display + ', ' + upper(datum.dtype) + '\\n' + format(datum.tflop_s, ',.3~r')"
-               " + ' TFLOP/s at I = ' + format(datum.intensity, ',.3~r') + ' ops/byte: ' + datum.bound"),
+               " + ' TFLOP/s at I = ' + format(datum.intensity, ',.3~r') + ' ops/byte\\n' + datum.bound"),
         ridge_label="'ridge ' + format(datum.ridge, ',.1f') + ' ops/byte'",
         peak_tflop_s="datum.peak / 1e12",
     )
@@ -441,7 +443,8 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
                                  lineBreak="\n").encode(
         x=alt.value(8), y=alt.value(8), text="label:N",
         color=alt.Color("bound:N", scale=alt.Scale(domain=["memory-bound", "compute-bound"],
-                                                   range=[BOUND_COLORS["memory"], BOUND_COLORS["compute"]]),
+                                                   range=[legible(BOUND_COLORS["memory"]),
+                                                          legible(BOUND_COLORS["compute"])]),
                         legend=None))
     rule = point_data.mark_rule(strokeDash=[4, 4], color="#555555").encode(x=alt.X("ridge:Q"))
     ridge_text = point_data.mark_text(align="left", dx=4, baseline="bottom", fontSize=11, color="#555555").encode(
@@ -451,7 +454,9 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
     ).mark_text(fontSize=14, color="#cf222e", fontWeight="bold").encode(
         x=alt.value(width / 2), y=alt.value(height / 2), text="msg:N")
     chart = alt.layer(others, roof, rule, ridge_text, point, label, missing).add_params(
-        dev_param, dtype_param, slider).properties(width=width, height=height)
+        dev_param, dtype_param, slider).properties(
+        width=width, height=height, description="Interactive roofline: pick a device and a data type, slide the "
+                                                "operation's arithmetic intensity").resolve_scale(color="independent")
     return _svg(chart)
 
 
