@@ -133,7 +133,7 @@
     if (/\d+%\|| \d+\/\d+ \[\d+:\d+<|\d[\d.]* ?(s\/it|it\/s)\]/.test(text)) out.build_noise.push(`${where(o)}: a progress bar: "${short(text)}"`);
     else if (o.matches(".stderr, .output.stderr") || o.querySelector(".stderr")) out.build_noise.push(`${where(o)}: stderr output: "${short(text)}"`);
     else if (o.querySelector("progress, .widget-hprogress, .progress")) out.build_noise.push(`${where(o)}: a progress widget`);
-    else if (o.getBoundingClientRect().height > 40 && !text && !o.querySelector("svg, canvas, img, table, video, iframe")) out.build_noise.push(`${where(o)}: a blank output area ${Math.round(o.getBoundingClientRect().height)} px tall`);
+    else if (o.getBoundingClientRect().height > 40 && !text && !o.matches("svg, canvas, img, table, video, iframe") && !o.querySelector("svg, canvas, img, table, video, iframe")) out.build_noise.push(`${where(o)}: a blank output area ${Math.round(o.getBoundingClientRect().height)} px tall`);
   });
   // 9. Text in charts and outputs is legible: contrast with its background at least 4.5:1 (3:1 for large text).
   const rgb = (c) => { const m = (c || "").match(/rgba?\(([\d.]+),\s*([\d.]+),\s*([\d.]+)(?:,\s*([\d.]+))?/); return m ? [+m[1], +m[2], +m[3], m[4] === undefined ? 1 : +m[4]] : null; };
