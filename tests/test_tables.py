@@ -28,6 +28,8 @@ def test_reader_table_selects_scales_renames_and_dashes():
     assert list(out.columns) == ["time (ms)", "GFLOP"]
     assert out.loc["q_proj", "time (ms)"] == "0.123" and out.loc["softmax", "time (ms)"] == DASH
     assert out.loc["q_proj", "GFLOP"] == "1,000" and "NaN" not in out.to_html()
+    filtered = reader_table(df[df.op == "softmax"], ["op", "flops"])  # index 1, not 0: still labelled by op
+    assert list(filtered.index) == ["softmax"]
 
 
 def test_reader_table_refuses_wide_tables_and_unknown_columns():

@@ -73,7 +73,7 @@ def reader_table(df: pd.DataFrame, columns: Mapping[str, str] | Sequence[str] | 
     ``columns`` lists the columns to keep, or maps them to the names the reader sees (put the unit in the
     name: ``{"time_s": "time (ms)"}``); ``scale`` multiplies a column (by its original name) into that unit
     (``{"time_s": 1e3}``). ``index`` names the column that labels the rows (default: the first column when
-    ``df`` has a plain 0, 1, 2... index, else ``df``'s own index). Numbers are rounded by
+    ``df``'s index is unnamed, such as 0, 1, 2... or what is left of it after a filter; else ``df``'s own). Numbers are rounded by
     :func:`format_number`; missing values print as a dash. Raises ``ValueError`` for a column that does not
     exist or for more than ``max_columns`` columns (index included): show fewer, or reshape to long format.
     Introduced in Chapter 1.
@@ -94,8 +94,8 @@ def reader_table(df: pd.DataFrame, columns: Mapping[str, str] | Sequence[str] | 
     out = df[list(names)].copy()
     for col, factor in scale.items():
         out[col] = out[col] * factor
-    if index is None and isinstance(df.index, pd.RangeIndex) and len(names) > 1:
-        index = next(iter(names))
+    if index is None and df.index.name is None and not isinstance(df.index, pd.MultiIndex) and len(names) > 1:
+        index = next(iter(names))  # row numbers mean nothing to a reader: the first column labels the rows
     if index is not None:
         if index not in names:
             raise ValueError(f"reader_table: index {index!r} is not among the columns shown {list(names)}")
