@@ -89,10 +89,13 @@ def _resolve_notebook_times(app: Any, doctree: Any, docname: str) -> None:
 
 
 def _status_in_words() -> None:
-    """The execution table says "ok"/"failed" (its ✅/❌ need an emoji font)."""
+    """The execution table says "ok"/"failed" (its ✅/❌ need an emoji font) and keeps three columns (document,
+    run time, status) so that it fits a phone; the file dates and the execution method said nothing to a reader."""
     from myst_nb.ext import execution_tables
 
     execution_tables._key2transform["succeeded"] = lambda ok: "ok" if ok is True else "failed"
+    for key in ("mtime", "method"):
+        execution_tables._key2header.pop(key, None)
 
 
 def mark_book_build() -> None:
