@@ -469,7 +469,9 @@ def test_run_time_claims_come_from_the_status_table(built_site):
     times = [t for doc, (t, _) in table.items() if doc.startswith("chapters/")]
     assert times, "no chapter in the status table"
     # the status page rounds to 0.01 s; the phrase rounds to seconds or tenths of minutes
-    phrase = book_assets.describe_runtimes(times, book_assets.build_cores())
+    limited = built_site.parents[1] / book_assets.LIMITED_TIMES
+    phrase = book_assets.notebook_times_phrase(times, json.loads(limited.read_text()) if limited.exists() else None,
+                                               "chapters/")
     for page in ("intro.html", "instructors.html"):
         text = re.sub(r"<[^>]+>|\s+", " ", (built_site / page).read_text(encoding="utf-8"))
         assert phrase in text, f"{page} does not say '{phrase}'"

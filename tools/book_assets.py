@@ -18,7 +18,8 @@
 4. **Run-time claims come from the build**: the role ``{notebook-times}`chapters``` writes the range of
    execution times of the notebooks under ``chapters/`` in this build (the numbers of the status page's
    table, which shows "ok"/"failed" in words rather than emoji that need an emoji font), e.g. "40 s to
-   2.1 minutes on 2 CPU cores". It is resolved after every notebook has run.
+   2.1 minutes on 2 CPU cores", followed by the range of the CPU-limited (AVX2) run when CI measured one
+   (``_build/exec-times-avx2.json``, also shown on the status page). It is resolved after every notebook ran.
 
 The vendored files live in ``_extra/`` (copied to the site root, never injected into every page the way
 Jupyter Book injects every ``.js`` under ``_static/``); scripts reach them as ``_static/../offline/...``.
@@ -78,14 +79,32 @@ def _notebook_times_role(name, rawtext, text, lineno, inliner, options=None, con
     return [node], []
 
 
+#: Written by CI before the build (tools/colab_twin.py --isa avx2 --times ...); the status page shows it too.
+LIMITED_TIMES = pathlib.Path("_build") / "exec-times-avx2.json"
+
+
+def notebook_times_phrase(build_times: list[float], limited: dict | None, prefix: str) -> str:
+    """The ``notebook-times`` phrase: this build's range, then the CPU-limited run's range when there is one."""
+    phrase = describe_runtimes(build_times, build_cores())
+    rows = [r for r in (limited or {}).get("notebooks", []) if r["notebook"].startswith(prefix) and not r["error"]]
+    if rows:
+        capped = describe_runtimes([r["seconds"] for r in rows], int(limited.get("cores", build_cores())))
+        phrase += f" ({capped} with PyTorch limited to {limited.get('torch_cpu_capability', 'AVX2')})"
+    return phrase
+
+
 def _resolve_notebook_times(app: Any, doctree: Any, docname: str) -> None:
+    import json
+
     from myst_nb.sphinx_ import NbMetadataCollector
 
     data = NbMetadataCollector.get_doc_data(app.env)
+    path = pathlib.Path(app.srcdir) / LIMITED_TIMES
+    limited = json.loads(path.read_text()) if path.exists() else None
     for node in list(doctree.findall(NotebookTimes)):
         times = [d["exec_data"]["runtime"] for doc, d in sorted(data.items())
                  if doc.startswith(node["prefix"]) and d.get("exec_data") and d["exec_data"].get("runtime")]
-        node.replace_self(nodes.Text(describe_runtimes(times, build_cores())))
+        node.replace_self(nodes.Text(notebook_times_phrase(times, limited, node["prefix"])))
 
 
 def _status_in_words() -> None:
