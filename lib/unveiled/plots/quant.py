@@ -8,6 +8,7 @@ reuse Chapter 2's charts (:mod:`unveiled.plots.inference`), so the same colours 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import altair as alt
@@ -17,7 +18,7 @@ import pandas as pd
 from ..analyzer.analysis import resolve_device
 from ..analyzer.sweep import sweep
 from ..hardware import Device
-from .style import BOUND_COLORS, PRECISION_COLORS, color_scale
+from .style import BOUND_COLORS, PRECISION_COLORS, color_scale, legible_scale
 
 __all__ = [
     "activation_profile_chart",
@@ -114,9 +115,15 @@ def perplexity_bars_chart(df: pd.DataFrame, *, color: str = "method", baseline: 
         x=alt.X("perplexity:Q", scale=scale, title="perplexity (log)", axis=alt.Axis(labelExpr=_FMT)),
         color=alt.Color(f"{color}:N", title=color, sort=order, scale=color_scale(pal, order)),
         tooltip=["label:N", alt.Tooltip("perplexity:Q", format=".4g"), alt.Tooltip("size_MB:Q", format=".1f")])
-    text = dots.mark_text(align="left", dx=8, fontSize=10).encode(text=alt.Text("perplexity:Q", format=",.3~r"),
-                                                                  color=alt.value("#333"))
-    layers = [dots, text]
+    # value labels beside their dot, on the side with room (left of the dots in the upper part of the axis)
+    span = math.log10(hi * 2.5) - math.log10(lo / 1.3)
+    d["side"] = ["left" if (math.log10(v) - math.log10(lo / 1.3)) / span > 0.6 else "right" for v in d["perplexity"]]
+    texts = [alt.Chart(d[d["side"] == side]).mark_text(align="left" if side == "right" else "right",
+                                                        dx=8 if side == "right" else -8, fontSize=10).encode(
+        y=alt.Y("label:N", sort=list(d["label"]), title=None), x=alt.X("perplexity:Q", scale=scale),
+        text=alt.Text("perplexity:Q", format=",.3~r"), color=alt.value("#333"))
+        for side in ("right", "left") if (d["side"] == side).any()]
+    layers = [dots, *texts]
     if baseline is not None:
         layers.insert(0, alt.Chart(pd.DataFrame({"x": [round(baseline, 3)]})).mark_rule(
             strokeDash=[4, 3], color="#555").encode(x=alt.X("x:Q", scale=scale)))
@@ -160,12 +167,13 @@ def methods_timeline_chart(methods: pd.DataFrame, *, title: str = "", width: int
     band = width / max(1, len(months))
     boxes = base.mark_rect(cornerRadius=3, opacity=0.18, width=band - 4, height=14).encode(
         color=alt.Color("figure_class:N", title=None, scale=color_scale(CLASS_COLORS)))
-    color = alt.Color("figure_class:N", scale=color_scale(CLASS_COLORS), legend=None)
+    color = alt.Color("figure_class:N", scale=legible_scale(CLASS_COLORS), legend=None)  # text readable on white
     text = base.transform_filter("datum.weight == 'normal'").mark_text(fontSize=9).encode(text="short:N", color=color)
     bold = base.transform_filter("datum.weight == 'bold'").mark_text(fontSize=9, fontWeight="bold").encode(
         text="short:N", color=color)
     height = 16 * (int(d["slot"].max()) + 1)
-    return _svg(alt.layer(boxes, text, bold).properties(width=width, height=height, title=title))
+    return _svg(alt.layer(boxes, text, bold).properties(width=width, height=height, title=title)
+                .resolve_scale(color="independent"))
 
 
 def gptq_layers_chart(report: pd.DataFrame, *, title: str = "", width: int = 360, height: int = 300) -> alt.LayerChart:
@@ -314,20 +322,21 @@ def tradeoff_explorer_chart(grid: tuple[pd.DataFrame, list[str]], devices: Seque
     mem = alt.Chart(df).transform_filter(sel).transform_calculate(key="datum.d + '_' + datum.w").transform_lookup(
         lookup="key", from_=alt.LookupData(weights, "key", ["wg"])).transform_fold(
         ["wg", "kg", "ag"], as_=["part", "GB"]).transform_calculate(
-        part="datum.part == 'wg' ? 'weights' : datum.part == 'kg' ? 'KV cache' : 'activations'").mark_bar().encode(
+        part="datum.part == 'wg' ? 'weights' : datum.part == 'kg' ? 'KV cache' : 'activations'",
+        rank="datum.part == 'weights' ? 0 : datum.part == 'KV cache' ? 1 : 2").mark_bar().encode(
         x=alt.X("sum(GB):Q", title="memory (GB)"), color=alt.Color("part:N", sort=parts, title=None, scale=color_scale(
             {"weights": "#4c78a8", "KV cache": "#f58518", "activations": "#54a24b"}, parts)),
-        order=alt.Order("part:N"), tooltip=["part:N", alt.Tooltip("GB:Q", format=".3f")])
+        order=alt.Order("rank:Q"), tooltip=["part:N", alt.Tooltip("GB:Q", format=".3f")])
     caps = pd.DataFrame({"d": list(range(len(devs))), "cap": [d.memory_bytes / 1e9 if d.memory_bytes else None
                                                             for d in devs]})
     cap = alt.Chart(caps).transform_filter("datum.d == dev").mark_rule(color="#d62728", strokeDash=[4, 3]).encode(
         x="cap:Q", tooltip=[alt.Tooltip("cap:Q", title="device memory (GB)")])
     mem_panel = alt.layer(mem, cap).properties(width=width, height=50, title="Memory of the chosen setting")
     summary = alt.Chart(df).transform_filter(sel).transform_calculate(tps=tps).transform_calculate(
-        text="'one pass: ' + format(datum.ms, ',.4~g') + ' ms, ' + format(datum.tps, ',.4~g') + ' tokens/s, ' + "
-             "format(datum.mb, '.0f') + ' % of the time memory-bound'").mark_text(align="left", x=0, y=8,
-                                                                                   fontWeight="bold").encode(
-        text="text:N").properties(width=width, height=16)
+        text="'one pass: ' + format(datum.ms, ',.4~g') + ' ms, ' + format(datum.tps, ',.4~g') + ' tokens/s,\\n' + "
+             "format(datum.mb, '.0f') + ' % of the time memory-bound'").mark_text(
+        align="left", baseline="top", x=0, y=0, fontWeight="bold", lineBreak="\n").encode(
+        text="text:N").properties(width=width, height=30)
     ops_js = "[" + ",".join(f"'{o}'" for o in ops) + "]"
     op_panel = alt.Chart(df).transform_filter(sel).transform_calculate(letters="split(datum.bound, '')").transform_flatten(
         ["letters"]).transform_window(i="row_number()").transform_calculate(
