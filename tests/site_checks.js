@@ -32,7 +32,8 @@
         if (line ? (b.width > 0.5 || b.height > 0.5) : (b.width > 0.5 && b.height > 0.5)) sized += 1;
       });
       drawn += sized;
-      if (items.length && !sized) emptyGroups.push(cls.split(" ")[0]);
+      // bars, areas, arcs and symbols that all have zero size draw nothing (a one-point line may be legitimate)
+      if (items.length && !sized && /mark-(rect|area|arc|symbol)/.test(cls)) emptyGroups.push(cls.split(" ")[0]);
     });
     const doc = embed.matches("[role='graphics-document']") ? embed : embed.querySelector("[role='graphics-document']");
     const title = short(doc ? doc.getAttribute("aria-label") || "" : "");

@@ -225,18 +225,23 @@ def icon_mask_css(theme_css: str, icons: dict[str, tuple[int, int, str]]) -> str
     chars = dict(re.findall(r'--pst-icon-([a-z-]+):"(.)"', theme_css))
     chars.update({f"admonition-{t}": chars.get(n, "") for t, n in
                   re.findall(r'--pst-icon-admonition-([a-z-]+):var\(--pst-icon-([a-z-]+)\)', theme_css)})
-    rules = []
+    rules, urls = [], {}
     for selector, body, var in re.findall(r'([^{}]+)\{([^{}]*content:var\(--pst-icon-([a-z-]+)\)[^{}]*)\}', theme_css):
-        icon = icons.get(f"U+{ord(chars[var]):x}") if chars.get(var) else None
+        code = f"{ord(chars[var]):x}" if chars.get(var) else ""
+        icon = icons.get(f"U+{code}")
         if icon is None:
             continue
         w, h, path = icon
-        url = ("url(\"data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 " f"{w} {h}'%3E"
-               f"%3Cpath d='{path}'/%3E%3C/svg%3E\") center/contain no-repeat")
+        urls[code] = ("url(\"data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 "
+                      f"{w} {h}'%3E%3Cpath d='{path}'/%3E%3C/svg%3E\")")
         size = "" if "width:" in body else "display:inline-block;width:.8em;height:.8em;vertical-align:-.05em;"
+        mask = f"var(--book-icon-{code}) center/contain no-repeat"
         rules.append(f'{selector.strip()}{{content:"";font:inherit;background-color:currentColor;{size}'
-                     f"-webkit-mask:{url};mask:{url}}}")
-    return "\n".join(rules)
+                     f"-webkit-mask:{mask};mask:{mask}}}")
+    if not rules:
+        return ""
+    root = ":root{" + ";".join(f"--book-icon-{code}:{url}" for code, url in urls.items()) + "}"
+    return "\n".join([root, *rules])
 
 
 ICON_TAG = re.compile(r'<(i|span) class="([^"]*\bfa(?:s|-solid)\b[^"]*)"([^>]*)></\1>')

@@ -8,7 +8,7 @@
  * if it is wider than its column, it is drawn again with
  *   1. side-by-side panels stacked (hconcat -> vconcat, column facets -> row facets, repeat columns -> rows,
  *      wrapped concat and facets -> one column), then, if still too wide,
- *   2. every fixed view width narrowed by the overflow (never below 60 px), legends moved under the plot
+ *   2. every fixed view width narrowed by the overflow (never below 50 px), legends moved under the plot
  *      and listed one entry per line, titles broken into lines.
  * On a screen narrower than 600 px the chart's "..." action menu is left out.
  * Charts with width "container" already follow their column. Nothing changes where a chart fits, so a wide
@@ -19,7 +19,7 @@
   "use strict";
   var embed = window.vegaEmbed;
   if (typeof embed !== "function") { return; }
-  var MIN_WIDTH = 60;  // a panel of a small multiple can be this narrow; a lone chart never gets there
+  var MIN_WIDTH = 50;  // a panel of a small multiple can be this narrow; a lone chart never gets there
 
   function clone(x) { return JSON.parse(JSON.stringify(x)); }
 
@@ -66,8 +66,10 @@
     // Legends go under the chart, one entry per line: the plot keeps the width a side legend would take.
     s.config = s.config || {};
     s.config.legend = Object.assign({}, s.config.legend, {orient: "bottom", direction: "vertical"});
-    // Facet headers such as "batch 1, seq 1024" break after their commas.
+    // Facet headers such as "batch 1, seq 1024" break after their commas; small multiples sit closer together.
     s.config.header = Object.assign({labelExpr: "split(datum.label, ', ')"}, s.config.header);
+    s.config.facet = Object.assign({spacing: 8}, s.config.facet);
+    s.config.concat = Object.assign({spacing: 12}, s.config.concat);
     (function walk(node) {
       if (Array.isArray(node)) { node.forEach(walk); return; }
       if (!node || typeof node !== "object") { return; }

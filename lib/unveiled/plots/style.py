@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import altair as alt
+import pandas as pd
 
 THEME = "unveiled"
 
@@ -119,3 +120,19 @@ def label_layout(x_px: list[float], y_px: list[float], texts: list[str], *, widt
         boxes.append(choice[3])
         out.append(choice[:3])
     return out
+
+
+def csv_data(df: pd.DataFrame) -> alt.InlineData:
+    """``df`` as inline CSV for an Altair chart: the page carries each column name once instead of once per
+    row (a third to a half of the JSON records Altair writes by default). Numbers and booleans are parsed
+    back in the browser, so filters and calculations see the same values. Use it for charts with thousands
+    of rows (the static explorers). Introduced in Chapter 1."""
+    parse, out = {}, df.copy()
+    for col, kind in df.dtypes.items():
+        if pd.api.types.is_bool_dtype(kind):
+            parse[str(col)] = "boolean"
+            out[col] = out[col].map({True: "true", False: "false"})  # Vega reads only lower case
+        elif pd.api.types.is_numeric_dtype(kind):
+            parse[str(col)] = "number"
+    return alt.InlineData(values=out.to_csv(index=False, lineterminator="\n"),
+                          format=alt.DataFormat(type="csv", parse=parse))
