@@ -63,6 +63,36 @@ def test_first_code_cell_is_the_setup_cell(path):
     assert code[0]["metadata"].get("tags") == setup_cell.TAGS
 
 
+def _is_shown(cell: dict) -> bool:
+    tags = cell.get("metadata", {}).get("tags", [])
+    return "remove-cell" not in tags
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_a_page_opens_with_its_title(path):
+    """The reader sees the `# ` title first: no visible cell (imports included) above it."""
+    cells = load_nb(path)["cells"]
+    title = next((i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+                  and re.search(r"^# ", cell_source(c), flags=re.M)), None)
+    assert title is not None, f"{path.name} has no `# ` title"
+    shown = [i for i, c in enumerate(cells[:title]) if _is_shown(c)]
+    assert not shown, f"{path.name}: cells {shown} are shown above the title (move them below the objectives)"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=ids(CHAPTERS))
+def test_chapter_imports_follow_the_objectives(path):
+    """Title, learning objectives and expected background come first; the imports cell follows them."""
+    cells = load_nb(path)["cells"]
+    objectives = next((i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+                       and re.search(r"^## +Learning objectives", cell_source(c), flags=re.M)), None)
+    assert objectives is not None, f"{path.name}: missing '## Learning objectives'"
+    early = [i for i, c in enumerate(cells[:objectives]) if c["cell_type"] == "code" and _is_shown(c)]
+    assert not early, f"{path.name}: code cells {early} come before the learning objectives"
+    first_code = next(c for c in cells[objectives:] if c["cell_type"] == "code")
+    assert "import unveiled as uv" in cell_source(first_code), (
+        f"{path.name}: the first code cell after the objectives imports the library (`import unveiled as uv`)")
+
+
 def test_setup_cell_reads_the_single_repository_setting():
     import yaml
 
@@ -437,3 +467,43 @@ def test_survey_references_name_real_figures_tables_and_sections():
             for m in re.finditer(r"\bsurvey(?:'s)? (Fig\.|Figure|Table|§)\s?(\d+)", text):
                 limit = {"Fig.": 20, "Figure": 20, "Table": 4, "§": 8}[m.group(1)]
                 assert 1 <= int(m.group(2)) <= limit, f"{booktext.rel(p)} {where}: '{m.group(0)}'"
+
+
+def display_math_problems(markdown: str) -> list[str]:
+    """Lines where `$$` display maths is glued to a paragraph (MyST then reads it as inline maths and swallows the
+    following prose): a `$$` block must start after a blank line and be followed by one."""
+    lines = markdown.split("\n")
+    problems, inside = [], False
+    for j, line in enumerate(lines):
+        s = line.strip()
+        n = s.count("$$")
+        if not n:
+            continue
+        opens = not inside and s.startswith("$$")
+        if not inside and not opens:
+            problems.append(f"line {j + 1}: `$$` inside a paragraph: {s[:60]!r}")
+            continue
+        if opens and j > 0 and lines[j - 1].strip():
+            problems.append(f"line {j + 1}: no blank line before `$$`: {s[:60]!r}")
+        closes = (opens and n >= 2) or (inside and n >= 1)
+        inside = opens and n == 1
+        if closes and not s.endswith("$$"):
+            problems.append(f"line {j + 1}: text after the closing `$$`: {s[-60:]!r}")
+        if closes and j + 1 < len(lines) and lines[j + 1].strip():
+            problems.append(f"line {j + 2}: no blank line after `$$`: {lines[j + 1].strip()[:60]!r}")
+    return problems
+
+
+def test_display_math_problems_are_found():
+    assert display_math_problems("a\n\n$$x$$\n\nb") == []
+    assert display_math_problems("a\n\n$$\nx\n$$\n\nb") == []
+    assert len(display_math_problems("a so\n$$x$$\nb")) == 2
+    assert display_math_problems("see $$x$$ here")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_display_math_stands_in_its_own_paragraph(path):
+    for i, cell in enumerate(load_nb(path)["cells"]):
+        if cell["cell_type"] == "markdown":
+            problems = display_math_problems(cell_source(cell))
+            assert not problems, f"{path.name} cell {i}: {problems}"

@@ -71,7 +71,7 @@ _LAZY: dict[str, str] = {
 # Sub-packages reachable as attributes (``uv.labs.roofline.check_attainable``) without an explicit import.
 _SUBMODULES = ("labs", "plots", "explorers", "text", "models", "generation", "evaluation", "zoo", "smollm2",
                "calibration", "kvcache", "decoding", "quant", "results", "analyzer", "distill", "measure", "threads",
-               "training", "timing", "matmul_probe")
+               "training", "timing", "matmul_probe", "tables", "session")
 
 __all__ = [
     "DTYPES",
@@ -110,6 +110,9 @@ _DEPRECATED: dict[str, str] = {
     "model": "model_spec",  # read like the `unveiled.models` module
     "generate": "estimate_generation",  # read like text generation (`unveiled.generation.generate`)
 }
+
+# In the book build, DataFrames display as reader tables (a dash for missing values, no 0, 1, 2... index).
+_tables_installed = importlib.import_module(".tables", __name__).install_book_tables()
 
 
 def __getattr__(name: str):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ._validate import check_int
+from .session import progress_bar
 
 __all__ = ["ROUNDING_EPS", "PerplexityResult", "perplexity", "rounding_perturbation", "text_perplexity", "window_nll"]
 
@@ -110,9 +111,7 @@ def window_nll(
     nll = torch.empty(len(data) - 1, dtype=torch.float64)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(spans), desc="perplexity windows", leave=False)
+        bar = progress_bar(total=len(spans), desc="perplexity windows")
     for group in groups:
         length = group[0][1]
         idx = torch.tensor([s for s, _ in group])[:, None] + torch.arange(length + 1)[None, :]

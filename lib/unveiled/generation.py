@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from ._validate import check_int, check_number
+from .session import progress_bar
 
 __all__ = ["generate", "generate_text", "sample_next", "sampling_probs", "warp_logits"]
 
@@ -123,9 +124,7 @@ def generate(
     done = torch.zeros(tokens.shape[0], dtype=torch.bool)
     bar = None
     if progress or (progress is None and max_new_tokens > 100):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_new_tokens, desc="generating", leave=False)
+        bar = progress_bar(total=max_new_tokens, desc="generating")
     logits = model(tokens, cache)[:, -1]
     for _ in range(max_new_tokens):
         nxt = sample_next(logits, temperature, top_k, top_p, generator=gen)

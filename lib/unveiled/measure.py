@@ -53,6 +53,7 @@ from .matmul_probe import (
     plan_matmul_sizes,
 )
 from .roofline import bound, elementwise_cost, matmul_cost, roofline_time
+from .session import progress_bar
 from .timing import CLOCKS, Budget, clock, time_repeats
 
 __all__ = [
@@ -141,9 +142,7 @@ def _progress(total: int, enabled: bool, desc: str) -> Iterator[Callable[[str], 
     if not enabled:
         yield lambda label: None
         return
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, leave=True)
+    bar = progress_bar(total=total, desc=desc, leave=True)
 
     def step(label: str) -> None:
         bar.set_postfix_str(label)

@@ -33,6 +33,7 @@ from ._validate import check_int, unknown_name
 from .datafiles import data_file
 from .evaluation import perplexity
 from .models import Decoder, DecoderConfig, load_model, save_model
+from .session import progress_bar
 from .text import corpus_split, shakespeare_tokenizer
 from .threads import torch_threads
 from .training import TrainingRecipe, lr_at, make_optimizer, optimizer_step
@@ -172,9 +173,7 @@ def train(
     rows = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=f"training {entry.name}", leave=False)
+        bar = progress_bar(total=steps, desc=f"training {entry.name}")
     t0 = time.perf_counter()
     for step in range(steps):
         x, y = random_batch(data, s.batch_size, s.seq_len, gen)

@@ -34,6 +34,7 @@ import torch
 from .._validate import check_int
 from ..distill import build_teacher_cache, text_windows
 from ..models import Decoder, DecoderConfig, model_from_state
+from ..session import progress_bar
 from ..threads import torch_threads
 from ..training import TrainingRecipe, make_optimizer, optimizer_step
 
@@ -212,9 +213,7 @@ def train_smol_draft(settings: DraftTrainSettings = DRAFT_SETTINGS, teacher_cach
     gen = torch.Generator().manual_seed(s.seed)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="training the SmolLM2 draft", leave=False)
+        bar = progress_bar(total=steps, desc="training the SmolLM2 draft", leave=False)
     rows = []
     t0 = time.perf_counter()
     for step in range(steps):

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from .._validate import check_int, check_number
+from ..session import progress_bar
 
 __all__ = [
     "Draft",
@@ -436,9 +437,7 @@ def _prompt_list(prompt) -> list[int]:
 
 def _bar(total: int, progress: bool | None, desc: str):
     if progress or (progress is None and total > 100):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, leave=False)
+        return progress_bar(total=total, desc=desc)
     return None
 
 

@@ -16,6 +16,7 @@ import torch
 
 from .._validate import check_int
 from ..generation import generate
+from ..session import progress_bar
 from .divergences import TopKTargets, _check_temperature, topk_targets
 
 __all__ = [
@@ -111,9 +112,7 @@ def build_teacher_cache(
     batch_size = check_int("batch_size", batch_size)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(ids), desc="teacher top-k cache", leave=False)
+        bar = progress_bar(total=len(ids), desc="teacher top-k cache", leave=False)
     t0 = time.perf_counter()
     parts = []
     for i in range(0, len(ids), batch_size):
@@ -158,9 +157,7 @@ def teacher_samples(
         raise ValueError("prompts must be a [N, prompt_len] tensor of token ids")
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(prompts), desc="teacher samples", leave=False)
+        bar = progress_bar(total=len(prompts), desc="teacher samples", leave=False)
     out = []
     for i in range(0, len(prompts), batch_size):
         out.append(generate(teacher, prompts[i : i + batch_size], new_tokens, temperature=temperature,

@@ -27,6 +27,7 @@ from ..evaluation import perplexity
 from ..generation import generate
 from ..models import Decoder, load_model, save_model
 from ..results import cached, experiment
+from ..session import progress_bar
 from ..text import corpus_split, shakespeare_tokenizer
 from ..threads import torch_threads
 from ..zoo import ZOO, card, load
@@ -335,9 +336,7 @@ def step_costs(
     times: dict[str, list[float]] = {m: [] for m in [*modes, "teacher pass (cache build)"]}
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=rounds * (len(modes) + 1), desc="timing training steps", leave=False)
+        bar = progress_bar(total=rounds * (len(modes) + 1), desc="timing training steps", leave=False)
     for _ in range(rounds):
         for mode, ms in modes.items():
             res = distill(Decoder(ZOO["S"].config, seed=ms.seed), windows, ms, teacher=teacher, cache=cache,
@@ -407,9 +406,7 @@ def smollm2_continuations(n: int = 160, prompt_tokens: int = 48, new_tokens: int
     rows = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc="SmolLM2 continuations", leave=False)
+        bar = progress_bar(total=n, desc="SmolLM2 continuations", leave=False)
     for i in range(0, n, batch_size):
         out = generate(model, prompts[i : i + batch_size], new_tokens, temperature=temperature, seed=seed + i,
                        progress=False)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .._validate import check_choice, check_int, check_number, unknown_name
 from ..generation import generate
+from ..session import progress_bar
 from ..training import TrainingRecipe, make_optimizer, optimizer_step
 from .data import TeacherCache, batch_schedule
 from .divergences import LOSSES, _check_temperature, _reduce, distillation_loss, topk_targets
@@ -221,9 +222,7 @@ def _check_run(student, windows, s: DistillSettings, teacher, cache, mask, sched
 
 
 def _progress_bar(s: DistillSettings):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=s.steps, desc=f"distilling ({s.loss}, α={s.alpha:g})" if s.uses_teacher else "training",
+    return progress_bar(total=s.steps, desc=f"distilling ({s.loss}, α={s.alpha:g})" if s.uses_teacher else "training",
                 leave=False)
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from ..results import experiment
+from ..session import progress_bar
 from ..threads import torch_threads
 from .eviction import HeavyHitterCache, SinkWindowCache
 from .quality import streaming_nll
@@ -108,15 +109,13 @@ def _row(nll: torch.Tensor, skip: int = 0) -> dict:
 def smollm2_kv_quant() -> pd.DataFrame:
     """SmolLM2 perplexity on Tiny Shakespeare (512 predictions, streamed in chunks of 16) for each KV bit
     width and layout of :data:`QUANT_SCHEMES`, plus the full-precision cache. Chapter 6."""
-    from tqdm.auto import tqdm
-
     from ..smollm2 import load_smollm2
 
     model = load_smollm2()
     tokens = smollm2_eval_tokens(QUANT_TOKENS)
     settings = [(None, 16)] + [(s, b) for s in QUANT_SCHEMES for b in KV_BITS]
     rows = []
-    for scheme, bits in tqdm(settings, desc="KV quantization settings"):
+    for scheme, bits in progress_bar(settings, desc="KV quantization settings", leave=True):
         nll = streaming_nll(model, tokens, quant_cache(scheme, bits), chunk=CHUNK)
         kg, vg, residual = QUANT_SCHEMES[scheme] if scheme else ("-", "-", 0)
         rows.append({"scheme": scheme or "full precision", "key_grouping": kg, "value_grouping": vg,
@@ -131,8 +130,6 @@ def smollm2_kv_eviction() -> pd.DataFrame:
     """SmolLM2 perplexity on 1,024 tokens of Tiny Shakespeare, streamed in chunks of 16, scoring predictions
     after the first 256 tokens, for a full cache and each eviction policy at budgets of 32, 64 and 128 tokens.
     Chapter 6."""
-    from tqdm.auto import tqdm
-
     from ..smollm2 import load_smollm2
 
     model = load_smollm2()
@@ -140,7 +137,7 @@ def smollm2_kv_eviction() -> pd.DataFrame:
     settings = [("full cache", EVICTION_TOKENS, None)]
     settings += [(name, b, make) for b in EVICTION_BUDGETS for name, make in eviction_policies(b).items()]
     rows = []
-    for name, budget, make in tqdm(settings, desc="eviction settings"):
+    for name, budget, make in progress_bar(settings, desc="eviction settings", leave=True):
         nll = streaming_nll(model, tokens, make, chunk=CHUNK)
         rows.append({"policy": name, "budget": budget, **_row(nll, EVICTION_SKIP)})
     return pd.DataFrame(rows)

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from .._validate import check_int
+from ..session import progress_bar
 from .quantized import fake_quantize_along
 
 __all__ = [
@@ -49,9 +50,7 @@ def streaming_nll(model, tokens: Sequence[int] | torch.Tensor, make_cache: Calla
     nll = torch.empty(n, dtype=torch.float64)
     starts = range(0, n, chunk)
     if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="streaming", leave=False)
+        starts = progress_bar(starts, desc="streaming")
     for s in starts:
         e = min(s + chunk, n)
         logits = model(data[None, s:e], cache)[0].double()
@@ -87,9 +86,7 @@ def compare_caches(model, tokens, caches: dict[str, Callable[[], object] | None]
     curves, rows = [], []
     items = caches.items()
     if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(items, desc="caches", leave=False)
+        items = progress_bar(items, desc="caches")
     for name, make in items:
         nll = streaming_nll(model, tokens, make, chunk=chunk)
         csum = torch.cat([torch.zeros(1, dtype=nll.dtype), nll.cumsum(0)])

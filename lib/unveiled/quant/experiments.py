@@ -27,6 +27,7 @@ from .._validate import check_choice, check_int
 from ..evaluation import window_nll
 from ..models import Decoder
 from ..results import experiment
+from ..session import progress_bar
 from ..threads import torch_threads
 from .awq import awq_model
 from .gptq import gptq_model
@@ -194,9 +195,7 @@ def run_recipes(model: Decoder, recipes: Sequence[Recipe], tokens: Sequence[int]
     rows = []
     it = recipes
     if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(recipes, desc="recipes", leave=False)
+        it = progress_bar(recipes, desc="recipes", leave=False)
     for r in it:
         t0 = time.perf_counter()
         q = r.apply(model, calibration, progress=progress)
