@@ -132,17 +132,23 @@ def _gjsd(log_p: torch.Tensor, log_q: torch.Tensor, beta: float, scaled: bool) -
 _NEAR_LIMIT = 1e-3
 
 
-def _log_mix_over(log_a: torch.Tensor, log_b: torch.Tensor, w: float) -> torch.Tensor:
-    """log(m / a) for the mixture m = (1 - w)·a + w·b, accurate when it is close to 0: log1p(w·(b/a - 1)) where
-    that argument is small, the direct log-sum-exp form elsewhere (there |log(m/a)| > 0.4, so nothing cancels)."""
+def _log_mix_over_scaled(log_a: torch.Tensor, log_b: torch.Tensor, w: float) -> torch.Tensor:
+    """log(m / a) / w for the mixture m = (1 - w)·a + w·b, accurate for every w in (0, 1), subnormal ones included.
+
+    With z = b/a - 1, log(m/a) = log1p(w·z); dividing it by w would magnify its rounding (and, for a subnormal w,
+    the product w·z keeps a single significant bit). So where |w·z| < 1/2 the ratio is computed as
+    z · log1p(y)/y with y = w·z (the series 1 - y/2 for tiny y): no division by w at all. Elsewhere
+    |log(m/a)| > 0.4, nothing cancels, and the direct log-sum-exp form divided by w is exact enough."""
     delta = log_b - log_a
-    zeros = torch.zeros_like(delta)
-    y = w * torch.expm1(torch.where(delta < 30.0, delta, zeros))
-    near_zero = (delta < 30.0) & (y.abs() < 0.5)
-    small = torch.log1p(torch.where(near_zero, y, zeros))
-    log_1mw = math.log1p(-w) if w < 1.0 else -math.inf  # w rounds to 1 when beta < 1e-16
-    large = torch.logaddexp(torch.full_like(delta, log_1mw), math.log(w) + delta)
-    return torch.where(near_zero, small, large)
+    z = torch.expm1(torch.clamp(delta, max=700.0))  # log-probabilities never differ by more in float64
+    y = w * z
+    near = y.abs() < 0.5
+    ys = torch.where(near, y, torch.zeros_like(y))
+    tiny = ys.abs() < 1e-8
+    ratio = torch.where(tiny, 1 - ys / 2, torch.log1p(ys) / torch.where(tiny, torch.ones_like(ys), ys))
+    log_1mw = math.log1p(-w) if w < 1.0 else -math.inf
+    far = torch.logaddexp(torch.full_like(delta, log_1mw), math.log(w) + delta) / w
+    return torch.where(near, z * ratio, far)
 
 
 def _scaled_gjsd_near_limit(log_p: torch.Tensor, log_q: torch.Tensor, beta: float) -> torch.Tensor:
@@ -154,8 +160,8 @@ def _scaled_gjsd_near_limit(log_p: torch.Tensor, log_q: torch.Tensor, beta: floa
     log1p, keeps full precision all the way to the limits KL(p‖q) (beta → 0) and KL(q‖p) (beta → 1).
     """
     p, q = log_p.exp(), log_q.exp()
-    from_p = _log_mix_over(log_p, log_q, 1 - beta) / (1 - beta)  # log(m/p)/(1-beta), m = beta p + (1-beta) q
-    from_q = _log_mix_over(log_q, log_p, beta) / beta  # log(m/q)/beta
+    from_p = _log_mix_over_scaled(log_p, log_q, 1 - beta)  # log(m/p)/(1-beta), m = beta p + (1-beta) q
+    from_q = _log_mix_over_scaled(log_q, log_p, beta)  # log(m/q)/beta
     terms = -(torch.where(p > 0, p * from_p, torch.zeros_like(p)) + torch.where(q > 0, q * from_q, torch.zeros_like(q)))
     return terms.sum(-1)
 
