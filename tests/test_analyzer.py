@@ -214,11 +214,30 @@ def test_flash_tile_follows_shared_memory():
     assert flash_tile(None, 128) == 128
 
 
-def test_attention_cost_helper_matches_the_analyzer():
-    ops = uv.analyze("llama-3-8b", "a6000", stage="decode", seq_len=777, batch=3).ops.set_index("op")
-    got = attention_cost(3, 1, 777, 32, 8, 128)
+def test_attention_costs_from_first_principles_and_flop_counter():
+    # one decode step of Llama-3-8B attention (GQA: 32 query heads share 8 K/V heads), batch 3, 777 cached tokens
+    B, L, H, K, d, b = 3, 777, 32, 8, 128, 2
+    got = attention_cost(B, 1, L, H, K, d)
+    scores = B * H * L
+    assert got["qk_matmul"] == (2 * scores * d, b * (B * H * d + scores + B * K * L * d))  # Q, scores, K once
+    assert got["softmax"] == (5 * scores, b * 2 * scores)  # read and write the scores
+    assert got["sv_matmul"] == (2 * scores * d, b * (scores + B * K * L * d + B * H * d))  # scores, V, out
+    flash = attention_cost(B, 1, L, H, K, d, flash=True)["fused_attention"]
+    assert flash == (scores * (4 * d + 5), b * (2 * B * H * d + 2 * B * K * L * d))  # the scores never leave
+    # the matmul FLOPs match what PyTorch counts for the eager computation (repeat_kv does no arithmetic)
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q, k, v = torch.randn(B, H, 1, d), torch.randn(B, K, L, d), torch.randn(B, K, L, d)
+    with FlopCounterMode(display=False) as counter:
+        k_rep, v_rep = k.repeat_interleave(H // K, 1), v.repeat_interleave(H // K, 1)
+        (q @ k_rep.transpose(-1, -2)).softmax(-1) @ v_rep
+    assert counter.get_total_flops() == got["qk_matmul"][0] + got["sv_matmul"][0]
+    # and the analyzer charges exactly these per layer
+    ops = uv.analyze("llama-3-8b", "a6000", stage="decode", seq_len=L, batch=B).ops.set_index("op")
     for name in ("qk_matmul", "softmax", "sv_matmul"):
-        assert got[name] == (ops.loc[name, "flops"], ops.loc[name, "bytes"])
+        assert (ops.loc[name, "flops"], ops.loc[name, "bytes"]) == got[name]
+        assert ops.loc[name, "count"] == 32
 
 
 def test_moe_distinct_experts_formula_matches_simulation():

@@ -50,7 +50,7 @@ def test_old_spellings_keep_working_silently():
 
 
 # The book's own sources (chapters, appendix, library, tests, benchmarks, tools) use the new names only.
-_OLD = re.compile(r"\buv\.(model|generate|hardware)\(|\buv\.analyzer\.(model|generate)\(|"
+_OLD = re.compile(r"\b(uv|unveiled)\.(model|generate|hardware)\(|\b(uv|unveiled)\.analyzer\.(model|generate)\(|"
                   r"from unveiled(\.analyzer)?(\.configs)? import [^\n]*\bmodel\b(?!_)|"
                   r"from unveiled\.hardware import [^\n]*\bhardware\b")
 _ALLOWED = {"tests/test_names.py"}  # this file checks that the old spellings still work
@@ -58,7 +58,7 @@ _ALLOWED = {"tests/test_names.py"}  # this file checks that the old spellings st
 
 def test_the_book_uses_the_new_names():
     files = [*ROOT.glob("chapters/*.ipynb"), *ROOT.glob("appendix/*.ipynb"), *ROOT.glob("lib/unveiled/**/*.py"),
-             *ROOT.glob("tests/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("tools/*.py"), *ROOT.glob("*.md")]
+             *ROOT.glob("tests/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("tools/*.py"), *ROOT.glob("*.md"), *ROOT.glob("data/**/*.md"), *ROOT.glob("appendix/*.md")]
     hits = []
     for f in files:
         rel = str(f.relative_to(ROOT))

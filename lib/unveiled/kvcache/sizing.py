@@ -218,8 +218,3 @@ def memory_wall(models: Iterable, seq_lens: Sequence[int], batch: int = 1, kv_bi
                          "kv_share": kv / (weights + kv)})
     return pd.DataFrame(rows)
 
-
-def _log_grid(lo: int, hi: int, n: int) -> list[int]:
-    """``n`` integers spread evenly on a log scale between ``lo`` and ``hi`` (inclusive)."""
-    return sorted({round(float(x)) for x in np.geomspace(lo, hi, n)})
-

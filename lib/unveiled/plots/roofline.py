@@ -384,35 +384,15 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
     the same data type. ``devices`` defaults to every sourced device of the datasheet preset. Introduced in
     Chapter 1.
     """
-    if devices is None:
-        table = hardware_table("datasheet")
-        devices = [n for n, s in zip(table["name"], table["source"], strict=True) if s.startswith("http")]
-    devs = [get_device(d) for d in devices]
-    if not devs:
-        raise ValueError("give at least one device")
-    names = [d.name for d in devs]
-    start = get_device(device).name
-    if start not in names:
-        raise ValueError(f"device {device!r} is not among the devices shown: {names}")
-    dtype = canonical_dtype(dtype)
+    devs, start = _explorer_devices(devices, device)
     lo, hi = 0.1, 1e4
-    # One row per (device, dtype): the numbers the browser needs.
-    rows = []
-    for d in devs:
-        for dt in DTYPES:
-            has = d.has(dt)
-            rows.append({"device": d.name, "display": d.display_name, "dtype": dt, "supported": has,
-                         "bw": d.bandwidth, "peak": d.peak(dt) if has else None,
-                         "ridge": d.ridge_point(dt) if has else None})
-    table = pd.DataFrame(rows)
+    table = _device_dtype_table(devs)
     lines = roofline_lines([(d, dt) for d in devs for dt in d.dtypes], x_domain=[lo, hi])
-    name_of = {d.display_name: d.name for d in devs}
-    lines["device"] = lines["device"].map(name_of)
-
+    lines["device"] = lines["device"].map({d.display_name: d.name for d in devs})
     dev_param = alt.param(name="device", value=start, bind=alt.binding_select(
-        options=names, labels=[d.display_name for d in devs], name="device "))
-    dtype_param = alt.param(name="dtype", value=dtype, bind=alt.binding_select(options=list(DTYPES),
-                                                                                name="data type "))
+        options=[d.name for d in devs], labels=[d.display_name for d in devs], name="device "))
+    dtype_param = alt.param(name="dtype", value=canonical_dtype(dtype), bind=alt.binding_select(
+        options=list(DTYPES), name="data type "))
     slider = alt.param(name="log_intensity", value=round(math.log10(intensity), 2), bind=alt.binding_range(
         min=math.log10(lo), max=math.log10(hi), step=0.01, name="log10 intensity (ops/byte) "))
     x = alt.X("intensity:Q", scale=alt.Scale(type="log", domain=[lo, hi]), axis=_axis(_X_TITLE, True))
@@ -423,6 +403,47 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
     roof = alt.Chart(lines).mark_line(strokeWidth=3.5).encode(
         x=x, y=y, color=alt.value("#1f77b4"), tooltip=["label:N", alt.Tooltip("ridge:Q", format=".1f")],
     ).transform_filter(selected)
+    point, label, rule, ridge_text = _operating_point_layers(table, selected, slider, x, y, height)
+    missing = alt.Chart(table).transform_filter(selected & ~alt.datum.supported).transform_calculate(
+        msg="datum.display + ' has no ' + datum.dtype + ' peak in the table (no such unit, or no source)'",
+    ).mark_text(fontSize=14, color="#cf222e", fontWeight="bold").encode(
+        x=alt.value(width / 2), y=alt.value(height / 2), text="msg:N")
+    chart = alt.layer(others, roof, rule, ridge_text, point, label, missing).add_params(
+        dev_param, dtype_param, slider).properties(
+        width=width, height=height, description="Interactive roofline: pick a device and a data type, slide the "
+                                                "operation's arithmetic intensity").resolve_scale(color="independent")
+    return _svg(chart)
+
+
+def _explorer_devices(devices, device: str) -> tuple[list[Device], str]:
+    """The devices of the explorer (default: every sourced datasheet device) and the one shown first."""
+    if devices is None:
+        table = hardware_table("datasheet")
+        devices = [n for n, s in zip(table["name"], table["source"], strict=True) if s.startswith("http")]
+    devs = [get_device(d) for d in devices]
+    if not devs:
+        raise ValueError("give at least one device")
+    names = [d.name for d in devs]
+    start = get_device(device).name
+    if start not in names:
+        raise ValueError(f"device {device!r} is not among the devices shown: {names}")
+    return devs, start
+
+
+def _device_dtype_table(devs: list[Device]) -> pd.DataFrame:
+    """One row per (device, data type): the bandwidth, peak and ridge point the browser computes with."""
+    rows = []
+    for d in devs:
+        for dt in DTYPES:
+            has = d.has(dt)
+            rows.append({"device": d.name, "display": d.display_name, "dtype": dt, "supported": has,
+                         "bw": d.bandwidth, "peak": d.peak(dt) if has else None,
+                         "ridge": d.ridge_point(dt) if has else None})
+    return pd.DataFrame(rows)
+
+
+def _operating_point_layers(table: pd.DataFrame, selected, slider, x, y, height: int) -> tuple:
+    """The point at the slider's intensity on the selected roof, its read-out, and the ridge rule and label."""
     point_data = alt.Chart(table).transform_filter(selected & alt.datum.supported).transform_calculate(
         intensity=f"pow(10, {slider.name})",
         tflop_s="min(datum.peak, datum.bw * datum.intensity) / 1e12",
@@ -432,10 +453,11 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
         ridge_label="'ridge ' + format(datum.ridge, ',.1f') + ' ops/byte'",
         peak_tflop_s="datum.peak / 1e12",
     )
+    bound_color = alt.Color("bound:N", scale=alt.Scale(domain=["memory-bound", "compute-bound"],
+                                                       range=[BOUND_COLORS["memory"], BOUND_COLORS["compute"]]),
+                            legend=None)
     point = point_data.mark_point(filled=True, size=160, shape="diamond").encode(
-        x=x, y=y, color=alt.Color("bound:N", scale=alt.Scale(domain=["memory-bound", "compute-bound"],
-                                                             range=[BOUND_COLORS["memory"],
-                                                                    BOUND_COLORS["compute"]]), legend=None),
+        x=x, y=y, color=bound_color,
         tooltip=["display:N", "dtype:N", alt.Tooltip("intensity:Q", format=".3~r"),
                  alt.Tooltip("tflop_s:Q", format=",.4~r", title="TFLOP/s"), "bound:N"])
     # The read-out sits in the top-left corner (beside the point it would leave the plot at high intensity).
@@ -449,15 +471,7 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
     rule = point_data.mark_rule(strokeDash=[4, 4], color="#555555").encode(x=alt.X("ridge:Q"))
     ridge_text = point_data.mark_text(align="left", dx=4, baseline="bottom", fontSize=11, color="#555555").encode(
         x=alt.X("ridge:Q"), y=alt.value(height - 6), text="ridge_label:N")
-    missing = alt.Chart(table).transform_filter(selected & ~alt.datum.supported).transform_calculate(
-        msg="datum.display + ' has no ' + datum.dtype + ' peak in the table (no such unit, or no source)'",
-    ).mark_text(fontSize=14, color="#cf222e", fontWeight="bold").encode(
-        x=alt.value(width / 2), y=alt.value(height / 2), text="msg:N")
-    chart = alt.layer(others, roof, rule, ridge_text, point, label, missing).add_params(
-        dev_param, dtype_param, slider).properties(
-        width=width, height=height, description="Interactive roofline: pick a device and a data type, slide the "
-                                                "operation's arithmetic intensity").resolve_scale(color="independent")
-    return _svg(chart)
+    return point, label, rule, ridge_text
 
 
 def measured_roofline_chart(measured: str | Device, kernels: pd.DataFrame | None = None, *,
