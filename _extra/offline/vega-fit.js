@@ -62,13 +62,14 @@
   }
 
   function narrow(spec, by, width) {
-    var s = clone(spec), changed = false, chars = Math.max(20, Math.floor(width / 7.5));
+    var s = clone(spec), changed = false, chars = Math.max(20, Math.floor(width / 8.5));
     // Legends go under the chart, one entry per line: the plot keeps the width a side legend would take.
     s.config = s.config || {};
     s.config.legend = Object.assign({}, s.config.legend, {orient: "bottom", direction: "vertical"});
     // Facet headers such as "batch 1, seq 1024" break after their commas; small multiples sit closer together.
     s.config.header = Object.assign({labelExpr: "split(datum.label, ', ')"}, s.config.header);
     s.config.facet = Object.assign({spacing: 8}, s.config.facet);
+    s.config.axis = Object.assign({labelFontSize: 10, titleFontSize: 10}, s.config.axis);  // a little smaller
     s.config.concat = Object.assign({spacing: 12}, s.config.concat);
     (function walk(node) {
       if (Array.isArray(node)) { node.forEach(walk); return; }
