@@ -94,8 +94,8 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     if causal:
         s = s.masked_fill(~_visible(Nq, Nk, range(Nq), range(Nk), q.device), float("-inf"))
     p = torch.softmax(s, dim=-1)
-    if causal:
-        p = torch.nan_to_num(p, nan=0.0)  # a row that sees no key has no softmax: output zeros
+    if causal and Nq > Nk:
+        p = torch.nan_to_num(p, nan=0.0)  # the first Nq - Nk rows see no key: output zeros
     return p @ v
 
 
