@@ -25,6 +25,7 @@ Introduced in Chapter 8.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -67,7 +68,8 @@ def unique_bytes(t: torch.Tensor) -> int:
 class OpRecord:
     """One operator call: ``op`` (e.g. ``"aten.mm"``), the innermost ``module`` and ``region`` it ran in,
     ``read_bytes`` and ``write_bytes``, ``touches``: ``(storage id, bytes, is_write)`` per tensor access, and
-    ``broadcast``: whether it read a broadcast view (a stride-0 dimension, as ``expand`` makes)."""
+    ``broadcast``: whether it read a broadcast view (a stride-0 dimension, as ``expand`` makes), and
+    ``time_s``: how long the kernel ran (only with ``ByteCounter(time_ops=True)``)."""
 
     op: str
     module: str
@@ -76,6 +78,7 @@ class OpRecord:
     write_bytes: int
     touches: tuple[tuple[int, int, bool], ...]
     broadcast: bool = False
+    time_s: float = 0.0
 
     @property
     def bytes(self) -> int:
@@ -97,11 +100,19 @@ class ByteCounter(TorchDispatchMode):
         bc.table()            # one row per operator call
         bc.total_bytes        # everything read and written
 
+    With ``time_ops=True`` each kernel is also timed around its call, the counter's own bookkeeping left out
+    (``clock="wall"``, or ``"thread"`` for the calling thread's CPU time, which leaves out the time a busy
+    machine makes it wait; meaningful with one PyTorch thread): a per-operator profile whose rows carry bytes.
+
     Introduced in Chapter 8 (the analogue of ``torch.utils.flop_counter.FlopCounterMode`` for memory).
     """
 
-    def __init__(self, module: torch.nn.Module | None = None):
+    def __init__(self, module: torch.nn.Module | None = None, *, time_ops: bool = False, clock: str = "wall"):
         super().__init__()
+        if clock not in ("wall", "thread"):
+            raise ValueError(f"clock must be 'wall' or 'thread', got {clock!r}")
+        self.time_ops = bool(time_ops)
+        self._now = time.perf_counter if clock == "wall" else time.thread_time
         if module is not None and not isinstance(module, torch.nn.Module):
             raise TypeError(f"module must be a torch.nn.Module (or None), got {type(module).__name__}")
         self.module = module
@@ -173,11 +184,16 @@ class ByteCounter(TorchDispatchMode):
                 out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
                 return out
-        out = func(*args, **kwargs)
-        self._record(func, args, kwargs, out)
+        if self.time_ops:
+            t0 = self._now()
+            out = func(*args, **kwargs)
+            elapsed = self._now() - t0
+        else:
+            out, elapsed = func(*args, **kwargs), 0.0
+        self._record(func, args, kwargs, out, elapsed)
         return out
 
-    def _record(self, func, args, kwargs, out) -> None:
+    def _record(self, func, args, kwargs, out, elapsed: float) -> None:
         name = func.overloadpacket.__name__
         if func.is_view or name in _NO_TRAFFIC:
             return
@@ -214,7 +230,7 @@ class ByteCounter(TorchDispatchMode):
         write = sum(size for _, size, w in touches if w)
         self.records.append(OpRecord(f"aten.{name}", self._modules[-1] if self._modules else "",
                                      self._regions[-1] if self._regions else "", read, write, tuple(touches),
-                                     broadcast))
+                                     broadcast, elapsed))
 
     # -- results ----------------------------------------------------------------------------------------------
     @property
@@ -230,10 +246,11 @@ class ByteCounter(TorchDispatchMode):
         return self.read_bytes + self.write_bytes
 
     def table(self) -> pd.DataFrame:
-        """One row per operator call: ``op, module, region, read_bytes, write_bytes, bytes``."""
+        """One row per operator call: ``op, module, region, read_bytes, write_bytes, bytes, time_s``."""
+        cols = ["op", "module", "region", "read_bytes", "write_bytes", "bytes", "time_s"]
         return pd.DataFrame([{"op": r.op, "module": r.module, "region": r.region, "read_bytes": r.read_bytes,
-                              "write_bytes": r.write_bytes, "bytes": r.bytes} for r in self.records],
-                            columns=["op", "module", "region", "read_bytes", "write_bytes", "bytes"])
+                              "write_bytes": r.write_bytes, "bytes": r.bytes, "time_s": r.time_s}
+                             for r in self.records], columns=cols)
 
     def by_op(self) -> pd.DataFrame:
         """Calls and bytes summed per ATen operator, largest first."""
