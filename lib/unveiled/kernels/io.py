@@ -69,13 +69,14 @@ def naive_traffic(batch: int, num_heads: int, num_kv_heads: int, q_len: int, k_l
 
 def attention_traffic(seq_len: int, head_dim: int, buffer_bytes: float, *, batch: int = 1, num_heads: int = 1,
                       num_kv_heads: int | None = None, causal: bool = True, element_bytes: int = 2,
-                      device: str | Device | None = None) -> dict[str, float]:
+                      device: str | Device | None = None, naive: dict | None = None) -> dict[str, float]:
     """Prefill attention of ``seq_len`` tokens: naive and tiled traffic, the IO bounds and roofline times.
 
     ``flash_bytes`` uses the tile :func:`tile_for_buffer` gives for ``buffer_bytes``; ``bound_bytes`` is
     ``B·H·N²d²/M`` elements (the Θ(N²d²/M) term, constant 1) and ``naive_bound_bytes`` ``B·H·(Nd + N²)``
     elements. With a ``device``, ``naive_s`` and ``flash_s`` are roofline times (each matrix product
-    ``max(flops/peak, bytes/bandwidth)``, the other naive kernels memory-bound) at its fp16 peak.
+    ``max(flops/peak, bytes/bandwidth)``, the other naive kernels memory-bound) at its fp16 peak. ``naive``
+    may pass the :func:`naive_traffic` of the same shape (it does not depend on the buffer).
     Introduced in Chapter 8.
     """
     N, d = check_int("seq_len", seq_len, minimum=1), check_int("head_dim", head_dim, minimum=1)
@@ -83,7 +84,8 @@ def attention_traffic(seq_len: int, head_dim: int, buffer_bytes: float, *, batch
     tile = tile_for_buffer(buffer_bytes, d, element_bytes)
     flash = flash_attention_traffic(batch, num_heads, K, N, N, d, causal=causal, block_q=tile, block_k=tile,
                                     element_bytes=element_bytes)
-    naive = naive_traffic(batch, num_heads, K, N, N, d, causal=causal, element_bytes=element_bytes)
+    if naive is None:
+        naive = naive_traffic(batch, num_heads, K, N, N, d, causal=causal, element_bytes=element_bytes)
     M = float(buffer_bytes) / element_bytes
     out = {"seq_len": N, "head_dim": d, "buffer_bytes": float(buffer_bytes), "tile": tile,
            "naive_bytes": naive["bytes"], "flash_bytes": float(flash.total_bytes),
@@ -110,16 +112,13 @@ def traffic_sweep(seq_lens=(256, 512, 1024, 2048, 4096, 8192, 16384), head_dims=
     registry's GPUs is 100–228 KB). Columns as :func:`attention_traffic` plus ``buffer_kb``.
     Introduced in Chapter 8.
     """
-    naive_cache: dict[tuple, dict] = {}
     rows = []
     for d in head_dims:
         for N in seq_lens:
-            key = (N, d)
-            if key not in naive_cache:
-                naive_cache[key] = attention_traffic(N, d, 1e5, causal=causal, element_bytes=element_bytes,
-                                                     device=device)
+            naive = naive_traffic(1, 1, 1, N, N, d, causal=causal, element_bytes=element_bytes)
             for kb in buffers_kb:
-                row = attention_traffic(N, d, kb * 1e3, causal=causal, element_bytes=element_bytes, device=device)
+                row = attention_traffic(N, d, kb * 1e3, causal=causal, element_bytes=element_bytes, device=device,
+                                        naive=naive)
                 row["buffer_kb"] = float(kb)
                 rows.append(row)
     return pd.DataFrame(rows)
