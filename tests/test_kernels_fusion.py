@@ -56,13 +56,13 @@ def test_static_step_rejects_bad_input():
         ds.StaticDecodeStep(m, 4).prefill(torch.zeros(1, 4, dtype=torch.long))
 
 
-def test_time_best_checks_arguments():
-    best, median = ds.time_best(lambda: None, 3)
+def test_best_and_median_checks_arguments():
+    best, median = ds.best_and_median(lambda: None, 3)
     assert 0 <= best <= median
     with pytest.raises(ValueError, match="clock"):
-        ds.time_best(lambda: None, 3, clock="cpu")
+        ds.best_and_median(lambda: None, 3, clock="cpu")
     with pytest.raises(ValueError, match="repeats"):
-        ds.time_best(lambda: None, 0)
+        ds.best_and_median(lambda: None, 0)
 
 
 def test_profile_rows_carry_the_counted_bytes():

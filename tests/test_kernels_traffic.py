@@ -4,13 +4,14 @@ against the counter on real forward passes of the book's Decoder (unveiled.kerne
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
 from unveiled.kernels import TileTraffic, flash_attention, naive_attention
 from unveiled.kernels.traffic import ByteCounter, unique_bytes
-from unveiled.kernels.validation import compare_traffic, decoder_traffic
+from unveiled.kernels.validation import analyzer_traffic, compare_traffic, decoder_traffic
 from unveiled.models import Decoder, DecoderConfig
 
 
@@ -172,20 +173,72 @@ def test_analyzer_bytes_match_the_counter(kv_heads, stage, attention):
     for op in ("attn_norm", "mlp_norm", "final_norm", "rope", "mlp_act"):
         assert t.loc[op, "ratio"] > 1.5 and t.loc[op, "note"]
     if attention == "explicit":
-        assert t.loc["softmax", "ratio"] == 1.0
-        assert t.loc["attn_scale", "counted_bytes"] > 0 and t.loc["attn_scale", "note"]
-        want = 1.0 if kv_heads == 4 else None
-        if want:
-            assert t.loc["qk_matmul", "ratio"] == t.loc["sv_matmul", "ratio"] == 1.0
+        # against the analyzer's "eager" convention every attention kernel matches exactly...
+        ops = ["qk_matmul", "attn_scale", "softmax", "sv_matmul"] + (["repeat_kv"] if kv_heads < 4 else [])
+        ops += ["attn_layout"] if stage == "prefill" else []
+        assert (t.loc[ops, "ratio"] == 1.0).all(), t.loc[ops]
+        if stage == "prefill":  # ...and the mask pass too, plus the few bytes of building the mask
+            B, T = 2, 24
+            built = 2 * T * 8 + 2 * T * 8 + (2 * T * 8 + T * T) + 2 * T * T  # aranges, add, le, bitwise_not
+            extra = t.loc["attn_mask", "counted_bytes"] - t.loc["attn_mask", "analyzer_bytes"]
+            assert extra == 2 * built  # two layers
         else:
-            assert t.loc["qk_matmul", "ratio"] > 1 and t.loc["qk_matmul", "note"]
+            assert "attn_mask" not in t.index
     else:
         # the fused kernel: the analyzer's bytes plus one fp32 log-sum-exp per query row (and repeated K/V for GQA)
         B, T = 2, (24 if stage == "prefill" else 1)
         extra = 2 * B * 4 * T * 4
         if kv_heads == 4:
             assert t.loc["fused_attention", "counted_bytes"] == t.loc["fused_attention", "analyzer_bytes"] + extra
+        else:
+            assert t.loc["fused_attention", "counted_bytes"] > t.loc["fused_attention", "analyzer_bytes"] + extra
+            assert pd.isna(t.loc["repeat_kv", "analyzer_bytes"]) and t.loc["repeat_kv", "note"]
     assert ("repeat_kv" in t.index) == (kv_heads < 4)
+
+
+@pytest.mark.parametrize("stage", ["decode", "prefill"])
+def test_unfused_convention_reads_kv_once_per_group(stage):
+    """The analyzer's default unfused convention charges GQA's K/V once per key/value head: against eager code
+    (which repeats them) the products differ by the repeat factor on the K/V part, and the copy is missing."""
+    t = compare_traffic(_model(2), stage=stage, batch=2, seq_len=24, attention="explicit", against="unfused")
+    t = t.set_index("op")
+    assert t.loc["qk_matmul", "ratio"] > 1 and t.loc["qk_matmul", "note"]
+    assert pd.isna(t.loc["repeat_kv", "analyzer_bytes"])
+    eager = analyzer_traffic(_model(2), stage=stage, batch=2, seq_len=24, attention="eager").set_index("op")
+    unfused = analyzer_traffic(_model(2), stage=stage, batch=2, seq_len=24, attention="unfused").set_index("op")
+    kv = 2 * 2 * 24 * 16 * 4  # layers x batch x keys x head_dim x bytes: one K (or V) head's share
+    # the eager products read 4 query heads' copies instead of 2 key/value heads
+    assert eager.loc["qk_matmul", "bytes"] - unfused.loc["qk_matmul", "bytes"] == (4 - 2) * kv
+
+
+def test_eager_convention_in_the_analyzer():
+    from unveiled.analyzer import analyze
+    from unveiled.analyzer.costs import attention_cost
+
+    a = analyze("smollm2-135m", "a6000", stage="decode", seq_len=1024, attention="eager")
+    u = analyze("smollm2-135m", "a6000", stage="decode", seq_len=1024)
+    f = analyze("smollm2-135m", "a6000", stage="decode", seq_len=1024, attention="fused")
+    assert (a.attention, u.attention, f.attention) == ("eager", "unfused", "fused")
+    assert a.bytes > u.bytes > f.bytes
+    assert f.bytes == analyze("smollm2-135m", "a6000", stage="decode", seq_len=1024, flash_attention=True).bytes
+    ops = set(a.ops["op"])
+    assert {"repeat_kv", "attn_scale"} <= ops and "attn_mask" not in ops  # one query: nothing to mask
+    p = set(analyze("smollm2-135m", "a6000", stage="prefill", seq_len=256, attention="eager").ops["op"])
+    assert {"attn_mask", "attn_layout"} <= p
+    mha = analyze("llama-2-7b", "a6000", stage="decode", seq_len=512, attention="eager")
+    assert "repeat_kv" not in set(mha.ops["op"])  # nothing to repeat without grouped heads
+    with pytest.raises(ValueError, match="contradicts"):
+        analyze("smollm2-135m", "a6000", flash_attention=True, attention="eager")
+    with pytest.raises(ValueError, match="exact"):
+        analyze("smollm2-135m", "a6000", attention="eager", conventions="paper")
+    with pytest.raises(ValueError, match="attention"):
+        analyze("smollm2-135m", "a6000", attention="flash")
+    with pytest.raises(ValueError, match="latent"):
+        analyze("deepseek-v2-lite", "a6000", attention="eager")
+    with pytest.raises(ValueError, match="flash=True"):
+        attention_cost(1, 1, 8, 4, 2, 16, flash=True, eager=True)
+    cost = attention_cost(1, 1, 8, 4, 2, 16, eager=True)
+    assert set(cost) == {"repeat_kv", "qk_matmul", "attn_scale", "softmax", "sv_matmul"}
 
 
 def test_decoder_traffic_rows_and_totals():

@@ -17,7 +17,7 @@ from .._validate import check_choice, check_int
 from ..hardware import Device, hardware
 from ..roofline import roofline_time
 from .configs import ModelSpec, model, param_classes
-from .costs import CONVENTIONS, LOGITS, STAGES, Op, Setting, build_ops, check_bits
+from .costs import ATTENTION_KERNELS, CONVENTIONS, LOGITS, STAGES, Op, Setting, build_ops, check_bits
 
 __all__ = ["Analysis", "MemoryFootprint", "analyze", "resolve_device"]
 
@@ -258,6 +258,7 @@ class Analysis:
     memory: MemoryFootprint
     _ev: _Evaluation = field(repr=False)
     _ops: pd.DataFrame | None = field(default=None, repr=False)
+    attention: str = ""  # the attention kernel convention ("fused", "unfused" or "eager")
 
     @property
     def ops(self) -> pd.DataFrame:
@@ -358,7 +359,7 @@ def _check_context(spec: ModelSpec, stage: str, seq_len) -> None:
 def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", batch: int = 1, seq_len: int = 2048,
             w_bits: int = 16, a_bits: int = 16, kv_bits: int | None = None, flash_attention: bool = False,
             conventions: str = "exact", logits: str = "last", check_context: bool | None = None,
-            group_size: int | None = None, head_bits: int | None = None) -> Analysis:
+            group_size: int | None = None, head_bits: int | None = None, attention: str | None = None) -> Analysis:
     """Analyse one prefill or decode pass of model ``m`` on device ``hw`` with the roofline model.
 
     ``stage="prefill"`` processes ``batch`` prompts of ``seq_len`` tokens; ``stage="decode"`` processes one
@@ -370,17 +371,28 @@ def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", bat
     position (a plain forward). ``conventions="paper"`` reproduces LLM-Viewer's accounting and the survey's
     numbers [Yuan et al. 2024]; ``"exact"`` (default) counts from first principles. A prompt longer than
     the model's context raises unless ``check_context=False`` (the paper convention does not check, as
-    LLM-Viewer did not). Introduced in Chapter 2.
+    LLM-Viewer did not). ``attention`` names the attention kernels explicitly (see
+    :data:`~unveiled.analyzer.costs.ATTENTION_KERNELS`): ``"fused"`` is ``flash_attention=True``, ``"unfused"``
+    the default three GQA-aware kernels, ``"eager"`` what eager PyTorch code moves (K/V repeated per query head,
+    separate scale and mask passes; exact convention, not for multi-head latent attention; Chapter 8).
+    Introduced in Chapter 2.
     """
     spec = model(m)
     conventions = check_choice("conventions", conventions, CONVENTIONS)
+    if attention is not None:
+        check_choice("attention", attention, ATTENTION_KERNELS)
+        if flash_attention and attention != "fused":
+            raise ValueError(f"flash_attention=True contradicts attention={attention!r}; pass one of them")
+        if attention == "eager" and conventions != "exact":
+            raise ValueError("attention='eager' is a first-principles count: use conventions='exact'")
+        flash_attention = attention == "fused"
     device = resolve_device(hw, conventions)
     batch, seq_len, w_bits, a_bits, kv_bits, flash_attention, group_size, head_bits = check_setting(
         spec, stage=stage, batch=batch, seq_len=seq_len, w_bits=w_bits, a_bits=a_bits, kv_bits=kv_bits,
         flash_attention=flash_attention, conventions=conventions, logits=logits, check_context=check_context,
         group_size=group_size, head_bits=head_bits)
     st = Setting(stage, float(batch), float(seq_len), float(w_bits), float(a_bits), float(kv_bits),
-                 flash_attention, conventions, logits, group_size, head_bits)
+                 flash_attention, conventions, logits, group_size, head_bits, eager_attention=attention == "eager")
     ev = evaluate(spec, device, st)
     weights, kv, act = memory_arrays(spec, st, ev)
     counts = ev.counts
@@ -388,5 +400,6 @@ def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", bat
     total_bytes = float(counts @ ev.bytes)
     time_s = float(counts @ ev.time)
     mem = MemoryFootprint(float(weights), float(kv), float(act), device.memory_bytes)
+    kernels = attention or ("fused" if flash_attention else "unfused")
     return Analysis(spec, device, stage, batch, seq_len, w_bits, a_bits, kv_bits, flash_attention, conventions,
-                    logits, flops, total_bytes, time_s, mem, ev)
+                    logits, flops, total_bytes, time_s, mem, ev, attention=kernels)

@@ -7,6 +7,18 @@ FlashAttention never writing the score matrix, ...). ``"paper"`` follows the rul
 that the survey's numbers are reproduced exactly; ``"paper-2024-03"`` is the same with the March 2024
 FlashAttention formula that under-counted K/V loads (it produced the survey's Fig. 16).
 
+Attention is counted under one of three named kernel conventions (``ATTENTION_KERNELS``, exact convention):
+
+* ``"fused"`` (``flash_attention=True``): one FlashAttention kernel that never writes the score matrix and
+  reads each key/value head once per query tile [Dao et al. 2022; Dao 2023];
+* ``"unfused"`` (the default): three kernels (``qk_matmul``, ``softmax``, ``sv_matmul``) that write and read
+  the scores, with each key/value head read once for its whole group of query heads, as a GQA-aware batched
+  product does (query heads grouped as rows of one matrix). This is *not* what eager PyTorch code moves;
+* ``"eager"``: the unfused formula as eager PyTorch runs it (Hugging Face's ``eager`` attention, the book's
+  explicit path): K and V copied once per query head (``repeat_kv``), the products reading those copies,
+  the scale (and, with causal masking, the mask) applied in passes of their own, and layout copies of Q and of
+  the output when several tokens are processed. Checked against counted traffic in Chapter 8.
+
 Every formula is written with NumPy operations, so the same code evaluates one configuration (scalars) or a
 whole grid (broadcast arrays) in one pass: that is what makes :func:`unveiled.sweep` fast.
 """
@@ -23,6 +35,7 @@ from ..hardware import Device
 from .configs import ModelSpec
 
 __all__ = [
+    "ATTENTION_KERNELS",
     "BITS",
     "CONVENTIONS",
     "STAGES",
@@ -37,6 +50,7 @@ __all__ = [
 #: Bit widths accepted for weights, activations and the KV cache.
 BITS = (1, 2, 3, 4, 5, 6, 8, 16, 32)
 CONVENTIONS = ("exact", "paper", "paper-2024-03")
+ATTENTION_KERNELS = ("fused", "unfused", "eager")
 STAGES = ("prefill", "decode")
 LOGITS = ("last", "all")
 
@@ -72,6 +86,7 @@ class Setting:
     logits: str = "last"
     group_size: int | None = None
     head_bits: int | None = None
+    eager_attention: bool = False
 
 
 @dataclass
@@ -173,25 +188,60 @@ def _causal_tiles(s, tile: int, window: int | None):
 
 def attention_cost(batch, query_len, key_len, num_heads, num_kv_heads, head_dim, v_head_dim=None,
                    act_bytes=2.0, kv_bytes=2.0, flash: bool = False, causal: bool = False, tile: int = 128,
-                   window: int | None = None, shared_kv: bool = False) -> dict[str, tuple]:
+                   window: int | None = None, shared_kv: bool = False, eager: bool = False) -> dict[str, tuple]:
     """FLOPs and bytes of attention, per operator: ``{"qk_matmul": (flops, bytes), "softmax": ..., ...}``.
 
-    Naive attention (``flash=False``, as eager PyTorch runs it) is three operators that materialise the
-    ``query_len × key_len`` score matrix of every head: ``qk_matmul`` reads Q (query heads) and K (key/value
-    heads, so GQA reads K/V once per group) and writes the scores; ``softmax`` reads and writes them;
-    ``sv_matmul`` reads them and V and writes the output. ``flash=True`` gives one ``fused_attention``
+    Unfused attention (``flash=False``, the "unfused" convention of the module docstring) is three operators
+    that materialise the ``query_len × key_len`` score matrix of every head: ``qk_matmul`` reads Q (query
+    heads) and K (key/value heads, so GQA reads K/V once per group) and writes the scores; ``softmax`` reads
+    and writes them; ``sv_matmul`` reads them and V and writes the output. ``eager=True`` counts it as eager
+    PyTorch runs it: a ``repeat_kv`` copy of K and V per query head (when there are fewer key/value heads),
+    products that read the copies, an ``attn_scale`` pass over the scores, an ``attn_mask`` pass when
+    ``causal`` with several queries, and ``attn_layout`` copies of Q and of the output when ``query_len > 1``.
+    ``flash=True`` gives one ``fused_attention``
     operator that never writes the scores, writes the output once, re-reads K/V once per query tile and,
     when ``causal``, skips the tiles above the diagonal (and outside a sliding ``window``)
     [Dao et al. 2022; Dao 2023]. ``kv_bytes`` is the size of the K/V elements it reads (the cache's in decode,
     the activations' in prefill). Introduced in Chapter 2.
     """
+    if flash and eager:
+        raise ValueError("eager=True describes unfused attention; it cannot be combined with flash=True")
     ops = _attention_ops(1, batch, query_len, key_len, num_heads, num_kv_heads, head_dim,
                          v_head_dim or head_dim, act_bytes, kv_bytes, flash, causal, tile, window, shared_kv,
-                         (16, 16))
+                         (16, 16), eager)
     return {op.name: (op.flops, op.bytes) for op in ops}
 
 
-def _attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, flash, causal, tile, window, shared_kv, bits):
+def _eager_attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, causal, bits) -> list[Op]:
+    """Unfused attention as eager PyTorch runs it (see the module docstring, convention "eager")."""
+    scores = B * H * q * k
+    ops = []
+    if np.any(np.asarray(K) != np.asarray(H)):
+        ops.append(Op("repeat_kv", count, 0.0, load_kv=B * K * k * (d + dv) * kvb, store_act=B * H * k * (d + dv) * kvb))
+    ops += [
+        Op("qk_matmul", count, 2.0 * scores * d, load_act=B * H * q * d * ab + B * H * k * d * kvb,
+           store_act=scores * ab, kind="attention", bits=bits),
+        Op("attn_scale", count, scores, load_act=scores * ab, store_act=scores * ab),
+    ]
+    many = bool(np.any(np.asarray(q) > 1))  # one query per sequence (decode) needs no mask and no layout copy
+    if causal and many:
+        # one pass over the scores, reading a [q, k] boolean mask shared by every head
+        ops.append(Op("attn_mask", count, scores, load_act=scores * ab + q * k, store_act=scores * ab))
+    ops += [
+        Op("softmax", count, SOFTMAX_OPS * scores, load_act=scores * ab, store_act=scores * ab),
+        Op("sv_matmul", count, 2.0 * scores * dv, load_act=scores * ab + B * H * k * dv * kvb,
+           store_act=B * H * q * dv * ab, kind="attention", bits=bits),
+    ]
+    if many:  # Q (after RoPE) and the output are transposed views, copied to be contiguous
+        layout = B * H * q * (d + dv) * ab
+        ops.append(Op("attn_layout", count, 0.0, load_act=layout, store_act=layout))
+    return ops
+
+
+def _attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, flash, causal, tile, window, shared_kv, bits,
+                   eager=False):
+    if eager and not flash:
+        return _eager_attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, causal, bits)
     if flash:
         if causal:
             cols, elements = _causal_tiles(q, tile, window)
@@ -260,6 +310,9 @@ def exact_ops(spec: ModelSpec, st: Setting, device: Device | None) -> list[Op]:
     attn_bits = (ab_bits, ab_bits if prefill else kv_bits)
     attn_kv_bytes = ab if prefill else kvb
     if spec.is_mla:
+        if st.eager_attention:
+            raise ValueError(f"{spec.name} uses multi-head latent attention; the eager attention convention models "
+                             "grouped-query attention only: use attention='unfused' or 'fused'")
         ops += _mla_ops(spec, st, N, B, q_len, k_len, wb, ab, kvb, hp, wbits, attn_bits, attn_kv_bytes, tile_bits)
     else:
         H, K, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
@@ -276,7 +329,7 @@ def exact_ops(spec: ModelSpec, st: Setting, device: Device | None) -> list[Op]:
             ops.append(op)
         ops.append(Op("kv_store", n, 0.0, load_act=N * 2 * kvw * ab, store_kv=N * 2 * kvw * kvb))
         ops += _attention_ops(n, B, q_len, k_len, H, K, d, d, ab, attn_kv_bytes, st.flash_attention,
-                              prefill, tile_bits, spec.sliding_window, False, attn_bits)
+                              prefill, tile_bits, spec.sliding_window, False, attn_bits, st.eager_attention)
         ops.append(_linear("o_proj", n, N, qo, h, wb, ab, spec.o_bias, hp, wbits))
     ops.append(_elementwise("attn_add", n, N * h, 1, ab, reads=2))
     ops.append(_elementwise("mlp_norm", n, N * h, norm_ops, ab, weight=norm_w))

@@ -16,8 +16,6 @@ where the step's time really goes. Introduced in Chapter 8.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import torch
@@ -28,10 +26,11 @@ from .._validate import check_int
 from ..hardware import Device, hardware
 from ..models import Decoder, KVCache
 from ..roofline import roofline_time
+from ..timing import time_repeats
 from .traffic import ByteCounter
 from .validation import _CountedCache, _name_records, analyzer_traffic
 
-__all__ = ["StaticDecodeStep", "decode_step_bytes", "profile_decode_step", "time_best"]
+__all__ = ["StaticDecodeStep", "best_and_median", "decode_step_bytes", "profile_decode_step"]
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -105,22 +104,13 @@ class StaticDecodeStep(nn.Module):
         return m.lm_head(_rms(x, m.norm.weight, eps))
 
 
-def time_best(fn, repeats: int = 5, clock: str = "wall") -> tuple[float, float]:
-    """Best and median time of ``repeats`` calls of ``fn`` after one warm-up call (seconds).
+def best_and_median(fn, repeats: int = 5, clock: str = "wall", budget_s: float | None = None) -> tuple[float, float]:
+    """Best and median seconds of up to ``repeats`` calls of ``fn`` (after a warm-up) that fit ``budget_s``.
 
-    ``clock="thread"`` measures the calling thread's CPU time (meaningful with one PyTorch thread on a busy
-    machine: it leaves out time spent waiting for other jobs). Introduced in Chapter 8.
+    A thin wrapper of :func:`unveiled.timing.time_repeats` (``clock="thread"``: the calling thread's CPU time,
+    for one PyTorch thread on a busy machine). Introduced in Chapter 8.
     """
-    repeats = check_int("repeats", repeats, minimum=1)
-    if clock not in ("wall", "thread"):
-        raise ValueError(f"clock must be 'wall' or 'thread', got {clock!r}")
-    now = time.perf_counter if clock == "wall" else time.thread_time
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = now()
-        fn()
-        times.append(now() - t0)
+    times = time_repeats(fn, repeats, budget_s=budget_s, clock_name=clock)
     return float(min(times)), float(np.median(times))
 
 
@@ -130,7 +120,7 @@ def decode_step_bytes(model: Decoder, context: int) -> float:
 
 
 def profile_decode_step(model: Decoder, device: str | Device, *, context: int = 64, repeats: int = 5,
-                        seed: int = 0, clock: str = "wall") -> pd.DataFrame:
+                        seed: int = 0, clock: str = "wall", budget_s: float | None = None) -> pd.DataFrame:
     """Where one eager decode step's time goes: per analyzer operator, measured next to predicted.
 
     Runs ``repeats`` decode steps of ``model`` (batch 1, attending to ``context`` keys) under a timing
@@ -139,7 +129,8 @@ def profile_decode_step(model: Decoder, device: str | Device, *, context: int = 
     ``predicted_s`` (the analyzer's bytes and FLOPs on ``device``'s roofline), ``measured_over_predicted``.
     A last row ``python`` is the plain step's best time (timed without the counter) minus the kernels' time:
     the interpreter and PyTorch's dispatch between kernels.
-    ``clock="thread"`` times CPU time instead of wall time (see :class:`ByteCounter`). Introduced in Chapter 8.
+    ``clock="thread"`` times CPU time instead of wall time (see :class:`ByteCounter`); ``budget_s`` caps the
+    plain step's timing (the counted repeats are ``repeats``, few by default). Introduced in Chapter 8.
     """
     dev = hardware(device)
     context = check_int("context", context, minimum=2)
@@ -155,7 +146,7 @@ def profile_decode_step(model: Decoder, device: str | Device, *, context: int = 
             model(tokens[:, -1:], cache=cache)
             cache.crop(-1)
 
-        wall, _ = time_best(step, repeats, clock=clock)  # the plain step, no counter
+        wall, _ = best_and_median(step, repeats, clock, budget_s)  # the plain step, no counter
         for _ in range(repeats):
             counter = ByteCounter(model, time_ops=True, clock=clock)
             cache.counter = counter
@@ -185,7 +176,7 @@ def _predicted_times(model: Decoder, device: Device, context: int) -> pd.DataFra
 
     spec = model_from_hf_config(model.config.to_hf_config(), name=model.config.name or "decoder")
     a = analyze(spec, device, stage="decode", batch=1, seq_len=context, w_bits=32, a_bits=32, kv_bits=32,
-                flash_attention=True, check_context=False)
+                attention="fused", check_context=False)
     ops = a.ops
     dtype = "fp32" if device.has("fp32") else device.dtypes[0]
     predicted = [float(roofline_time(f, b, device, dtype)) * c

@@ -7,7 +7,7 @@ registered with :func:`unveiled.results.experiment`::
 
     python -m unveiled.results run kernels.experiments.smollm2_decode
 
-:func:`decode_speed` is also what ``benchmarks/kernels.py`` runs: the decode step of a model as the book's
+:func:`decode_step_speed` is also what ``benchmarks/kernels.py`` runs: the decode step of a model as the book's
 ``Decoder`` runs it, as :class:`~unveiled.kernels.decode_step.StaticDecodeStep` runs it eagerly, and compiled,
 timed in one run next to this machine's memory bandwidth measured with the same threads and clock.
 Introduced in Chapter 8.
@@ -22,18 +22,19 @@ from ..measure import measure_bandwidth, measure_machine
 from ..models import Decoder
 from ..results import experiment
 from ..threads import torch_threads
-from .decode_step import StaticDecodeStep, decode_step_bytes, profile_decode_step, time_best
+from .decode_step import StaticDecodeStep, best_and_median, decode_step_bytes, profile_decode_step
 from .fusion import compile_function, fusion_cases, measure_fusion
 
-__all__ = ["PATHS", "decode_speed", "fusion_chains", "smollm2_decode", "smollm2_profile", "tiny_decode"]
+__all__ = ["PATHS", "decode_step_speed", "fusion_chains", "smollm2_decode", "smollm2_profile", "tiny_decode"]
 
-#: The three ways of running a decode step that :func:`decode_speed` times.
+#: The three ways of running a decode step that :func:`decode_step_speed` times.
 PATHS = ("eager Decoder", "eager static step", "compiled static step")
 CONTEXT = 64  # tokens the measured step attends to
 
 
-def decode_speed(model: Decoder, *, threads: tuple[int, ...] = (1, 2), clocks: dict | None = None,
-                 context: int = CONTEXT, repeats: int = 10, compile: bool = True, seed: int = 0) -> pd.DataFrame:
+def decode_step_speed(model: Decoder, *, threads: tuple[int, ...] = (1, 2), clocks: dict | None = None,
+                 context: int = CONTEXT, repeats: int = 10, compile: bool = True, seed: int = 0,
+                 budget_s: float | None = None) -> pd.DataFrame:
     """Time one decode step three ways (:data:`PATHS`) per thread count, next to the measured bandwidth.
 
     For each thread count (and each clock in ``clocks[threads]``, default ``"wall"``): the triad bandwidth
@@ -42,7 +43,8 @@ def decode_speed(model: Decoder, *, threads: tuple[int, ...] = (1, 2), clocks: d
     ``fraction_of_roof = achieved / bandwidth``: how close the step comes to the memory roof. The compiled
     path is compiled once per thread count (inductor sizes its parallel loops for the threads it sees);
     ``compile_s`` is its wall time, ``compile_cpu_s`` the CPU time of this process and the C++ compiler. Where
-    torch.compile is unavailable the compiled rows are missing and ``note`` says why. Introduced in Chapter 8.
+    torch.compile is unavailable the compiled rows are missing and ``note`` says why. ``budget_s`` caps the
+    timing of each path (compiling excluded). Introduced in Chapter 8.
     """
     clocks = clocks or {}
     nbytes = decode_step_bytes(model, context)
@@ -71,7 +73,7 @@ def decode_speed(model: Decoder, *, threads: tuple[int, ...] = (1, 2), clocks: d
                 bw = measure_bandwidth(repeats=7, clock=clock)
                 triad = float((bw.loc[bw.benchmark == "triad", "bytes"] / bw.loc[bw.benchmark == "triad", "time_s"]).max())
                 for path, fn in runners.items():
-                    best, median = time_best(fn, repeats, clock)
+                    best, median = best_and_median(fn, repeats, clock, budget_s)
                     compiled = path.startswith("compiled")
                     rows.append({"threads": n, "clock": clock, "path": path, "step_s": best, "step_median_s": median,
                                  "tokens_per_s": 1 / best, "bytes": nbytes, "achieved_bytes_s": nbytes / best,
@@ -85,11 +87,11 @@ def decode_speed(model: Decoder, *, threads: tuple[int, ...] = (1, 2), clocks: d
 @experiment("smollm2_decode", "SmolLM2-135M decode step (64 keys): eager Decoder, eager and compiled static step, "
             "1 and 2 threads, vs the triad bandwidth")
 def smollm2_decode() -> pd.DataFrame:
-    """:func:`decode_speed` for SmolLM2-135M (fp32), one thread (wall and CPU-time clocks) and two (wall).
+    """:func:`decode_step_speed` for SmolLM2-135M (fp32), one thread (wall and CPU-time clocks) and two (wall).
     Chapter 8."""
     from ..smollm2 import load_smollm2
 
-    return decode_speed(load_smollm2(progress=False), threads=(1, 2), clocks={1: ("wall", "thread")})
+    return decode_step_speed(load_smollm2(progress=False), threads=(1, 2), clocks={1: ("wall", "thread")})
 
 
 @experiment("smollm2_profile", "SmolLM2-135M decode step per operator: counted bytes and measured time on one "
@@ -124,9 +126,9 @@ def fusion_chains() -> pd.DataFrame:
 
 @experiment("tiny_decode", "Tiny model M decode step: eager Decoder, eager and compiled static step, one thread")
 def tiny_decode() -> pd.DataFrame:
-    """:func:`decode_speed` for the tiny model M on one thread (CPU-time clock): the case the chapter compiles
+    """:func:`decode_step_speed` for the tiny model M on one thread (CPU-time clock): the case the chapter compiles
     live, cached for machines without a compiler. Chapter 8."""
     from ..zoo import load
 
-    return decode_speed(load("M"), threads=(1,), clocks={1: ("thread",)}, repeats=20)
+    return decode_step_speed(load("M"), threads=(1,), clocks={1: ("thread",)}, repeats=20)
 

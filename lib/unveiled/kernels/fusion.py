@@ -42,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .._validate import check_int
 from ..hardware import Device, hardware
 from ..roofline import roofline_time
-from .decode_step import time_best
+from .decode_step import best_and_median
 from .traffic import ByteCounter, unique_bytes
 
 __all__ = [
@@ -263,7 +263,7 @@ def _eager_counts(fn: Callable, args: tuple) -> tuple[int, int, float, int]:
 
 
 def measure_fusion(cases: list[FusionCase], device: str | Device, *, repeats: int = 5,
-                   clock: str = "wall", freezing: bool = True) -> pd.DataFrame:
+                   clock: str = "wall", freezing: bool = True, budget_s: float | None = None) -> pd.DataFrame:
     """Eager against compiled for each case, measured in one run, next to the roofline's prediction.
 
     Columns: ``case``, ``eager_kernels`` (ATen kernels that move data) and ``compiled_kernels`` (fused C++
@@ -273,7 +273,8 @@ def measure_fusion(cases: list[FusionCase], device: str | Device, *, repeats: in
     ``eager_s`` and ``compiled_s``, ``speedup``, the roofline times ``predicted_eager_s`` and
     ``predicted_compiled_s`` on ``device`` (``max(flops/peak, bytes/bandwidth)`` with the counted bytes),
     ``compile_s`` and ``compiled`` (False where no compiler: compiled columns then empty, ``note`` says why).
-    Introduced in Chapter 8.
+    ``budget_s`` caps the timing of each function (eager or compiled; compiling is not included): on a slow
+    CPU fewer repeats run (see :mod:`unveiled.timing`). Introduced in Chapter 8.
     """
     dev = hardware(device)
     dtype = "fp32" if dev.has("fp32") else dev.dtypes[0]
@@ -281,7 +282,7 @@ def measure_fusion(cases: list[FusionCase], device: str | Device, *, repeats: in
     for case in cases:
         eager_bytes, eager_kernels, flops, compulsory = _eager_counts(case.fn, case.args)
         with torch.inference_mode():
-            eager_s, _ = time_best(lambda c=case: c.fn(*c.args), repeats, clock)
+            eager_s, _ = best_and_median(lambda c=case: c.fn(*c.args), repeats, clock, budget_s)
         comp = compile_function(case.fn, *case.args, freezing=freezing)
         row = {"case": case.name, "eager_kernels": eager_kernels, "eager_bytes": eager_bytes,
                "compulsory_bytes": compulsory, "flops": flops, "eager_s": eager_s,
@@ -289,7 +290,7 @@ def measure_fusion(cases: list[FusionCase], device: str | Device, *, repeats: in
                "compiled": comp.compiled, "note": comp.reason}
         if comp.compiled:
             with torch.no_grad():
-                compiled_s, _ = time_best(lambda c=case, f=comp.fn: f(*c.args), repeats, clock)
+                compiled_s, _ = best_and_median(lambda c=case, f=comp.fn: f(*c.args), repeats, clock, budget_s)
             row |= {"compiled_kernels": len(comp.kernels) + len(comp.extern_calls), "compiled_bytes": comp.fused_bytes,
                     "compiled_s": compiled_s, "speedup": eager_s / compiled_s,
                     "predicted_compiled_s": float(roofline_time(flops, comp.fused_bytes, dev, dtype)),

@@ -35,9 +35,9 @@ _NOTES = {
     "final_norm": "eager RMSNorm is 5 kernels; the analyzer charges one fused kernel",
     "rope": "eager rotate-half RoPE gathers the tables and runs neg, cat, 2 multiplies and an add per tensor; the analyzer charges one fused pass",
     "mlp_act": "eager SwiGLU runs SiLU and the multiply as two kernels; the analyzer charges one fused kernel",
-    "repeat_kv": "eager GQA copies K and V once per query head before attention",
+    "repeat_kv": "eager GQA copies K and V once per query head before attention (the analyzer's 'eager' convention counts it)",
     "attn_scale": "the explicit path scales the scores in a separate pass",
-    "attn_mask": "the explicit path masks the scores in a separate pass",
+    "attn_mask": "the explicit path masks the scores in a separate pass (the counter also sees the mask being built)",
     "attn_layout": "layout copies: Q into the batched-matmul layout, the output into the layout o_proj reads",
     "embed_tokens": "the counter also reads the token ids (8 bytes each)",
     "qk_matmul": "reads the repeated K, one copy per query head; the analyzer reads K once per key/value head",
@@ -177,32 +177,35 @@ def decoder_traffic(model: Decoder, *, stage: str = "decode", batch: int = 1, se
 
 
 def analyzer_traffic(model: Decoder, *, stage: str = "decode", batch: int = 1, seq_len: int = 64,
-                     flash_attention: bool = False, device: str = "a6000") -> pd.DataFrame:
+                     attention: str = "unfused", device: str = "a6000") -> pd.DataFrame:
     """The analyzer's bytes for the same pass, in the Decoder's precision (fp32 weights, activations, cache).
 
-    One row per operator: ``op`` and ``bytes`` (per pass, all layers). ``logits="all"`` in prefill, since
+    One row per operator: ``op`` and ``bytes`` (per pass, all layers). ``attention`` is the analyzer's attention
+    kernel convention (``"fused"``, ``"unfused"`` or ``"eager"``). ``logits="all"`` in prefill, since
     ``Decoder.forward`` computes every position's logits. Introduced in Chapter 8.
     """
     from ..analyzer import analyze, model_from_hf_config
 
     spec = model_from_hf_config(model.config.to_hf_config(), name=model.config.name or "decoder")
     a = analyze(spec, device, stage=stage, batch=batch, seq_len=seq_len, w_bits=32, a_bits=32, kv_bits=32,
-                flash_attention=flash_attention, logits="all", check_context=False)
+                attention=attention, logits="all", check_context=False)
     ops = a.ops
     return pd.DataFrame({"op": ops["op"], "bytes": ops["bytes"] * ops["count"]})
 
 
 def compare_traffic(model: Decoder, *, stage: str = "decode", batch: int = 1, seq_len: int = 64,
-                    attention: str = "sdpa", seed: int = 0) -> pd.DataFrame:
+                    attention: str = "sdpa", against: str | None = None, seed: int = 0) -> pd.DataFrame:
     """Counted bytes next to the analyzer's, per operator: ``op, analyzer_bytes, counted_bytes, ratio, note``.
 
-    ``attention="sdpa"`` is compared with the analyzer's fused attention (``flash_attention=True``),
-    ``"explicit"`` with its unfused three-kernel attention. ``ratio`` is counted / analyzer (empty where the
-    analyzer has no such operator); ``note`` names the convention behind a difference. Introduced in Chapter 8.
+    ``attention`` is the Decoder's path (:data:`ATTENTION_PATHS`); ``against`` the analyzer's attention
+    convention, by default ``"fused"`` for ``"sdpa"`` and ``"eager"`` for ``"explicit"``. ``ratio`` is
+    counted / analyzer (empty where the analyzer has no such operator); ``note`` names the convention behind
+    a difference. Introduced in Chapter 8.
     """
+    check_choice("attention", attention, ATTENTION_PATHS)
+    against = against or ("fused" if attention == "sdpa" else "eager")
     counted = decoder_traffic(model, stage=stage, batch=batch, seq_len=seq_len, attention=attention, seed=seed)
-    predicted = analyzer_traffic(model, stage=stage, batch=batch, seq_len=seq_len,
-                                 flash_attention=attention == "sdpa")
+    predicted = analyzer_traffic(model, stage=stage, batch=batch, seq_len=seq_len, attention=against)
     t = predicted.rename(columns={"bytes": "analyzer_bytes"}).merge(
         counted[["op", "bytes"]].rename(columns={"bytes": "counted_bytes"}), on="op", how="outer", sort=False)
     t = t[~((t["analyzer_bytes"].fillna(0) == 0) & (t["counted_bytes"].fillna(0) == 0))]
