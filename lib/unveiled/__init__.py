@@ -45,6 +45,8 @@ _LAZY: dict[str, str] = {
     "max_batch": "analyzer",
     "max_seq_len": "analyzer",
     "analyzer_explorer": "explorers.analyzer",
+    # Kernels (Chapter 8)
+    "flash_explorer": "explorers.kernels",
     # Decoding algorithms (Chapter 7)
     "decoding_explorer": "explorers.decoding",
     # Measuring this machine (Chapter 1)

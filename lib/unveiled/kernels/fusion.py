@@ -215,11 +215,12 @@ def _swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 def fusion_cases(tokens: int | None = None, *, hidden: int = 576, intermediate: int = 1536,
-                 seed: int = 0) -> list[FusionCase]:
+                 seed: int = 0, max_tensor_bytes: int = 128 * 2**20) -> list[FusionCase]:
     """The elementwise chains of a LLaMA block and the survey's Fig. 14 example, on ``tokens`` rows.
 
     ``tokens`` defaults to enough rows that the SwiGLU inputs exceed twice this machine's last-level cache
-    (so the traffic goes to DRAM, as in a real model; between 64 and 512 MiB per tensor). The cases:
+    (so the traffic goes to DRAM, as in a real model), at least 64 MiB and at most ``max_tensor_bytes`` per
+    tensor (a CPU with a huge cache keeps the chapter's memory and time in bounds). The cases:
     residual add + RMSNorm, SwiGLU's SiLU(gate)·up, and a linear layer followed by SiLU (on one token, as
     in decode, whose weight is ``intermediate × hidden``). Widths default to SmolLM2-135M's.
     Introduced in Chapter 8.
@@ -229,7 +230,7 @@ def fusion_cases(tokens: int | None = None, *, hidden: int = 576, intermediate: 
     hidden = check_int("hidden", hidden, minimum=1)
     intermediate = check_int("intermediate", intermediate, minimum=1)
     if tokens is None:
-        tokens = max(1, default_array_bytes() // (4 * intermediate))
+        tokens = max(1, min(default_array_bytes(), max_tensor_bytes) // (4 * intermediate))
     tokens = check_int("tokens", tokens, minimum=1)
     g = torch.Generator().manual_seed(seed)
     x, r = torch.randn(tokens, hidden, generator=g), torch.randn(tokens, hidden, generator=g)
@@ -263,12 +264,13 @@ def _eager_counts(fn: Callable, args: tuple) -> tuple[int, int, float, int]:
 
 
 def measure_fusion(cases: list[FusionCase], device: str | Device, *, repeats: int = 5,
-                   clock: str = "wall", freezing: bool = True, budget_s: float | None = None) -> pd.DataFrame:
+                   clock: str = "wall", freezing: bool = False, budget_s: float | None = None) -> pd.DataFrame:
     """Eager against compiled for each case, measured in one run, next to the roofline's prediction.
 
     Columns: ``case``, ``eager_kernels`` (ATen kernels that move data) and ``compiled_kernels`` (fused C++
     kernels plus library calls), ``eager_bytes`` (counted by :class:`~unveiled.kernels.traffic.ByteCounter`),
-    ``compiled_bytes`` (inductor's own count over its kernels) and ``compulsory_bytes`` (inputs, weights
+    ``compiled_bytes`` (inductor's own count over its kernels, plus the weights when ``freezing`` turns them
+    into constants, which that count leaves out) and ``compulsory_bytes`` (inputs, weights
     and outputs read or written once), ``flops`` (matrix products, by ``FlopCounterMode``), best times
     ``eager_s`` and ``compiled_s``, ``speedup``, the roofline times ``predicted_eager_s`` and
     ``predicted_compiled_s`` on ``device`` (``max(flops/peak, bytes/bandwidth)`` with the counted bytes),
@@ -284,6 +286,8 @@ def measure_fusion(cases: list[FusionCase], device: str | Device, *, repeats: in
         with torch.inference_mode():
             eager_s, _ = best_and_median(lambda c=case: c.fn(*c.args), repeats, clock, budget_s)
         comp = compile_function(case.fn, *case.args, freezing=freezing)
+        if comp.compiled and freezing:  # frozen weights are constants, which inductor's byte count leaves out
+            comp.fused_bytes += sum(unique_bytes(p) for p in getattr(case.fn, "parameters", lambda: [])())
         row = {"case": case.name, "eager_kernels": eager_kernels, "eager_bytes": eager_bytes,
                "compulsory_bytes": compulsory, "flops": flops, "eager_s": eager_s,
                "predicted_eager_s": float(roofline_time(flops, eager_bytes, dev, dtype)),
