@@ -46,6 +46,19 @@ def test_static_step_gives_the_decoders_logits(kv_heads):
             assert torch.allclose(got, ref, atol=1e-5), pos
 
 
+def test_generated_gemv_form_computes_the_same_step():
+    m = _model(2)
+    tokens = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        steps = [ds.StaticDecodeStep(m, 12, gemv=g) for g in ("library", "generated")]
+        for s in steps:
+            s.prefill(tokens[:, :9])
+        a, b = (s(tokens[:, 9:], torch.tensor([9])) for s in steps)
+    assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="gemv"):
+        ds.StaticDecodeStep(m, 12, gemv="blas")
+
+
 def test_static_step_rejects_bad_input():
     m = _model()
     with pytest.raises(TypeError, match="Decoder"):

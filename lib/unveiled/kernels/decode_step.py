@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validate import check_int
+from .._validate import check_choice, check_int
 from ..hardware import Device, hardware
 from ..models import Decoder, KVCache
 from ..roofline import roofline_time
@@ -49,16 +49,22 @@ class StaticDecodeStep(nn.Module):
     ``step(token, position)`` appends the token ``[B, 1]`` at ``position`` (a 1-element LongTensor, so the
     shapes never change) and returns the logits ``[B, 1, V]``, equal to ``Decoder.forward`` with a cache.
     Attention uses ``scaled_dot_product_attention`` with ``enable_gqa`` (no repeated K/V) over the buffer,
-    masked past ``position``. Introduced in Chapter 8.
+    masked past ``position``. ``gemv="library"`` computes the projections with ``nn.Linear`` (a call to the
+    CPU's matrix library); ``gemv="generated"`` writes each one as ``(x · W).sum(-1)``, a multiply and a
+    reduction that a compiler turns into its own matrix-vector loop, fused with its neighbours. That form is
+    only meant to be compiled: run eagerly it materialises the product. Introduced in Chapter 8.
     """
 
-    def __init__(self, model: Decoder, max_len: int, batch: int = 1):
+    GEMVS = ("library", "generated")
+
+    def __init__(self, model: Decoder, max_len: int, batch: int = 1, gemv: str = "library"):
         super().__init__()
         if not isinstance(model, Decoder):
             raise TypeError(f"model must be an unveiled Decoder, got {type(model).__name__}")
         self.model = model
         self.max_len = check_int("max_len", max_len, minimum=1)
         batch = check_int("batch", batch, minimum=1)
+        self.gemv = check_choice("gemv", gemv, self.GEMVS)
         cfg = model.config
         shape = (batch, cfg.num_kv_heads, self.max_len, cfg.head_dim)
         for i in range(cfg.num_layers):  # one buffer per layer: the layers' kernels are then identical
@@ -82,8 +88,14 @@ class StaticDecodeStep(nn.Module):
             getattr(self, f"v{i}")[:, :, :n] = cache.values(i)
         return logits
 
+    def _linear(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        if self.gemv == "library":
+            return layer(x)
+        return (x[..., None, :] * layer.weight).sum(-1)
+
     def forward(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         m, cfg = self.model, self.model.config
+        lin = self._linear
         H, K, d, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps
         B = token.shape[0]
         x = m.embed_tokens(token)
@@ -92,16 +104,16 @@ class StaticDecodeStep(nn.Module):
         for i, block in enumerate(m.layers):
             attn, k_buf, v_buf = block.self_attn, getattr(self, f"k{i}"), getattr(self, f"v{i}")
             h = _rms(x, block.input_layernorm.weight, eps)
-            q = _rotate(attn.q_proj(h).view(B, 1, H, d).transpose(1, 2), cos, sin)
-            k = _rotate(attn.k_proj(h).view(B, 1, K, d).transpose(1, 2), cos, sin)
+            q = _rotate(lin(attn.q_proj, h).view(B, 1, H, d).transpose(1, 2), cos, sin)
+            k = _rotate(lin(attn.k_proj, h).view(B, 1, K, d).transpose(1, 2), cos, sin)
             k_buf.index_copy_(2, position, k)
-            v_buf.index_copy_(2, position, attn.v_proj(h).view(B, 1, K, d).transpose(1, 2))
+            v_buf.index_copy_(2, position, lin(attn.v_proj, h).view(B, 1, K, d).transpose(1, 2))
             o = F.scaled_dot_product_attention(q, k_buf, v_buf, attn_mask=visible, enable_gqa=H != K)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, 1, H * d))
+            x = x + lin(attn.o_proj, o.transpose(1, 2).reshape(B, 1, H * d))
             h = _rms(x, block.post_attention_layernorm.weight, eps)
             mlp = block.mlp
-            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
-        return m.lm_head(_rms(x, m.norm.weight, eps))
+            x = x + lin(mlp.down_proj, F.silu(lin(mlp.gate_proj, h)) * lin(mlp.up_proj, h))
+        return lin(m.lm_head, _rms(x, m.norm.weight, eps))
 
 
 def best_and_median(fn, repeats: int = 5, clock: str = "wall", budget_s: float | None = None) -> tuple[float, float]:

@@ -92,6 +92,10 @@ def compiler_support() -> CompilerSupport:
                            "torch.compile's CPU backend needs one (e.g. apt install g++)")
 
 
+def _drop_record(record: logging.LogRecord) -> bool:
+    return False
+
+
 @contextlib.contextmanager
 def inductor_session(*, freezing: bool = True) -> Iterator[None]:
     """Inductor configured for honest measurements (see the module docstring); everything restored on exit."""
@@ -106,10 +110,11 @@ def inductor_session(*, freezing: bool = True) -> Iterator[None]:
         cfg.freezing = freezing
         torch._logging.set_logs(inductor_metrics=True)  # inductor counts bytes only when this log is on
         metrics_log = logging.getLogger("torch._inductor.compile_fx.__inductor_metrics")
-        metrics_log.propagate = False  # enabled (so inductor counts) but printed nowhere
+        metrics_log.addFilter(_drop_record)  # enabled (so inductor counts) but printed nowhere
         try:
             yield
         finally:
+            metrics_log.removeFilter(_drop_record)
             torch._logging.set_logs()
             for k, v in saved.items():
                 setattr(cfg, k, v)
@@ -276,11 +281,12 @@ def measure_fusion(cases: list[FusionCase], device: str | Device, *, repeats: in
     ``predicted_compiled_s`` on ``device`` (``max(flops/peak, bytes/bandwidth)`` with the counted bytes),
     ``compile_s`` and ``compiled`` (False where no compiler: compiled columns then empty, ``note`` says why).
     ``budget_s`` caps the timing of each function (eager or compiled; compiling is not included): on a slow
-    CPU fewer repeats run (see :mod:`unveiled.timing`). Introduced in Chapter 8.
+    CPU fewer repeats run (see :mod:`unveiled.timing`). The generated code of each compiled case is in
+    ``table.attrs["code"]`` (case name -> source). Introduced in Chapter 8.
     """
     dev = hardware(device)
     dtype = "fp32" if dev.has("fp32") else dev.dtypes[0]
-    rows = []
+    rows, codes = [], {}
     for case in cases:
         eager_bytes, eager_kernels, flops, compulsory = _eager_counts(case.fn, case.args)
         with torch.inference_mode():
@@ -293,6 +299,7 @@ def measure_fusion(cases: list[FusionCase], device: str | Device, *, repeats: in
                "predicted_eager_s": float(roofline_time(flops, eager_bytes, dev, dtype)),
                "compiled": comp.compiled, "note": comp.reason}
         if comp.compiled:
+            codes[case.name] = comp.code
             with torch.no_grad():
                 compiled_s, _ = best_and_median(lambda c=case, f=comp.fn: f(*c.args), repeats, clock, budget_s)
             row |= {"compiled_kernels": len(comp.kernels) + len(comp.extern_calls), "compiled_bytes": comp.fused_bytes,
@@ -303,4 +310,6 @@ def measure_fusion(cases: list[FusionCase], device: str | Device, *, repeats: in
     cols = ["case", "eager_kernels", "compiled_kernels", "eager_bytes", "compiled_bytes", "compulsory_bytes", "flops",
             "eager_s", "compiled_s", "speedup", "predicted_eager_s", "predicted_compiled_s", "compile_s", "compiled",
             "note"]
-    return pd.DataFrame(rows).reindex(columns=cols)
+    out = pd.DataFrame(rows).reindex(columns=cols)
+    out.attrs["code"] = codes
+    return out
