@@ -253,3 +253,17 @@ def test_decoder_traffic_rows_and_totals():
         decoder_traffic(m, attention="flash")
     with pytest.raises(TypeError, match="Decoder"):
         decoder_traffic(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("N", "tile", "H", "K"), [(1000, 128, 8, 8), (4096, 64, 32, 8), (77, 16, 9, 3), (5, 128, 4, 1)])
+def test_analyzer_fused_attention_bytes_equal_the_kernels_tile_count(causal, N, tile, H, K):
+    """The analyzer's fused-attention bytes (closed form over query tiles) against the tile schedule of the
+    chapter's kernel: K/V re-read once per query tile, up to the diagonal when causal."""
+    from unveiled.analyzer.costs import attention_cost
+    from unveiled.kernels import flash_attention_traffic
+
+    _, analyzer = attention_cost(1, N, N, H, K, 128, act_bytes=2.0, kv_bytes=2.0, flash=True, causal=causal,
+                                 tile=tile)["fused_attention"]
+    counted = flash_attention_traffic(1, H, K, N, N, 128, causal=causal, block_q=tile, block_k=tile, element_bytes=2)
+    assert analyzer == counted.total_bytes

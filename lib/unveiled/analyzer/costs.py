@@ -246,7 +246,8 @@ def _attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, flash, causal, tile, wi
         if causal:
             cols, elements = _causal_tiles(q, tile, window)
         else:
-            cols, elements = k, q * k
+            # every query tile streams all keys (once in total only when the queries fit one tile, as in decode)
+            cols, elements = np.ceil(np.asarray(q, dtype=float) / tile) * k, q * k
         kv_width = d if shared_kv else d + dv
         return [Op("fused_attention", count, B * H * elements * (2 * d + 2 * dv + SOFTMAX_OPS),
                    load_act=B * H * q * d * ab, store_act=B * H * q * dv * ab,
