@@ -37,7 +37,7 @@ CONTEXT = 64  # tokens the measured step attends to
 
 def decode_step_speed(model: Decoder, *, threads: tuple[int, ...] = (1, 2), clocks: dict | None = None,
                  context: int = CONTEXT, repeats: int = 10, compile: bool = True, seed: int = 0,
-                 budget_s: float | None = None) -> pd.DataFrame:
+                 budget_s: float | None = None, gemvs: tuple[str, ...] = StaticDecodeStep.GEMVS) -> pd.DataFrame:
     """Time one decode step in each of the ways of :data:`PATHS`, per thread count, next to the bandwidth.
 
     For each thread count (and each clock in ``clocks[threads]``, default ``"wall"``): the triad bandwidth
@@ -48,7 +48,7 @@ def decode_step_speed(model: Decoder, *, threads: tuple[int, ...] = (1, 2), cloc
     the weights frozen as constants;
     ``compile_s`` is its wall time, ``compile_cpu_s`` the CPU time of this process and the C++ compiler. Where
     torch.compile is unavailable the compiled rows are missing and ``note`` says why. ``budget_s`` caps the
-    timing of each path (compiling excluded). Introduced in Chapter 8.
+    timing of each path (compiling excluded); ``gemvs`` picks the compiled variants. Introduced in Chapter 8.
     """
     clocks = clocks or {}
     nbytes = decode_step_bytes(model, context)
@@ -69,7 +69,7 @@ def decode_step_speed(model: Decoder, *, threads: tuple[int, ...] = (1, 2), cloc
 
             runners = {"eager Decoder": decoder_step, "eager static step": lambda s=step: s(token, position)}
             compiled = {}
-            for gemv in StaticDecodeStep.GEMVS if compile else ():
+            for gemv in gemvs if compile else ():
                 variant = StaticDecodeStep(model, context, gemv=gemv).eval()
                 variant.prefill(prompt[:, :-1])
                 comp = compile_function(variant, token, position)
