@@ -197,6 +197,17 @@ def test_analyzer_bytes_match_the_counter(kv_heads, stage, attention):
 
 
 @pytest.mark.parametrize("stage", ["decode", "prefill"])
+def test_eager_layout_copies_follow_the_batch(stage):
+    """With one sequence the batched product reads Q through a view; with several it copies Q first."""
+    for batch in (1, 3):
+        t = compare_traffic(_model(2), stage=stage, batch=batch, seq_len=16, attention="explicit").set_index("op")
+        if stage == "prefill":
+            assert t.loc["attn_layout", "ratio"] == 1.0, batch
+        else:
+            assert "attn_layout" not in t.index
+
+
+@pytest.mark.parametrize("stage", ["decode", "prefill"])
 def test_unfused_convention_reads_kv_once_per_group(stage):
     """The analyzer's default unfused convention charges GQA's K/V once per key/value head: against eager code
     (which repeats them) the products differ by the repeat factor on the K/V part, and the copy is missing."""

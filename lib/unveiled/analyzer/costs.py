@@ -16,8 +16,9 @@ Attention is counted under one of three named kernel conventions (``ATTENTION_KE
   product does (query heads grouped as rows of one matrix). This is *not* what eager PyTorch code moves;
 * ``"eager"``: the unfused formula as eager PyTorch runs it (Hugging Face's ``eager`` attention, the book's
   explicit path): K and V copied once per query head (``repeat_kv``), the products reading those copies,
-  the scale (and, with causal masking, the mask) applied in passes of their own, and layout copies of Q and of
-  the output when several tokens are processed. Checked against counted traffic in Chapter 8.
+  the scale (and, with causal masking, the mask) applied in passes of their own, and layout copies of the
+  output (and of Q, when the batch holds several sequences) when several tokens are processed. Checked against
+  counted traffic in Chapter 8.
 
 Every formula is written with NumPy operations, so the same code evaluates one configuration (scalars) or a
 whole grid (broadcast arrays) in one pass: that is what makes :func:`unveiled.sweep` fast.
@@ -197,7 +198,8 @@ def attention_cost(batch, query_len, key_len, num_heads, num_kv_heads, head_dim,
     and writes them; ``sv_matmul`` reads them and V and writes the output. ``eager=True`` counts it as eager
     PyTorch runs it: a ``repeat_kv`` copy of K and V per query head (when there are fewer key/value heads),
     products that read the copies, an ``attn_scale`` pass over the scores, an ``attn_mask`` pass when
-    ``causal`` with several queries, and ``attn_layout`` copies of Q and of the output when ``query_len > 1``.
+    ``causal`` with several queries, and ``attn_layout`` copies of the output (and of Q when ``batch > 1``)
+    when ``query_len > 1``.
     ``flash=True`` gives one ``fused_attention``
     operator that never writes the scores, writes the output once, re-reads K/V once per query tile and,
     when ``causal``, skips the tiles above the diagonal (and outside a sliding ``window``)
@@ -232,8 +234,10 @@ def _eager_attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, causal, bits) -> 
         Op("sv_matmul", count, 2.0 * scores * dv, load_act=scores * ab + B * H * k * dv * kvb,
            store_act=B * H * q * dv * ab, kind="attention", bits=bits),
     ]
-    if many:  # Q (after RoPE) and the output are transposed views, copied to be contiguous
-        layout = B * H * q * (d + dv) * ab
+    if many:
+        # the output, a transposed view, is copied into the layout o_proj reads; so is Q (after RoPE) for the
+        # batched product when the batch has several sequences (with one, a view of it suffices)
+        layout = B * H * q * dv * ab + np.where(np.asarray(B) > 1, B * H * q * d * ab, 0.0)
         ops.append(Op("attn_layout", count, 0.0, load_act=layout, store_act=layout))
     return ops
 

@@ -5,7 +5,7 @@ The analyzer (Chapter 2) charges every operator of a forward pass its compulsory
 :class:`~unveiled.kernels.traffic.ByteCounter` and sums what every ATen kernel read and wrote, attributed to
 the analyzer's operator names (``q_proj``, ``attn_norm``, ``softmax``, ...) through the module that ran it.
 :func:`compare_traffic` puts both side by side. Where they differ, the difference is a convention, and the
-table names it: eager PyTorch runs an RMSNorm as five kernels where the analyzer charges one fused kernel,
+table names it: eager PyTorch runs an RMSNorm as six kernels where the analyzer charges one fused kernel,
 copies K/V once per query head (``repeat_kv``) before attention, scales and masks the scores in extra passes,
 and copies the attention output into the layout ``o_proj`` reads. Introduced in Chapter 8.
 """
@@ -30,15 +30,15 @@ ATTENTION_PATHS = ("sdpa", "explicit")
 _FUSED_ATTENTION_KERNELS = {"aten._scaled_dot_product_flash_attention_for_cpu", "aten._scaled_dot_product_flash_attention",
                             "aten._scaled_dot_product_efficient_attention", "aten._scaled_dot_product_cudnn_attention"}
 _NOTES = {
-    "attn_norm": "eager RMSNorm is 5 kernels (square, mean, add eps and rsqrt, two multiplies); the analyzer charges one fused kernel",
-    "mlp_norm": "eager RMSNorm is 5 kernels; the analyzer charges one fused kernel",
-    "final_norm": "eager RMSNorm is 5 kernels; the analyzer charges one fused kernel",
+    "attn_norm": "eager RMSNorm is 6 kernels (square, mean, add ε, rsqrt, two multiplies); the analyzer charges one fused kernel",
+    "mlp_norm": "eager RMSNorm is 6 kernels; the analyzer charges one fused kernel",
+    "final_norm": "eager RMSNorm is 6 kernels; the analyzer charges one fused kernel",
     "rope": "eager rotate-half RoPE gathers the tables and runs neg, cat, 2 multiplies and an add per tensor; the analyzer charges one fused pass",
     "mlp_act": "eager SwiGLU runs SiLU and the multiply as two kernels; the analyzer charges one fused kernel",
     "repeat_kv": "eager GQA copies K and V once per query head before attention (the analyzer's 'eager' convention counts it)",
     "attn_scale": "the explicit path scales the scores in a separate pass",
     "attn_mask": "the explicit path masks the scores in a separate pass (the counter also sees the mask being built)",
-    "attn_layout": "layout copies: Q into the batched-matmul layout, the output into the layout o_proj reads",
+    "attn_layout": "layout copies: the output into the layout o_proj reads, Q into the batched product's (batch > 1)",
     "embed_tokens": "the counter also reads the token ids (8 bytes each)",
     "qk_matmul": "reads the repeated K, one copy per query head; the analyzer reads K once per key/value head",
     "sv_matmul": "reads the repeated V, one copy per query head; the analyzer reads V once per key/value head",
