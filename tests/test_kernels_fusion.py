@@ -194,3 +194,16 @@ def test_figure16_measured_against_the_analyzer():
     assert (merged["memory_access_reduction_pct"] >= merged["memory_access_reduction_pct_analyzer"]).all()
     assert (ours["time_reduction_pct"] <= ours["memory_access_reduction_pct"] + 1e-9).all()
     assert math.isclose(ours.iloc[0]["unfused_bytes"] / ours.iloc[0]["fused_bytes"], 1, rel_tol=0.01)
+
+
+def test_figure14_phases_remove_the_intermediate_only():
+    from unveiled.plots import kernels as kp
+
+    p = fusion.figure14_phases("a6000", tokens=32, hidden=64, intermediate=96)
+    sep, fused = p[p.schedule == "separate kernels"], p[p.schedule == "fused"]
+    intermediate = 32 * 96 * 4
+    assert sep["bytes"].sum() - fused["bytes"].sum() == 2 * intermediate  # its store and its reload
+    assert fused.end_s.max() < sep.end_s.max()
+    assert list(sep.kernel.unique()) == ["linear", "SiLU"] and list(fused.kernel.unique()) == ["linear + SiLU"]
+    assert (p.end_s >= p.start_s).all()
+    assert kp.figure14_chart(p, title="fig 14").to_dict()["title"] == "fig 14"

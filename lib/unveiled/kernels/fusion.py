@@ -51,6 +51,7 @@ __all__ = [
     "FusionCase",
     "compile_function",
     "compiler_support",
+    "figure14_phases",
     "fusion_cases",
     "inductor_session",
     "kernel_excerpt",
@@ -313,3 +314,39 @@ def measure_fusion(cases: list[FusionCase], device: str | Device, *, repeats: in
     out = pd.DataFrame(rows).reindex(columns=cols)
     out.attrs["code"] = codes
     return out
+
+
+def figure14_phases(device: str | Device, *, tokens: int = 256, hidden: int = 576, intermediate: int = 1536,
+                    seed: int = 0) -> pd.DataFrame:
+    """The survey's Fig. 14 from a real example: a linear layer then SiLU, as separate kernels and fused.
+
+    The eager kernels run under a :class:`~unveiled.kernels.traffic.ByteCounter` (``mm`` reads the input and
+    the weight and stores its output; ``silu`` loads it back and stores the result); the fused kernel loads
+    the input and the weight and stores only the result. Each kernel's phases are timed on ``device``'s
+    roofline, one after the other: load = bytes read / bandwidth, compute = FLOPs / peak (SiLU at 4 operations
+    per element), store = bytes written / bandwidth. Columns: ``schedule`` ("separate kernels", "fused"),
+    ``kernel``, ``phase``, ``start_s``, ``end_s``, ``bytes``. fp32, at SmolLM2's widths by default.
+    Introduced in Chapter 8.
+    """
+    dev = hardware(device)
+    dtype = "fp32" if dev.has("fp32") else dev.dtypes[0]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, hidden, generator=g)
+    w = torch.randn(intermediate, hidden, generator=g)
+    with torch.inference_mode(), ByteCounter() as bc:
+        torch.nn.functional.silu(torch.nn.functional.linear(x, w))
+    mm, act = bc.records
+    flops = {"linear": 2.0 * tokens * hidden * intermediate, "SiLU": 4.0 * tokens * intermediate}
+    kernels = {"separate kernels": [("linear", mm.read_bytes, flops["linear"], mm.write_bytes),
+                                    ("SiLU", act.read_bytes, flops["SiLU"], act.write_bytes)],
+               "fused": [("linear + SiLU", mm.read_bytes, flops["linear"] + flops["SiLU"], act.write_bytes)]}
+    rows = []
+    for schedule, ks in kernels.items():
+        t = 0.0
+        for name, load, work, store in ks:
+            for phase, seconds, nbytes in (("load", load / dev.bandwidth, load), ("compute", work / dev.peak(dtype), 0),
+                                           ("store", store / dev.bandwidth, store)):
+                rows.append({"schedule": schedule, "kernel": name, "phase": phase, "start_s": t, "end_s": t + seconds,
+                             "bytes": nbytes})
+                t += seconds
+    return pd.DataFrame(rows)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from .style import BOUND_COLORS
+from ..hardware import hardware
+from .roofline import PHASE_COLORS
+from .style import BOUND_COLORS, color_scale
 
 __all__ = [
     "DEVICE_BUFFERS",
     "decode_speed_chart",
+    "figure14_chart",
     "fusion_chart",
     "profile_chart",
     "traffic_chart",
@@ -29,8 +32,10 @@ _KIND_COLORS = {"matrix-vector (weights)": "#4c78a8", "attention": "#f58518", "e
 _SERIES = {"naive (eager kernels, counted)": "#d62728", "FlashAttention tiles (counted)": "#1f77b4",
            "Θ(N²d²/M) (constant 1)": "#7f7f7f", "compulsory (Q, K, V, O once)": "#2ca02c"}
 
-#: On-chip shared memory per streaming multiprocessor of some registry GPUs (KB), for marks on the charts.
-DEVICE_BUFFERS = {"A6000": 100, "A100": 164, "H100": 228}
+#: On-chip shared memory per streaming multiprocessor (KB) of three GPUs of the hardware registry, marked on
+#: the charts (read from the registry, not typed).
+DEVICE_BUFFERS = {label: hardware(name).smem_per_sm_bytes / 1e3
+                  for label, name in (("A6000", "a6000"), ("A100", "a100-80gb"), ("H100", "h100-sxm"))}
 
 
 def _svg(chart):
@@ -126,6 +131,25 @@ def traffic_explorer_chart(sweep: pd.DataFrame, *, device_buffers: dict[str, flo
             tooltip=tip)
         panels.append(alt.layer(line, rules, labels).properties(width=width, height=height, title=ptitle))
     return _svg(alt.vconcat(*panels).add_params(p_n, p_d).resolve_scale(color="independent"))
+
+
+def figure14_chart(phases: pd.DataFrame, *, title: str = "", height: int = 150) -> alt.LayerChart:
+    """The survey's Fig. 14 as two timelines, separate kernels against fused, from
+    :func:`unveiled.kernels.fusion.figure14_phases`; each bar is a load, compute or store phase, in µs.
+    Introduced in Chapter 8.
+    """
+    df = phases.assign(start=phases.start_s * 1e6, end=phases.end_s * 1e6, MB=phases["bytes"] / 1e6)
+    df = _round(df, ["start", "end", "MB"])
+    y = alt.Y("schedule:N", title=None, sort=["separate kernels", "fused"])
+    bars = alt.Chart(df).mark_bar(size=22, stroke="#fff", strokeWidth=1).encode(
+        x=alt.X("start:Q", title="time on the roofline (µs)"), x2="end:Q", y=y,
+        color=alt.Color("phase:N", scale=color_scale(PHASE_COLORS), legend=alt.Legend(title=None, orient="bottom")),
+        tooltip=["schedule:N", "kernel:N", "phase:N", alt.Tooltip("MB:Q", title="bytes (MB)"),
+                 alt.Tooltip("start:Q", title="start (µs)"), alt.Tooltip("end:Q", title="end (µs)")])
+    first = df.groupby(["schedule", "kernel"], as_index=False, sort=False)["start"].min()
+    labels = alt.Chart(first).mark_text(align="left", dx=3, dy=-16, fontSize=10).encode(
+        x="start:Q", y=y, text="kernel:N")
+    return _svg(alt.layer(bars, labels).properties(width="container", height=height, title=title))
 
 
 def fusion_chart(table: pd.DataFrame, *, title: str = "", height: int = 220) -> alt.Chart:
