@@ -1,8 +1,8 @@
 """The cached experiments of Chapter 8: SmolLM2-135M's decode step eager against compiled, and where it goes.
 
-Compiling SmolLM2's whole decode step takes about a minute of CPU time (inductor generates a few dozen C++
-kernels and the system compiler builds each), more than a chapter's budget; these experiments run it once and
-the chapter shows the tables, re-running a small case (elementwise chains, the tiny model) live. Each is
+Compiling SmolLM2's whole decode step costs more than a chapter's time budget (inductor generates C++ kernels
+and the system compiler builds each); these experiments run it once and the chapter shows the tables,
+re-running small cases (elementwise chains, the tiny model's step) live. Each is
 registered with :func:`unveiled.results.experiment`::
 
     python -m unveiled.results run kernels.experiments.smollm2_decode
