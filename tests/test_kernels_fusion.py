@@ -132,6 +132,10 @@ def test_compiled_chain_is_one_kernel_at_compulsory_traffic():
     row = table.iloc[0]
     assert row["compiled"] and row["compiled_bytes"] == row["compulsory_bytes"] < row["eager_bytes"]
     assert row["eager_kernels"] == 2 and row["compiled_kernels"] == 1
+    # Chapter 8's claim: in fp32 on a CPU the activation after a linear layer is not fused into the GEMM
+    lin = fusion.fusion_cases(tokens=4, hidden=32, intermediate=48)[2]
+    comp = fusion.compile_function(lin.fn, *lin.args)
+    assert comp.compiled and len(comp.extern_calls) == 1 and len(comp.kernels) == 1
 
 
 # ---- FlashAttention's IO, counted -----------------------------------------------------------------------------

@@ -115,3 +115,15 @@ def test_cached_fusion_bytes_are_the_counters():
         assert chains.loc[case.name, "eager_bytes"] == eager_bytes
         assert chains.loc[case.name, "eager_kernels"] == kernels
         assert chains.loc[case.name, "compulsory_bytes"] == compulsory
+
+
+def test_chapter_claims_about_the_cached_measurements():
+    """Chapter 8, section 8.7: the generated matrix-vector loops beat the library's, and the library's product
+    streams below a plain read (one thread, CPU-time clock, as cached)."""
+    decode = results.cached("kernels.experiments.smollm2_decode")
+    one = decode[(decode.threads == 1) & (decode.clock == "thread")].set_index("path").fraction_of_roof
+    assert one["compiled, generated GEMV"] > one["compiled, library GEMV"]
+    assert one["compiled, generated GEMV"] > one["eager Decoder"]
+    streams = results.cached("kernels.experiments.memory_streams")
+    s = streams[(streams.threads == 1) & (streams.clock == "thread")].set_index("kernel").fraction_of_triad
+    assert s["GEMV, weight [out, in] (nn.Linear)"] < s["read: sum(a)"] < 1
