@@ -43,7 +43,7 @@ def main() -> None:
     for n, rows in table.groupby("threads"):
         print(f"\n{n} thread(s): triad {rows['bandwidth_bytes_s'].iloc[0] / 1e9:.1f} GB/s")
         for r in rows.itertuples():
-            print(f"  {r.path:22s} {r.tokens_per_s:7.1f} tok/s  {r.achieved_bytes_s / 1e9:6.1f} GB/s  "
+            print(f"  {r.path:26s} {r.tokens_per_s:7.1f} tok/s  {r.achieved_bytes_s / 1e9:6.1f} GB/s  "
                   f"{100 * r.fraction_of_roof:5.1f} % of the roof")
         by = rows.set_index("path")
         e = by.loc["eager Decoder"]
