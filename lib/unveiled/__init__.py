@@ -48,6 +48,8 @@ _LAZY: dict[str, str] = {
     "max_batch": "analyzer",
     "max_seq_len": "analyzer",
     "analyzer_explorer": "explorers.analyzer",
+    # Kernels (Chapter 8)
+    "flash_explorer": "explorers.kernels",
     # Decoding algorithms (Chapter 7)
     "decoding_explorer": "explorers.decoding",
     # Measuring this machine (Chapter 1)
@@ -71,7 +73,7 @@ _LAZY: dict[str, str] = {
 # Sub-packages reachable as attributes (``uv.labs.roofline.check_attainable``) without an explicit import.
 _SUBMODULES = ("labs", "plots", "explorers", "text", "models", "generation", "evaluation", "zoo", "smollm2",
                "calibration", "kvcache", "decoding", "quant", "results", "analyzer", "distill", "measure", "threads",
-               "training", "timing", "matmul_probe", "tables", "session")
+               "training", "timing", "matmul_probe", "tables", "session", "kernels")
 
 __all__ = [
     "DTYPES",

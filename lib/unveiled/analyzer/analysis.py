@@ -17,7 +17,7 @@ from .._validate import check_choice, check_int
 from ..hardware import Device, get_device
 from ..roofline import roofline_time
 from .configs import ModelSpec, model_spec, param_classes
-from .costs import CONVENTIONS, LOGITS, STAGES, Op, Setting, build_ops
+from .costs import ATTENTION_KERNELS, CONVENTIONS, LOGITS, STAGES, Op, Setting, build_ops
 from .precision import Precision
 
 __all__ = ["Analysis", "MemoryFootprint", "analyze", "resolve_device", "setting"]
@@ -262,6 +262,7 @@ class Analysis:
     _ops: pd.DataFrame | None = field(default=None, repr=False)
     precision: Precision = field(default_factory=Precision)
     new_tokens: int = 1
+    attention: str = ""  # the attention kernel convention ("fused", "unfused" or "eager")
 
     @property
     def ops(self) -> pd.DataFrame:
@@ -365,7 +366,7 @@ def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", bat
             precision: Precision | str | None = None, w_bits: int | None = None, a_bits: int | None = None,
             kv_bits: int | None = None, flash_attention: bool = False, conventions: str = "exact",
             logits: str = "last", check_context: bool | None = None, group_size: int | None = None,
-            head_bits: int | None = None, new_tokens: int = 1) -> Analysis:
+            head_bits: int | None = None, new_tokens: int = 1, attention: str | None = None) -> Analysis:
     """Analyse one prefill or decode pass of model ``m`` on device ``hw`` with the roofline model.
 
     ``stage="prefill"`` processes ``batch`` prompts of ``seq_len`` tokens; ``stage="decode"`` processes one
@@ -382,17 +383,29 @@ def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", bat
     plain forward). ``conventions="paper"`` reproduces LLM-Viewer's accounting and the survey's numbers
     [Yuan et al. 2024]; ``"exact"`` (default) counts from first principles. A prompt longer than the model's
     context raises unless ``check_context=False`` (the paper convention does not check, as LLM-Viewer did
-    not). Introduced in Chapter 2.
+    not). ``attention`` names the attention kernels explicitly (see
+    :data:`~unveiled.analyzer.costs.ATTENTION_KERNELS`): ``"fused"`` is ``flash_attention=True``, ``"unfused"``
+    the default three GQA-aware kernels, ``"eager"`` what eager PyTorch code moves (K/V repeated per query head,
+    separate scale and mask passes; exact convention, not for multi-head latent attention; Chapter 8).
+    Introduced in Chapter 2.
     """
     spec = model_spec(m)
     conventions = check_choice("conventions", conventions, CONVENTIONS)
+    if attention is not None:
+        check_choice("attention", attention, ATTENTION_KERNELS)
+        if flash_attention and attention != "fused":
+            raise ValueError(f"flash_attention=True contradicts attention={attention!r}; pass one of them")
+        if attention == "eager" and conventions != "exact":
+            raise ValueError("attention='eager' is a first-principles count: use conventions='exact'")
+        flash_attention = attention == "fused"
     device = resolve_device(hw, conventions)
     p = Precision.resolve(precision, w_bits=w_bits, a_bits=a_bits, kv_bits=kv_bits, head_bits=head_bits,
                           group_size=group_size)
     batch, seq_len, flash_attention, new_tokens = check_setting(
         spec, stage=stage, batch=batch, seq_len=seq_len, flash_attention=flash_attention, conventions=conventions,
         logits=logits, check_context=check_context, new_tokens=new_tokens)
-    st = setting(stage, batch, seq_len, p, flash_attention, conventions, logits, new_tokens)
+    st = setting(stage, batch, seq_len, p, flash_attention, conventions, logits, new_tokens,
+                 eager_attention=attention == "eager")
     ev = evaluate(spec, device, st)
     weights, kv, act = memory_arrays(spec, st, ev)
     counts = ev.counts
@@ -400,15 +413,18 @@ def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", bat
     total_bytes = float(counts @ ev.bytes)
     time_s = float(counts @ ev.time)
     mem = MemoryFootprint(float(weights), float(kv), float(act), device.memory_bytes)
+    kernels = attention or ("fused" if flash_attention else "unfused")
     return Analysis(spec, device, stage, batch, seq_len, p.w_bits, p.a_bits, p.kv, flash_attention, conventions,
-                    logits, flops, total_bytes, time_s, mem, ev, precision=p, new_tokens=new_tokens)
+                    logits, flops, total_bytes, time_s, mem, ev, precision=p, new_tokens=new_tokens,
+                    attention=kernels)
 
 
 def setting(stage: str, batch, seq_len, precision: Precision, flash_attention: bool = False,
-            conventions: str = "exact", logits: str = "last", new_tokens: int = 1) -> Setting:
+            conventions: str = "exact", logits: str = "last", new_tokens: int = 1,
+            eager_attention: bool = False) -> Setting:
     """The :class:`Setting` the cost formulas evaluate (batch and seq_len may be arrays), from checked values."""
     p = precision
     return Setting(stage, np.asarray(batch, dtype=float) if np.ndim(batch) else float(batch),
                    np.asarray(seq_len, dtype=float) if np.ndim(seq_len) else float(seq_len), float(p.w_bits),
                    float(p.a_bits), float(p.kv), flash_attention, conventions, logits, p.group_size, p.head_bits,
-                   new_tokens)
+                   new_tokens, eager_attention)

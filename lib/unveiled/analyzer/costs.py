@@ -7,6 +7,19 @@ FlashAttention never writing the score matrix, ...). ``"paper"`` follows the rul
 that the survey's numbers are reproduced exactly; ``"paper-2024-03"`` is the same with the March 2024
 FlashAttention formula that under-counted K/V loads (it produced the survey's Fig. 16).
 
+Attention is counted under one of three named kernel conventions (``ATTENTION_KERNELS``, exact convention):
+
+* ``"fused"`` (``flash_attention=True``): one FlashAttention kernel that never writes the score matrix and
+  reads each key/value head once per query tile [Dao et al. 2022; Dao 2023];
+* ``"unfused"`` (the default): three kernels (``qk_matmul``, ``softmax``, ``sv_matmul``) that write and read
+  the scores, with each key/value head read once for its whole group of query heads, as a GQA-aware batched
+  product does (query heads grouped as rows of one matrix). This is *not* what eager PyTorch code moves;
+* ``"eager"``: the unfused formula as eager PyTorch runs it (Hugging Face's ``eager`` attention, the book's
+  explicit path): K and V copied once per query head (``repeat_kv``), the products reading those copies,
+  the scale (and, with causal masking, the mask) applied in passes of their own, and layout copies of the
+  output (and of Q, when the batch holds several sequences) when several tokens are processed. Checked against
+  counted traffic in Chapter 8.
+
 Every formula is written with NumPy operations, so the same code evaluates one configuration (scalars) or a
 whole grid (broadcast arrays) in one pass: that is what makes :func:`unveiled.sweep` fast.
 """
@@ -24,6 +37,7 @@ from .configs import ModelSpec
 from .precision import BITS, check_bits
 
 __all__ = [
+    "ATTENTION_KERNELS",
     "BITS",
     "CONVENTIONS",
     "STAGES",
@@ -36,6 +50,7 @@ __all__ = [
 ]
 
 CONVENTIONS = ("exact", "paper", "paper-2024-03")
+ATTENTION_KERNELS = ("fused", "unfused", "eager")
 STAGES = ("prefill", "decode")
 LOGITS = ("last", "all")
 
@@ -63,6 +78,7 @@ class Setting:
     group_size: int | None = None
     head_bits: int | None = None
     new_tokens: int = 1  # tokens each sequence feeds to a decode step (k + 1 when verifying k drafts)
+    eager_attention: bool = False  # attention as eager PyTorch runs it (repeat_kv copies, separate passes)
 
 
 @dataclass
@@ -164,25 +180,63 @@ def _causal_tiles(s, tile: int, window: int | None):
 
 def attention_cost(batch, query_len, key_len, num_heads, num_kv_heads, head_dim, v_head_dim=None,
                    act_bytes=2.0, kv_bytes=2.0, flash: bool = False, causal: bool = False, tile: int = 128,
-                   window: int | None = None, shared_kv: bool = False) -> dict[str, tuple]:
+                   window: int | None = None, shared_kv: bool = False, eager: bool = False) -> dict[str, tuple]:
     """FLOPs and bytes of attention, per operator: ``{"qk_matmul": (flops, bytes), "softmax": ..., ...}``.
 
-    Naive attention (``flash=False``, as eager PyTorch runs it) is three operators that materialise the
-    ``query_len × key_len`` score matrix of every head: ``qk_matmul`` reads Q (query heads) and K (key/value
-    heads, so GQA reads K/V once per group) and writes the scores; ``softmax`` reads and writes them;
-    ``sv_matmul`` reads them and V and writes the output. ``flash=True`` gives one ``fused_attention``
+    Unfused attention (``flash=False``, the "unfused" convention of the module docstring) is three operators
+    that materialise the ``query_len × key_len`` score matrix of every head: ``qk_matmul`` reads Q (query
+    heads) and K (key/value heads, so GQA reads K/V once per group) and writes the scores; ``softmax`` reads
+    and writes them; ``sv_matmul`` reads them and V and writes the output. ``eager=True`` counts it as eager
+    PyTorch runs it: a ``repeat_kv`` copy of K and V per query head (when there are fewer key/value heads),
+    products that read the copies, an ``attn_scale`` pass over the scores, an ``attn_mask`` pass when
+    ``causal`` with several queries, and ``attn_layout`` copies of the output (and of Q when ``batch > 1``)
+    when ``query_len > 1``.
+    ``flash=True`` gives one ``fused_attention``
     operator that never writes the scores, writes the output once, re-reads K/V once per query tile and,
     when ``causal``, skips the tiles above the diagonal (and outside a sliding ``window``)
     [Dao et al. 2022; Dao 2023]. ``kv_bytes`` is the size of the K/V elements it reads (the cache's in decode,
     the activations' in prefill). Introduced in Chapter 2.
     """
+    if flash and eager:
+        raise ValueError("eager=True describes unfused attention; it cannot be combined with flash=True")
     ops = _attention_ops(1, batch, query_len, key_len, num_heads, num_kv_heads, head_dim,
                          v_head_dim or head_dim, act_bytes, kv_bytes, flash, causal, tile, window, shared_kv,
-                         (16, 16))
+                         (16, 16), eager)
     return {op.name: (op.flops, op.bytes) for op in ops}
 
 
-def _attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, flash, causal, tile, window, shared_kv, bits):
+def _eager_attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, causal, bits) -> list[Op]:
+    """Unfused attention as eager PyTorch runs it (see the module docstring, convention "eager")."""
+    scores = B * H * q * k
+    ops = []
+    if np.any(np.asarray(K) != np.asarray(H)):
+        ops.append(Op("repeat_kv", count, 0.0, load_kv=B * K * k * (d + dv) * kvb, store_act=B * H * k * (d + dv) * kvb))
+    ops += [
+        Op("qk_matmul", count, 2.0 * scores * d, load_act=B * H * q * d * ab + B * H * k * d * kvb,
+           store_act=scores * ab, kind="attention", bits=bits),
+        Op("attn_scale", count, scores, load_act=scores * ab, store_act=scores * ab),
+    ]
+    many = bool(np.any(np.asarray(q) > 1))  # one query per sequence (decode) needs no mask and no layout copy
+    if causal and many:
+        # one pass over the scores, reading a [q, k] boolean mask shared by every head
+        ops.append(Op("attn_mask", count, scores, load_act=scores * ab + q * k, store_act=scores * ab))
+    ops += [
+        Op("softmax", count, SOFTMAX_OPS * scores, load_act=scores * ab, store_act=scores * ab),
+        Op("sv_matmul", count, 2.0 * scores * dv, load_act=scores * ab + B * H * k * dv * kvb,
+           store_act=B * H * q * dv * ab, kind="attention", bits=bits),
+    ]
+    if many:
+        # the output, a transposed view, is copied into the layout o_proj reads; so is Q (after RoPE) for the
+        # batched product when the batch has several sequences (with one, a view of it suffices)
+        layout = B * H * q * dv * ab + np.where(np.asarray(B) > 1, B * H * q * d * ab, 0.0)
+        ops.append(Op("attn_layout", count, 0.0, load_act=layout, store_act=layout))
+    return ops
+
+
+def _attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, flash, causal, tile, window, shared_kv, bits,
+                   eager=False):
+    if eager and not flash:
+        return _eager_attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, causal, bits)
     if flash:
         cols, elements = _flash_extent(q, k, causal, tile, window)
         kv_width = d if shared_kv else d + dv
@@ -208,7 +262,8 @@ def _flash_extent(q, k, causal, tile, window):
     the keys up to its last query (:func:`_suffix_tiles`).
     """
     if not causal:
-        return k, q * k
+        # every query tile streams all keys: once in total only when the queries fit one tile (a decode step)
+        return np.ceil(np.asarray(q, dtype=float) / tile) * k, q * k
     if causal == "suffix":
         return _suffix_tiles(int(q), k, tile, window)
     return _causal_tiles(q, tile, window)
@@ -338,6 +393,9 @@ def _attention_block(spec: ModelSpec, st: Setting, device: Device | None, N, w: 
     tile = flash_tile(device, spec.head_dim, float(np.max(w.act)), float(np.max(kv_read)))
     attn_bits = (st.a_bits, st.a_bits if prefill else st.kv_bits)
     if spec.is_mla:
+        if st.eager_attention:
+            raise ValueError(f"{spec.name} uses multi-head latent attention; the eager attention convention models "
+                             "grouped-query attention only: use attention='unfused' or 'fused'")
         return _mla_ops(spec, st, N, q_len, k_len, causal, w, attn_bits, kv_read, tile)
     n, h = spec.num_layers, spec.hidden_size
     H, K, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
@@ -350,7 +408,7 @@ def _attention_block(spec: ModelSpec, st: Setting, device: Device | None, N, w: 
         ops.append(_rope(n, N, H + K, d, w.act))
     ops.append(Op("kv_store", n, 0.0, load_act=N * 2 * kvw * w.act, store_kv=N * 2 * kvw * w.kv))
     ops += _attention_ops(n, st.batch, q_len, k_len, H, K, d, d, w.act, kv_read, st.flash_attention, causal,
-                          tile, spec.sliding_window, False, attn_bits)
+                          tile, spec.sliding_window, False, attn_bits, st.eager_attention)
     ops.append(_linear("o_proj", n, N, qo, h, w.weight, w.act, spec.o_bias, w.high, w.gemm_bits))
     return ops
 
