@@ -73,7 +73,7 @@ _LAZY: dict[str, str] = {
 # Sub-packages reachable as attributes (``uv.labs.roofline.check_attainable``) without an explicit import.
 _SUBMODULES = ("labs", "plots", "explorers", "text", "models", "generation", "evaluation", "zoo", "smollm2",
                "calibration", "kvcache", "decoding", "quant", "results", "analyzer", "distill", "measure", "threads",
-               "training", "timing", "matmul_probe", "tables", "session", "kernels")
+               "training", "timing", "matmul_probe", "tables", "session", "kernels", "survey_map")
 
 __all__ = [
     "DTYPES",
