@@ -19,6 +19,7 @@ Introduced in Chapter 3.
 
 from . import analysis as analysis
 from . import experiments as experiments
+from . import format_experiments as format_experiments
 from . import formats as formats
 from . import methods as methods
 from .analysis import *  # noqa: F403
