@@ -1,4 +1,4 @@
-"""The Chapter 6 lab check: a correct accept/reject step passes; typical wrong ones fail with the right message."""
+"""The Chapter 7 lab check: a correct accept/reject step passes; typical wrong ones fail with the right message."""
 
 from __future__ import annotations
 

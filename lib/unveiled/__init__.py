@@ -45,7 +45,7 @@ _LAZY: dict[str, str] = {
     "max_batch": "analyzer",
     "max_seq_len": "analyzer",
     "analyzer_explorer": "explorers.analyzer",
-    # Decoding algorithms (Chapter 6)
+    # Decoding algorithms (Chapter 7)
     "decoding_explorer": "explorers.decoding",
     # Measuring this machine (Chapter 1)
     "measure_machine": "measure",

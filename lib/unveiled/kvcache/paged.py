@@ -12,7 +12,7 @@ requests with a common prefix share its full blocks. Writing into a shared block
 Three layers, from bookkeeping to tensors: :class:`BlockAllocator` (free list and reference counts),
 :class:`BlockManager` (block tables, growth, forking, prefix caching by chained block hashes, statistics;
 no tensors, so serving simulations run it directly) and :class:`PagedKVCache` (tensor pools per layer that
-plug into :class:`~unveiled.models.Decoder`). Introduced in Chapter 5.
+plug into :class:`~unveiled.models.Decoder`). Introduced in Chapter 6.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class BlockAllocator:
     :meth:`allocate` hands out the lowest free block with count 1, :meth:`share` adds a reference,
     :meth:`free` drops one and returns the block to the free list when none is left. Freeing a block that is
     not allocated is an error (a double free would let two sequences write the same memory).
-    Introduced in Chapter 5.
+    Introduced in Chapter 6.
     """
 
     def __init__(self, num_blocks: int) -> None:
@@ -123,7 +123,7 @@ class BlockStats:
     """Occupancy of a paged pool: blocks in use, tokens stored, and the slots wasted inside last blocks.
 
     ``logical_tokens`` counts every sequence's tokens (shared ones once per sequence); ``stored_tokens``
-    counts the token slots actually written in used blocks (shared blocks once). Introduced in Chapter 5.
+    counts the token slots actually written in used blocks (shared blocks once). Introduced in Chapter 6.
     """
 
     block_size: int
@@ -179,7 +179,7 @@ class BlockManager:
     new prompt reuses any live block with the same chained hash: two prompts share exactly
     ``common_prefix // block_size`` blocks. Every method that must copy block contents returns the
     ``(src, dst)`` pairs so the owner of the tensors can copy them. ``num_blocks=None`` grows the pool on
-    demand. Introduced in Chapter 5.
+    demand. Introduced in Chapter 6.
     """
 
     def __init__(self, block_size: int, num_blocks: int | None = None, *, prefix_caching: bool = False) -> None:
@@ -346,7 +346,7 @@ def gather_kv(pool: torch.Tensor, block_table: Sequence[int] | torch.Tensor, len
 
     ``pool`` is ``[num_blocks, block_size, ...]``; token ``t`` is ``pool[block_table[t // B], t % B]``. The
     result is ``[length, ...]``, as a contiguous cache would hold it [Kwon et al. 2023]. Introduced in
-    Chapter 5.
+    Chapter 6.
     """
     bs = pool.shape[1]
     table = torch.as_tensor(block_table, dtype=torch.long)
@@ -370,7 +370,7 @@ def paged_attention(
     d]`` with ``H`` a multiple of ``K`` (grouped-query attention: query head ``h`` reads key/value head
     ``h // (H / K)``), ``block_tables[i]`` and ``context_lens[i]`` say where sequence ``i``'s tokens are. The
     reference gathers each sequence through its table, then attends; vLLM's kernel does the same gather
-    inside the kernel, block by block [Kwon et al. 2023]. Returns ``[num_seqs, H, d]``. Introduced in Chapter 5.
+    inside the kernel, block by block [Kwon et al. 2023]. Returns ``[num_seqs, H, d]``. Introduced in Chapter 6.
     """
     n, h, d = query.shape
     kv_heads = key_pool.shape[2]
@@ -399,7 +399,7 @@ class PagedKVCache:
     keys and values, so the model computes exactly what a contiguous cache gives it. :meth:`fork` returns a
     second cache whose sequences share every block with this one (copy-on-write on the first write into a
     shared block), the way parallel samples share their prompt [Kwon et al. 2023]. ``num_blocks=None`` lets
-    the pool grow. Introduced in Chapter 5.
+    the pool grow. Introduced in Chapter 6.
     """
 
     keys_before_rope = False

@@ -1,4 +1,4 @@
-"""Lab checks of Chapter 6 (decoding algorithms): implement speculative sampling's accept/reject step.
+"""Lab checks of Chapter 7 (decoding algorithms): implement speculative sampling's accept/reject step.
 
 The reader writes ``speculative_accept(p, q, draft_tokens, generator)``: ``p`` ``[k + 1, V]`` are the target's
 probabilities after the context and after each draft token, ``q`` ``[k, V]`` the draft's, ``draft_tokens`` the
@@ -6,7 +6,7 @@ probabilities after the context and after each draft token, ``q`` ``[k, V]`` the
 cases (greedy rows, identical and disjoint distributions) and then the same seeded chi-square exactness test
 the library's own implementation passes, so an implementation that is only *almost* right (resampling from
 ``p`` instead of the residual, accepting with probability ``p(x)``) fails with a hint. Introduced in
-Chapter 6.
+Chapter 7.
 """
 
 from __future__ import annotations
@@ -102,10 +102,10 @@ def check_speculative_accept(fn: Callable, *, raise_on_fail: bool = True, show: 
     Cases: greedy rows (accept exactly the matching prefix, then the target's arg-max); ``q = p`` (accept all
     ``k`` plus a bonus token); disjoint supports (reject at once, replacement from the residual); and a seeded
     chi-square test over 8,000 rounds (false-alarm rate 1e-4, Bonferroni over positions) that the emitted
-    tokens follow the target. Introduced in Chapter 6.
+    tokens follow the target. Introduced in Chapter 7.
     """
     if not callable(fn):
-        raise TypeError(f"Lab 6.1: pass your function itself (e.g. check(my_fn)), got {type(fn).__name__}")
+        raise TypeError(f"Lab 7.1: pass your function itself (e.g. check(my_fn)), got {type(fn).__name__}")
     v = 5
     p_greedy = _one_hot([2, 0, 4], v)
     q_greedy = _one_hot([2, 3], v)
@@ -138,7 +138,7 @@ def check_speculative_accept(fn: Callable, *, raise_on_fail: bool = True, show: 
                   "mass min(p, q) twice); accept with probability min(1, p(x)/q(x)), not p(x); stop at the first "
                   "rejection; add a bonus token from p[k] only when all k are accepted."),
     ]
-    return run_cases(_Runner(fn), cases, "Lab 6.1: speculative sampling's accept/reject step",
+    return run_cases(_Runner(fn), cases, "Lab 7.1: speculative sampling's accept/reject step",
                      raise_on_fail=raise_on_fail, show=show)
 
 

@@ -1,11 +1,11 @@
-"""Lab checks for Chapter 5 (the KV cache): KIVI quantization, the paged gather and paged attention.
+"""Lab checks for Chapter 6 (the KV cache): KIVI quantization, the paged gather and paged attention.
 
 Each check runs the reader's function on fixed, seeded cases and compares it with the library's reference
 (:func:`unveiled.kvcache.fake_quantize`, :func:`unveiled.kvcache.gather_kv`,
 :func:`unveiled.kvcache.paged_attention`). When a result is wrong, the check also tries the classic mistakes
 (keys grouped per token, symmetric instead of asymmetric, ``2**bits`` steps, truncation instead of rounding,
 ignoring the block table, forgetting the ``1/sqrt(d)`` scale, mapping query heads to the wrong key/value
-head) and says which one the result matches. Introduced in Chapter 5.
+head) and says which one the result matches. Introduced in Chapter 6.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _mismatch(got, want: torch.Tensor, what: str, mistakes: dict[str, torch.Tens
     return f"{what} differs from the reference by up to {float(diff.max()):.3g} (at flat index {i})"
 
 
-# ---- Lab 5.1: KIVI quantization ------------------------------------------------------------------
+# ---- Lab 6.1: KIVI quantization ------------------------------------------------------------------
 
 
 def _minmax(x: torch.Tensor, bits: int, dim: int, group: int, *, levels: int | None = None,
@@ -122,7 +122,7 @@ def check_kivi_quantize(fn: Callable, *, raise_on_fail: bool = True, show: bool 
 
     ``keys`` and ``values`` are ``[tokens, channels]``; keys must be quantized per channel in groups of
     ``group_size`` tokens, values per token in groups of ``group_size`` channels, asymmetric min-max,
-    round to nearest, and returned dequantized. Introduced in Chapter 5.
+    round to nearest, and returned dequantized. Introduced in Chapter 6.
     """
     cases = []
     for name, seed, tokens, dim, bits, group in (
@@ -141,10 +141,10 @@ def check_kivi_quantize(fn: Callable, *, raise_on_fail: bool = True, show: bool 
     cases.append(Case("constant groups (max == min) come back exactly", (k.clone(), v.clone(), 2, 4),
                       judge=_kivi_judge(k, v, 2, 4),
                       hint="when max == min the scale is 0: use scale 1 (or skip the division) for that group"))
-    return run_cases(fn, cases, "Lab 5.1: KIVI quantization", raise_on_fail=raise_on_fail, show=show)
+    return run_cases(fn, cases, "Lab 6.1: KIVI quantization", raise_on_fail=raise_on_fail, show=show)
 
 
-# ---- Lab 5.2: the paged gather -------------------------------------------------------------------
+# ---- Lab 6.2: the paged gather -------------------------------------------------------------------
 
 
 def _pool(seed: int, num_blocks: int, block_size: int, *rest: int) -> torch.Tensor:
@@ -172,7 +172,7 @@ def _gather_judge(pool: torch.Tensor, table: list[int], length: int) -> Callable
 
 def check_gather_kv(fn: Callable, *, raise_on_fail: bool = True, show: bool = True) -> LabReport:
     """Check ``fn(pool, block_table, length) -> [length, ...]``: token ``t`` is
-    ``pool[block_table[t // block_size], t % block_size]``. Introduced in Chapter 5."""
+    ``pool[block_table[t // block_size], t % block_size]``. Introduced in Chapter 6."""
     cases = []
     for name, seed, nblocks, bs, table, length in (
         ("blocks out of order, last block partly filled", 0, 8, 4, [5, 2, 7, 0], 14),
@@ -184,10 +184,10 @@ def check_gather_kv(fn: Callable, *, raise_on_fail: bool = True, show: bool = Tr
         pool = _pool(seed, nblocks, bs, 3)
         cases.append(Case(name, (pool.clone(), list(table), length), judge=_gather_judge(pool, table, length),
                           hint="for t in range(length): block = block_table[t // B]; offset = t % B"))
-    return run_cases(fn, cases, "Lab 5.2: the paged gather", raise_on_fail=raise_on_fail, show=show)
+    return run_cases(fn, cases, "Lab 6.2: the paged gather", raise_on_fail=raise_on_fail, show=show)
 
 
-# ---- Lab 5.3: paged attention for one decode step -----------------------------------------------
+# ---- Lab 6.3: paged attention for one decode step -----------------------------------------------
 
 
 def _attn_variant(q, kp, vp, table, length, *, scale=True, head_map="group"):
@@ -217,7 +217,7 @@ def _attention_judge(q, kp, vp, table, length) -> Callable:
 def check_paged_attention(fn: Callable, *, raise_on_fail: bool = True, show: bool = True) -> LabReport:
     """Check ``fn(query [H, d], key_pool, value_pool, block_table, length) -> [H, d]`` where the pools are
     ``[num_blocks, block_size, K, d]`` and query head ``h`` reads key/value head ``h // (H // K)``.
-    Introduced in Chapter 5."""
+    Introduced in Chapter 6."""
     cases = []
     for name, seed, nblocks, bs, heads, kv_heads, d, table, length in (
         ("multi-head attention, 3 blocks", 0, 6, 4, 2, 2, 8, [4, 0, 2], 10),
@@ -232,7 +232,7 @@ def check_paged_attention(fn: Callable, *, raise_on_fail: bool = True, show: boo
                           judge=_attention_judge(q, kp, vp, table, length),
                           hint="gather K and V with your gather_kv, repeat each key/value head H // K times, "
                                "then softmax(q·kᵀ / sqrt(d)) · v"))
-    return run_cases(fn, cases, "Lab 5.3: paged attention", raise_on_fail=raise_on_fail, show=show)
+    return run_cases(fn, cases, "Lab 6.3: paged attention", raise_on_fail=raise_on_fail, show=show)
 
 
 CHECKS: dict[str, Callable] = {
