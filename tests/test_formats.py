@@ -211,6 +211,24 @@ def test_mx_scale_follows_the_spec_on_a_hand_example():
     assert float(F.quantize(tiny, "mxfp4").scale) == 2.0**-11
 
 
+def test_mx_ceil_scale_rounding_never_clips_the_block_maximum():
+    w = weights()
+    for name in ("mxfp4", "mxfp8"):
+        floor, ceil = F.get_format(name), F.get_format(name, scale_rounding="ceil")
+        elem = floor.element_format
+        blocks = w.reshape(64, -1, 32).double()
+        amax = blocks.abs().amax(-1, keepdim=True)
+        k = torch.where(amax > 0, torch.ceil(torch.log2(amax / elem.max_finite)), -127)  # no value sits on an edge
+        qt = F.quantize(w, ceil)
+        assert torch.equal(qt.scale.double(), torch.exp2(k))
+        assert bool((amax / qt.scale.double() <= elem.max_finite).all())  # nothing saturates
+        clipped = (amax / F.quantize(w, floor).scale.double() > elem.max_finite).float().mean()
+        assert clipped > 0  # the OCP floor rule does clip some block maxima of real-looking weights
+        assert "ceil" in ceil.label and F.get_format(name, scale_rounding="ceil").scale_rounding == "ceil"
+    with pytest.raises(ValueError, match="E8M0"):
+        F.FormatSpec("fp4_e2m1", "group", 16, "fp8_e4m3", scale_rounding="ceil")
+
+
 def test_nvfp4_two_level_scales():
     w = weights()
     qt = F.quantize(w, "nvfp4")

@@ -55,6 +55,11 @@ def _fp(element: str, granularity: str = "channel", group: int | None = None, sc
     return FormatSpec(element, granularity, group, scale)
 
 
+def _ceil(name: str) -> FormatSpec:
+    """An MX format with the round-up E8M0 scale (no saturation of block maxima)."""
+    return get_format(name, scale_rounding="ceil", name=f"{name} (ceil scale)")
+
+
 def format_label(spec: QuantSpec | FormatSpec | None) -> str:
     """A short legend name: ``"INT4 g32"``, ``"FP8 E4M3 ch"``, ``"MXFP4"``, ``"NVFP4"``, ``"FP16"``.
 
@@ -66,7 +71,8 @@ def format_label(spec: QuantSpec | FormatSpec | None) -> str:
             spec.granularity, spec.granularity)
         return f"INT{spec.bits} {gran}" + ("" if spec.symmetric else " asym")
     if spec.name:
-        return spec.name.upper().replace("_E", " E")
+        base, _, rest = spec.name.partition(" ")
+        return (base.upper().replace("_E", " E") + " " + rest).strip()
     elem = spec.element.upper().replace("_", " ")
     gran = {"none": "unscaled", "tensor": "tensor", "channel": "ch", "token": "token"}.get(
         spec.granularity, f"g{spec.group_size}")
@@ -92,11 +98,11 @@ def format_weight_recipes(kind: str = "smollm2") -> list[Recipe]:
     groups = (None, 128, 32) if kind == "smollm2" else (None, 32)
     specs: list[QuantSpec | FormatSpec] = []
     specs += [_int(8, g) for g in groups]
-    specs += [_fp("fp8_e4m3"), _fp("fp8_e5m2"), FormatSpec("fp8_e4m3"), get_format("mxfp8")]
+    specs += [_fp("fp8_e4m3"), _fp("fp8_e5m2"), FormatSpec("fp8_e4m3"), get_format("mxfp8"), _ceil("mxfp8")]
     specs += [_fp("fp6_e2m3"), _fp("fp6_e3m2"), get_format("mxfp6"), get_format("mxfp6_e3m2")]
     specs += [_int(4, g) for g in groups]
     specs += [QuantSpec(4, granularity="group", group_size=32)]  # asymmetric, integer zero point
-    specs += [_fp("fp4_e2m1"), _fp("fp4_e2m1", "group", 32), get_format("mxfp4"), get_format("nvfp4")]
+    specs += [_fp("fp4_e2m1"), _fp("fp4_e2m1", "group", 32), get_format("mxfp4"), _ceil("mxfp4"), get_format("nvfp4")]
     return [Recipe("FP16", "none")] + [Recipe(format_label(s), "rtn", s) for s in specs]
 
 
@@ -112,11 +118,13 @@ def format_wa_recipes(kind: str = "smollm2") -> list[Recipe]:
         (FormatSpec("fp8_e4m3", "tensor", scale="fp32"), FormatSpec("fp8_e4m3", "tensor", scale="fp32")),
         (_fp("fp8_e5m2"), FormatSpec("fp8_e5m2", "token", scale="fp32")),
         (get_format("mxfp8"), get_format("mxfp8")),
+        (_ceil("mxfp8"), _ceil("mxfp8")),
         (get_format("mxfp6"), get_format("mxfp6")),
         (_int(4), QuantSpec(4, symmetric=True, **token)),
         (_int(4, 32), QuantSpec(4, symmetric=True, granularity="group", group_size=32)),
         (_fp("fp4_e2m1"), FormatSpec("fp4_e2m1", "token", scale="fp32")),
         (get_format("mxfp4"), get_format("mxfp4")),
+        (_ceil("mxfp4"), _ceil("mxfp4")),
         (get_format("nvfp4"), get_format("nvfp4")),
     ]
     return [Recipe("FP16", "none")] + [Recipe(f"W {format_label(w)} · A {format_label(a)}", "rtn", w, a)

@@ -283,6 +283,7 @@ def decode_e8m0(codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
 
 #: Formats of the scales, with their storage bits.
 SCALE_BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "e8m0": 8, "fp8_e4m3": 8}
+SCALE_ROUNDINGS = ("floor", "ceil")
 GRANULARITIES = ("none", "tensor", "channel", "token", "group")
 
 
@@ -295,7 +296,11 @@ class FormatSpec:
     consecutive values along the last dimension share one scale: MX's and NVFP4's blocks). ``scale``: how each
     scale is stored: ``"fp32"``, ``"fp16"``, ``"bf16"`` (``max|x| / max_finite`` rounded to that type),
     ``"e8m0"`` (MX's power of two) or ``"fp8_e4m3"`` (NVFP4's). ``tensor_scale`` adds NVFP4's second-level FP32
-    scale per tensor (only with E4M3 scales). ``saturate`` clamps overflowing elements to ±max. The attributes
+    scale per tensor (only with E4M3 scales). ``saturate`` clamps overflowing elements to ±max.
+    ``scale_rounding`` sets the E8M0 exponent: ``"floor"`` is the OCP MX rule ``⌊log2 max|x|⌋ − emax``, which
+    lets a block's largest values exceed the element's maximum and saturate (up to ``2^(emax+1)`` against 6 for
+    E2M1, 448 for E4M3); ``"ceil"`` takes the smallest power of two that fits the block maximum (no clipping,
+    a coarser step), the round-up variant of NVIDIA's MXFP8 recipe and torchao. The attributes
     ``bits``, ``symmetric``, ``label``… let it stand wherever a :class:`~unveiled.quant.uniform.QuantSpec` is
     accepted (``quantize_model``, ``QuantLinear``, ``fake_quantize``). Introduced in Chapter 10.
     """
@@ -307,6 +312,7 @@ class FormatSpec:
     tensor_scale: bool = False
     saturate: bool = True
     name: str = ""
+    scale_rounding: str = "floor"
 
     def __post_init__(self) -> None:
         element_format(self.element)
@@ -324,6 +330,9 @@ class FormatSpec:
             raise ValueError("tensor_scale (NVFP4's per-tensor FP32 scale) needs scale='fp8_e4m3'")
         if self.tensor_scale and self.granularity in ("none", "tensor"):
             raise ValueError("tensor_scale needs per-channel or per-group scales under it")
+        check_choice("scale_rounding", self.scale_rounding, SCALE_ROUNDINGS)
+        if self.scale_rounding != "floor" and self.scale != "e8m0":
+            raise ValueError("scale_rounding chooses how an E8M0 (power-of-two) scale is rounded; use scale='e8m0'")
 
     @property
     def element_format(self) -> ElementFormat:
@@ -356,7 +365,8 @@ class FormatSpec:
         gran = f"g{self.group_size}" if self.granularity == "group" else self.granularity
         if self.granularity == "none":
             return self.element + ("" if self.saturate else " (no saturation)")
-        return f"{self.element} {gran} {self.scale}-scale" + (" + tensor scale" if self.tensor_scale else "")
+        return (f"{self.element} {gran} {self.scale}-scale" + (" + tensor scale" if self.tensor_scale else "")
+                + (f" ({self.scale_rounding})" if self.scale_rounding != "floor" else ""))
 
     def with_(self, **changes) -> FormatSpec:
         """A modified copy (the name is dropped unless given)."""
@@ -404,7 +414,7 @@ def get_format(fmt: str | FormatSpec, **changes) -> FormatSpec:
         spec = _NAMED[fmt]
     else:
         raise TypeError(f"fmt must be a format name such as 'mxfp4' or a FormatSpec, got {type(fmt).__name__}")
-    return replace(spec, **changes) if changes else spec
+    return replace(spec, **({"name": ""} | changes)) if changes else spec  # a changed format loses its name
 
 
 def _grouped(x: torch.Tensor, spec: FormatSpec) -> torch.Tensor:
@@ -430,8 +440,10 @@ def _scales(g: torch.Tensor, spec: FormatSpec) -> tuple[torch.Tensor, torch.Tens
         return torch.ones((1, 1, 1), dtype=work), None, 1.0
     amax = g.abs().amax(dim=-1, keepdim=True)
     if spec.scale == "e8m0":
-        k = torch.where(amax > 0, _floor_log2(amax) - elem.emax, torch.full_like(amax, -127, dtype=torch.int32))
-        k = k.clamp(-127, 127)
+        k = _floor_log2(amax) - elem.emax
+        if spec.scale_rounding == "ceil":  # smallest 2^k with max|x| <= max_finite * 2^k (exact comparison)
+            k = torch.where(amax > elem.max_finite * _pow2(k, torch.float64).to(work), k + 1, k)
+        k = torch.where(amax > 0, k, torch.full_like(k, -127)).clamp(-127, 127)
         return _pow2(k, torch.float64).to(work), encode_e8m0(k), 1.0
     tensor = 1.0
     if spec.tensor_scale:
