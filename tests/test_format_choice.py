@@ -32,15 +32,24 @@ def test_labels_name_formats_briefly():
 
 
 def test_recipes_compare_formats_at_equal_stored_bits():
-    """On SmolLM2's shapes, INT4 g32, FP4 g32 and NVFP4 all store 4.5 bits per weight; MXFP4 4.25 like INT4 g64."""
+    """On SmolLM2's shapes, INT4 g32, FP4 g32 and NVFP4 all store 4.5 bits per weight; MXFP4 4.25 like INT4 g64.
+    Every recipe's groups divide SmolLM2's widths (576, 1536)."""
     shape = (576, 1536)
     n = math.prod(shape)
     by = {r.label: r for r in fe.format_weight_recipes("smollm2")}
     bits = {k: 8 * uq.storage_bytes(shape, r.weights) / n for k, r in by.items() if r.weights is not None}
     assert bits["INT4 g32"] == bits["FP4 E2M1 g32"] == 4.5
-    assert bits["NVFP4"] == pytest.approx(4.5, abs=1e-4) and bits["MXFP4"] == 4.25
+    assert bits["NVFP4"] == pytest.approx(4.5, abs=1e-4) and bits["MXFP4"] == bits["INT4 g64"] == 4.25
+    for r in fe.format_weight_recipes("smollm2") + fe.format_wa_recipes("smollm2"):
+        for spec in (r.weights, r.activations):
+            if spec is not None and spec.granularity == "group":
+                assert 576 % spec.group_size == 0 and 1536 % spec.group_size == 0, r.label
     assert bits["INT8 ch"] == bits["FP8 E4M3 ch"] == pytest.approx(bits["FP6 E2M3 ch"] + 2)
-    assert {r.label for r in fe.format_weight_recipes("tiny")}.isdisjoint({"INT4 g128", "INT8 g128"})
+    assert {r.label for r in fe.format_weight_recipes("tiny")}.isdisjoint({"INT4 g64", "INT8 g64"})
+    for r in fe.format_weight_recipes("tiny") + fe.format_wa_recipes("tiny"):
+        for spec in (r.weights, r.activations):
+            if spec is not None and spec.granularity == "group":
+                assert all(w % spec.group_size == 0 for w in (128, 192, 352, 512)), r.label
     wa = fe.format_wa_recipes()
     assert all(r.activations is not None for r in wa[1:]) and wa[0].method == "none"
 

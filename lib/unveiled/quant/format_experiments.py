@@ -5,7 +5,7 @@ in words [Yuan et al. 2024, §6.3]; these experiments put numbers on it. Every f
 round-to-nearest to all block projections of a model (embedding and head kept in fp16, as in Chapter 3), and
 perplexity is measured on the same held-out windows as Chapter 3's sweeps (:func:`.experiments.eval_tokens`):
 
-* :func:`format_weight_recipes`: integer grids (INT8/INT4 per channel, in groups of 128 and 32) against FP8,
+* :func:`format_weight_recipes`: integer grids (INT8/INT4 per channel, in groups of 64 and 32) against FP8,
   FP6 and FP4 with one fp16 scale per channel or per group, and the block formats MXFP8/MXFP6/MXFP4 and NVFP4,
   each with its bits per weight *scales included*, so that formats are compared at equal storage;
 * :func:`format_wa_recipes`: the same with the activations (each linear layer's input) quantized on the fly, per
@@ -93,9 +93,10 @@ def _family(spec: QuantSpec | FormatSpec | None) -> str:
 def format_weight_recipes(kind: str = "smollm2") -> list[Recipe]:
     """Weight-only formats at 8, 6 and 4 bits: integer, minifloat (per channel / per group) and block formats.
 
-    The tiny models' widths (128, 192, 352, 512) are not all multiples of 128, so they skip the g128 rows.
-    Introduced in Chapter 10."""
-    groups = (None, 128, 32) if kind == "smollm2" else (None, 32)
+    Integer groups are 64 and 32 on SmolLM2: its width 576 is not a multiple of 128, and INT4 g64 stores the
+    4.25 bits of MXFP4. The tiny models' widths (128, 192, 352, 512) allow only groups of 32 besides per-channel
+    scales. Introduced in Chapter 10."""
+    groups = (None, 64, 32) if kind == "smollm2" else (None, 32)
     specs: list[QuantSpec | FormatSpec] = []
     specs += [_int(8, g) for g in groups]
     specs += [_fp("fp8_e4m3"), _fp("fp8_e5m2"), FormatSpec("fp8_e4m3"), get_format("mxfp8"), _ceil("mxfp8")]
@@ -237,7 +238,7 @@ def _smollm2_formats(recipes: list[Recipe]) -> pd.DataFrame:
 
 
 @_experiment("smollm2_formats", "SmolLM2-135M: perplexity of weight-only number formats at equal stored bits: "
-             "INT8/INT4 per channel, g128, g32 vs FP8/FP6/FP4 (per channel, g32) vs MXFP8/MXFP6/MXFP4 vs NVFP4")
+             "INT8/INT4 per channel, g64, g32 vs FP8/FP6/FP4 (per channel, g32) vs MXFP8/MXFP6/MXFP4 vs NVFP4")
 def smollm2_formats() -> pd.DataFrame:
     """Weight-only formats on SmolLM2-135M (see :func:`format_weight_recipes`). Introduced in Chapter 10."""
     return _smollm2_formats(format_weight_recipes("smollm2"))
@@ -251,7 +252,7 @@ def smollm2_formats_wa() -> pd.DataFrame:
 
 
 @_experiment("tiny_formats", "Tiny models S and M: the weight-only and weight+activation format sweeps of "
-             "SmolLM2 (g128 rows left out: the tiny models' widths are not multiples of 128)")
+             "SmolLM2 (integer groups of 32 only: the tiny models' widths are not multiples of 64)")
 def tiny_formats() -> pd.DataFrame:
     """The format sweeps on the book's tiny character models (trained in full precision, unlike SmolLM2's Q4_1
     weights). Introduced in Chapter 10."""
