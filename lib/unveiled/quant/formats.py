@@ -55,6 +55,7 @@ __all__ = [
     "FormatSpec",
     "FormatTensor",
     "bits_per_element",
+    "code_entropy",
     "decode_e8m0",
     "decode_element",
     "element_format",
@@ -65,6 +66,7 @@ __all__ = [
     "quantize",
     "quantize_dequantize",
     "round_to_element",
+    "saturated_blocks",
 ]
 
 
@@ -605,3 +607,27 @@ def format_table(names: tuple[str, ...] = FORMAT_NAMES) -> pd.DataFrame:
             "bits_per_element": bits_per_element(spec),
         })
     return pd.DataFrame(rows)
+
+
+def saturated_blocks(x: torch.Tensor, fmt: str | FormatSpec) -> float:
+    """Fraction of scale groups whose largest value exceeds the element's maximum after scaling, so that it
+    saturates: what MX's floor rule costs (0 with ``scale_rounding="ceil"`` or with exact scales).
+    Introduced in Chapter 10."""
+    spec = _check_spec(fmt)
+    x = check_tensor("x", x)
+    g = _grouped(x.detach().to(_work_dtype(x)), spec)
+    s, _, tensor = _scales(g, spec)
+    amax = g.abs().amax(dim=-1, keepdim=True)
+    over = (amax > spec.element_format.max_finite * s * tensor) & (amax > 0)
+    return float(over.double().mean())
+
+
+def code_entropy(codes: torch.Tensor) -> float:
+    """Shannon entropy (bits per value) of a tensor of codes: the average length an ideal variable-length code
+    (Huffman, arithmetic coding) would need to store them, against the fixed width of the format. Common codes
+    (small magnitudes near zero) get short words. Introduced in Chapter 10."""
+    if not isinstance(codes, torch.Tensor) or codes.is_floating_point():
+        raise TypeError(f"codes must be an integer tensor, got {getattr(codes, 'dtype', type(codes).__name__)}")
+    counts = torch.bincount(codes.flatten().long() - int(codes.min())).double()
+    p = counts[counts > 0] / codes.numel()
+    return float(-(p * torch.log2(p)).sum())
