@@ -52,6 +52,7 @@ _LAZY: dict[str, str] = {
     "measure_bandwidth": "measure",
     "measure_matmul": "measure",
     "measure_kernels": "measure",
+    "matmul_paths": "matmul_probe",
     "MachineMeasurement": "measure",
     # Live explorers (Chapter 1)
     "roofline_explorer": "explorers.roofline",
