@@ -37,6 +37,7 @@ __all__ = [
     "aggregate_requirements",
     "bandwidth_for_speed",
     "figure20_left_data",
+    "format_decode_grid",
     "pim_decode_table",
     "pim_speedup",
     "pim_step_summary",
@@ -227,3 +228,30 @@ def figure20_left_data(device: str = "a6000", factor: float = 3.0, intensity: fl
         rows.append({"intensity": intensity, "flop_s": perf, "label": f"{perf / 1e12:.1f} TFLOP/s",
                      "bandwidth": what})
     return lines, pd.DataFrame(rows)
+
+
+def format_decode_grid(model: str, devices, formats, *, batches=(1, 16, 64, 256), seq_lens=(1024, 4096)) -> pd.DataFrame:
+    """Decode-step time of ``model`` for every (device, number format, batch, sequence length), split by the roof
+    that binds each operator: the data of the static explorer (:func:`unveiled.plots.accelerators.
+    decode_explorer_chart`). ``formats`` are names of :data:`~unveiled.analyzer.number_formats.NUMBER_FORMATS`
+    or ``"bf16"`` (16-bit weights). Columns: ``device``, ``format``, ``batch``, ``seq_len``, ``bound``,
+    ``time_ms``, ``total_ms``, ``tokens_per_s``, ``compute_dtype`` and ``support`` of the linear layers.
+    Introduced in Chapter 10."""
+    rows = []
+    for d in devices:
+        dev = hardware(d)
+        for fmt in formats:
+            for b in batches:
+                for s in seq_lens:
+                    a = analyze(model, dev, stage="decode", batch=b, seq_len=s, check_context=False,
+                                number_format=None if fmt == "bf16" else fmt)
+                    ops = a.ops
+                    roof = a.format_roof
+                    dtype = ops.set_index("op").loc["o_proj", "compute_dtype"] if roof is None else roof.compute_dtype
+                    for bound in ("memory", "compute"):
+                        rows.append({"device": dev.name, "format": fmt, "batch": b, "seq_len": s, "bound": bound,
+                                     "time_ms": 1e3 * float(ops.loc[ops["bound"] == bound, "total_time_s"].sum()),
+                                     "total_ms": 1e3 * a.time_s, "tokens_per_s": a.tokens_per_s,
+                                     "compute_dtype": dtype,
+                                     "support": "16-bit" if roof is None else (roof.support or "unknown")})
+    return pd.DataFrame(rows)

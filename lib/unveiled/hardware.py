@@ -27,6 +27,7 @@ Column conventions of ``data/hardware.csv``:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import numbers
 from collections.abc import Mapping
@@ -455,8 +456,13 @@ def device_features(preset: str = "datasheet") -> pd.DataFrame:
     Device names are the registry's canonical names; every row needs a source. Introduced in Chapter 1.
     """
     _load()
-    df = pd.read_csv(io.StringIO(data_file("device_features.csv").read_text(encoding="utf-8")), dtype=str,
-                     keep_default_na=False)
+    return _parse_features(preset, data_file("device_features.csv").read_text(encoding="utf-8")).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_features(preset: str, text: str) -> pd.DataFrame:
+    """Parse and check the feature table (cached on its text: the analyzer asks for it for every format)."""
+    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     canonical = []
     for i, row in enumerate(df.itertuples(index=False), start=2):
         where = f"data/device_features.csv line {i}"

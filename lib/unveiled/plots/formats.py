@@ -20,7 +20,7 @@ _SVG = {"embedOptions": {"renderer": "svg"}}
 _FMT = "format(datum.value, '~g')"
 #: One colour per family of formats (integer, minifloat with fp16 scales, block formats with shared scales).
 FAMILY_COLORS = {"FP16": "#000000", "integer": "#2ca02c", "floating point": "#1f77b4",
-                 "block FP (MX/NVFP4)": "#d62728"}
+                 "block FP (MX/NVFP4)": "#ff7f0e", "per-layer choice": "#d62728"}
 #: One colour per format of the per-layer choice, cheapest (warm) to widest (grey).
 FORMAT_COLORS = {"MXFP4": "#d62728", "NVFP4": "#ff7f0e", "MXFP6": "#bcbd22", "FP8 E4M3": "#9467bd",
                  "MXFP8": "#1f77b4", "BF16": "#7f7f7f"}

@@ -25,7 +25,8 @@ from .format_experiments import LAYER_CANDIDATES
 from .formats import FormatSpec
 from .layers import QuantLinear, _check_model
 
-__all__ = ["BUDGETS", "FALLBACK", "apply_format_choice", "choice_summary", "choose_formats"]
+__all__ = ["ANALYZER_FORMATS", "BUDGETS", "FALLBACK", "apply_format_choice", "choice_roofline_table", "choice_summary",
+           "choose_formats"]
 
 #: The format a layer keeps when no candidate fits the budget.
 FALLBACK = "BF16"
@@ -131,3 +132,44 @@ def smollm2_format_mix() -> pd.DataFrame:
             del mixed
     return pd.DataFrame(rows).fillna(0.0)
 
+
+
+#: Analyzer names of the per-layer candidates (None: 16-bit weights).
+ANALYZER_FORMATS = {"MXFP4": "mxfp4", "NVFP4": "nvfp4", "MXFP6": "mxfp6", "FP8 E4M3": "fp8_e4m3", "MXFP8": "mxfp8",
+                    FALLBACK: None}
+
+
+def choice_roofline_table(choice: pd.DataFrame, model: str, devices: Sequence[str],
+                          settings: Sequence[tuple[str, int, int]] = (("decode", 1, 1024), ("prefill", 1, 1024)),
+                          ) -> pd.DataFrame:
+    """Roofline time of one pass of ``model`` with each linear layer in its chosen format, next to all-BF16 and
+    all-FP8 (per-tensor E4M3), on each device and stage.
+
+    Each layer is priced by :func:`unveiled.analyze` with ``number_format=`` its format: bytes at the format's
+    stored bits, compute at its native roof or the 16-bit one (:mod:`unveiled.analyzer.number_formats`); the
+    other operators (attention, norms, the head) as in BF16. ``settings`` lists ``(stage, batch, seq_len)``.
+    Columns: ``device``, ``stage``, ``bf16_ms``, ``fp8_ms``, ``choice_ms``, ``speedup`` (BF16 / choice).
+    Introduced in Chapter 10."""
+    from ..analyzer import analyze
+
+    unknown = sorted(set(choice["format"]) - set(ANALYZER_FORMATS))
+    if unknown:
+        raise ValueError(f"no analyzer format for {unknown}; known: {sorted(ANALYZER_FORMATS)}")
+    kinds = choice["layer"].str.rsplit(".", n=1).str[-1]
+    rows = []
+    for dev in devices:
+        for stage, batch, seq_len in settings:
+            def run(fmt, dev=dev, stage=stage, batch=batch, seq_len=seq_len):
+                return analyze(model, dev, stage=stage, batch=batch, seq_len=seq_len, check_context=False,
+                               number_format=fmt)
+            per = {name: run(fmt).ops.set_index("op")["time_s"] for name, fmt in ANALYZER_FORMATS.items()
+                   if name in set(choice["format"]) | {FALLBACK}}
+            base = run(None)
+            ops = base.ops.set_index("op")
+            linear = [k for k in ops.index if k in set(kinds)]
+            rest = float((ops["time_s"] * ops["count"]).drop(linear).sum())
+            mixed = rest + sum(float(per[f][k]) for f, k in zip(choice["format"], kinds, strict=True))
+            rows.append({"device": base.device.display_name, "stage": stage, "bf16_ms": 1e3 * base.time_s,
+                         "fp8_ms": 1e3 * run("fp8_e4m3").time_s, "choice_ms": 1e3 * mixed,
+                         "speedup": base.time_s / mixed})
+    return pd.DataFrame(rows)

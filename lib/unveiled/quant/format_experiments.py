@@ -28,20 +28,28 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..hardware import device_features
 from ..models import Decoder
 from ..threads import torch_threads
 from .experiments import LIVE_TOKENS, Recipe, _experiment, calibration_batch, eval_tokens, perplexities
-from .formats import FormatSpec, get_format
+from .formats import FormatSpec, code_entropy, get_format
+from .formats import quantize as format_quantize
 from .layers import _check_model, model_size
-from .uniform import QuantSpec
+from .uniform import QuantSpec, fake_quantize
+from .uniform import quantize as int_quantize
 
 __all__ = [
+    "EQUAL_BITS",
     "LAYER_CANDIDATES",
+    "SURVEY_TABLE3",
+    "format_findings",
     "format_label",
     "format_wa_recipes",
     "format_weight_recipes",
     "layer_format_errors",
     "run_format_recipes",
+    "table3_measurements",
+    "table4_examples",
 ]
 
 
@@ -283,3 +291,109 @@ def smollm2_format_layers() -> pd.DataFrame:
         df = layer_format_errors(model, calibration_batch("smollm2", num_sequences=8))
     df.insert(0, "model", "smollm2-135m")
     return df
+
+
+# --------------------------------------------------------------------------------------------------
+# The survey's Tables 3 and 4, measured
+# --------------------------------------------------------------------------------------------------
+
+#: The survey's ratings in Table 3 (floating point, uniform), as printed.
+SURVEY_TABLE3 = {"precision": ("good", "bad"), "range": ("good", "bad"), "hardware efficiency": ("bad", "good"),
+                 "casting effort": ("good", "bad")}
+
+
+def table3_measurements(weight: torch.Tensor) -> pd.DataFrame:
+    """The survey's Table 3 (floating point against uniform quantization) measured on one weight matrix, with
+    FP8 E4M3 and INT8 at the same 8 bits and the same fp16 scale per output channel.
+
+    Rows: precision (relative RMS error), range (binades between the smallest positive value and the largest),
+    small weights rounded to zero (%), casting without a scale (relative RMS error when the raw values are cast:
+    E4M3 as is, integers by rounding) and hardware (registry devices whose matrix units run it natively).
+    Columns: ``aspect``, ``floating_point``, ``uniform``, ``better`` (by the measurement) and ``survey`` (its
+    ratings, FP / uniform). Introduced in Chapter 10."""
+    w = weight.detach().to(torch.float32)
+    fp8 = FormatSpec("fp8_e4m3", "channel", scale="fp16")
+    int8 = _int(8)
+
+    def rel(q: torch.Tensor) -> float:
+        return float((q - w).norm() / w.norm())
+
+    qf, qi = fp8.fake_quantize(w), fake_quantize(w, int8)
+    e4m3 = fp8.element_format
+    feats = device_features()
+    native = feats[feats["support"] == "native"]
+    rows = [
+        ("precision: relative RMS error", rel(qf), rel(qi), "lower"),
+        ("range: binades from smallest to largest value", math.log2(e4m3.max_finite / e4m3.min_subnormal),
+         math.log2(127), "higher"),
+        ("small weights rounded to zero (%)", 100 * float(((qf == 0) & (w != 0)).float().mean()),
+         100 * float(((qi == 0) & (w != 0)).float().mean()), "lower"),
+        ("casting without a scale: relative RMS error", rel(FormatSpec("fp8_e4m3").fake_quantize(w)),
+         rel(torch.round(w).clamp(-128, 127)), "lower"),
+        ("hardware: registry devices running it natively", int((native["feature"] == "fp8_e4m3").sum()),
+         int((native["feature"] == "int8").sum()), "higher"),
+    ]
+    out = []
+    for (aspect, f, u, sense), survey in zip(rows, ("precision", "range", "range", "casting effort",
+                                                    "hardware efficiency"), strict=True):
+        better = "tie" if f == u else ("floating point" if (f < u) == (sense == "lower") else "uniform")
+        out.append({"aspect": aspect, "floating_point": f, "uniform": u, "better": better,
+                    "survey": " / ".join(SURVEY_TABLE3[survey])})
+    return pd.DataFrame(out)
+
+
+
+def table4_examples(weight: torch.Tensor, weights_table: pd.DataFrame, int8_table: pd.DataFrame) -> pd.DataFrame:
+    """The survey's Table 4 (four ways formats improved), each with this book's example and a measurement.
+
+    ``weights_table`` is the cached weight-only sweep (``quant.smollm2_formats``), ``int8_table`` Chapter 3's
+    activation sweep (``quant.smollm2_activations``, for LLM.int8()); ``weight`` gives the code statistics of
+    variable-length encoding. Columns: ``direction``, ``survey_examples``, ``book_example``, ``measurement``.
+    Introduced in Chapter 10."""
+    d = weights_table.set_index("label")["delta_pct"]
+    fp8 = format_quantize(weight, FormatSpec("fp8_e4m3", "channel", scale="fp16"))
+    int4 = int_quantize(weight, _int(4, 32))
+    llm_int8 = int8_table.set_index("label")["delta_pct"]
+    outlier_label = next(lb for lb in llm_int8.index if lb.startswith("LLM.int8()"))
+    rows = [
+        ("low-bit floating point", "FP8 (H100), ZeroQuant-FP, FP6-LLM, LLM-FP4",
+         "FP8/FP6/FP4 element formats (§10.3)",
+         f"FP8 E4M3 {d['FP8 E4M3 ch']:+.2f} %, FP6 E2M3 {d['FP6 E2M3 ch']:+.2f} %, FP4 E2M1 {d['FP4 E2M1 ch']:+.1f} % "
+         f"perplexity (per-channel scales)"),
+        ("variable-length encoding", "ALPS (posits), ANT (flint), Dybit",
+         "entropy of the stored codes (what an ideal variable-length code needs)",
+         f"FP8 E4M3 codes carry {code_entropy(fp8.codes):.2f} of their 8 bits, INT4 g32 codes "
+         f"{code_entropy(int4.codes):.2f} of 4"),
+        ("outlier-aware quantization", "OLAccel, GOBO, OliVe",
+         "LLM.int8() (Chapter 3); NVFP4's 16-value blocks keep an outlier in its own block",
+         f"LLM.int8() W8A8 {llm_int8[outlier_label]:+.2f} %; NVFP4 {d['NVFP4']:+.1f} % against FP4 per channel "
+         f"{d['FP4 E2M1 ch']:+.1f} %"),
+        ("bit-sharing encoding", "AdaptivFloat, MX / block data representation",
+         "MXFP4: one shared exponent per 32 values (§10.3)",
+         f"MXFP4 {d['MXFP4']:+.1f} % at 4.25 bits against FP4 with one fp16 scale per row {d['FP4 E2M1 ch']:+.1f} %"),
+    ]
+    return pd.DataFrame(rows, columns=["direction", "survey_examples", "book_example", "measurement"])
+
+
+#: Formats compared at equal stored bits per weight in the weight-only sweep (SmolLM2 labels).
+EQUAL_BITS = {"8": ("INT8 ch", "FP8 E4M3 ch", "FP8 E5M2 ch"), "6": ("FP6 E2M3 ch", "FP6 E3M2 ch"),
+              "4.5": ("INT4 g32", "FP4 E2M1 g32", "NVFP4"), "4.25": ("INT4 g64", "MXFP4", "MXFP4 (ceil scale)")}
+
+
+def format_findings(weights: pd.DataFrame, both: pd.DataFrame) -> dict:
+    """The comparisons the chapter reads from the two SmolLM2 sweeps, as numbers: perplexity change (%) per
+    label, the best label of each equal-bits group, and the NVFP4/MXFP4 ratios of perplexity in each sweep.
+
+    ``weights``: ``quant.smollm2_formats``; ``both``: ``quant.smollm2_formats_wa``. Introduced in Chapter 10."""
+    d = weights.set_index("label")["delta_pct"]
+    p = weights.set_index("label")["perplexity"]
+    b = both.set_index("label")["perplexity"]
+    bd = both.set_index("label")["delta_pct"]
+    best = {bits: min(labels, key=lambda lb: p[lb]) for bits, labels in EQUAL_BITS.items()}
+    return {
+        "delta": d.to_dict(), "delta_wa": bd.to_dict(), "best": best,
+        "nvfp4_over_mxfp4": float(p["NVFP4"] / p["MXFP4"]),
+        "nvfp4_over_mxfp4_wa": float(b["W NVFP4 · A NVFP4"] / b["W MXFP4 · A MXFP4"]),
+        "fp8_minus_int8_wa": float(bd["W FP8 E4M3 ch · A FP8 E4M3 token"] - bd["W INT8 ch · A INT8 token"]),
+        "mx_ceil_gain_wa": float(bd["W MXFP8 · A MXFP8"] - bd["W MXFP8 (ceil scale) · A MXFP8 (ceil scale)"]),
+    }
