@@ -209,7 +209,7 @@ def aggregate_requirements(model: str, tokens_per_s: float, devices, *, seq_len:
                                                                    seq_len, w_bits, kv_bits),
                      "tokens_per_s_pipeline": _decode_tokens_per_s(model, dev, batch, seq_len, w_bits, kv_bits)})
     df = pd.DataFrame(rows)
-    df.attrs["requirement"] = need
+    df.attrs["requirement"] = need.to_dict()
     return df
 
 
