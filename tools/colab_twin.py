@@ -83,7 +83,38 @@ def create(venv: pathlib.Path) -> pathlib.Path:
     pip(python, "install", "-q", f"pip=={pins['pip']}", f"setuptools=={pins['setuptools']}", f"wheel=={pins['wheel']}")
     wanted = [f"{n}=={pins[_norm(n)]}" for n in (*MATTER, *EXECUTION)]
     pip(python, "install", "-q", "-c", str(constraints), *wanted, TORCH)
+    # Colab has many more packages than these: whatever the library's install would add that Colab already
+    # has (requests, say), the twin gets at Colab's version first, so the check in step 3 covers it too.
+    report = venv / "dry-run.json"
+    pip(python, "install", "-q", "--dry-run", "--ignore-installed", "--report", str(report), requirement(f"file://{ROOT}", head_commit()))
+    names = {_norm(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]}
+    also = sorted(n for n in names if n in keep and n not in {_norm(w.split("==")[0]) for w in wanted})
+    if also:
+        pip(python, "install", "-q", "-c", str(constraints), *[f"{n}=={keep[n]}" for n in also])
+    base = subprocess.run([str(python), "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
+    (venv / "base-freeze.txt").write_text(base)
     return python
+
+
+def reset(venv: pathlib.Path) -> pathlib.Path:
+    """Put a twin made earlier back into its state after step 1 (what a set-up cell run added or changed goes)."""
+    python = venv / "bin" / "python"
+    base = freeze_lines((venv / "base-freeze.txt").read_text())
+    extra = sorted(set(freeze(python)) - set(base) - {"pip", "setuptools", "wheel"})
+    if extra:
+        pip(python, "uninstall", "-q", "-y", *extra)
+    pip(python, "install", "-q", "--no-deps", "-r", str(venv / "base-freeze.txt"))
+    return python
+
+
+def freeze_lines(text: str) -> dict[str, str]:
+    return {_norm(line.split("==", 1)[0]): line.split("==", 1)[1] for line in text.splitlines() if "==" in line}
+
+
+def requirement(url: str, ref: str) -> str:
+    """The library requirement the set-up cell installs (read from the cell itself)."""
+    line = next(ln for ln in setup_cell_source(url, ref).splitlines() if ln.strip().startswith("lib = "))
+    return line.split('"')[1]
 
 
 def setup_cell_source(url: str, ref: str) -> str:
@@ -108,6 +139,14 @@ def changed_pins(before: dict[str, str], after: dict[str, str], pins: dict[str, 
     return {n: (before[n], after.get(n, "removed")) for n in before if n in pins and after.get(n) != before[n]}
 
 
+def source_hash() -> str:
+    """The hash of every source file (as the book build's stamp): which sources a twin run checked."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import build_book
+
+    return build_book.source_hash()
+
+
 def head_commit() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
@@ -119,10 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="reuse an existing twin (skip step 1)")
     parser.add_argument("--no-run", action="store_true", help="stop after checking the pins (skip step 4)")
     parser.add_argument("--times", type=pathlib.Path, help="write the notebooks' times as JSON (step 4)")
+    parser.add_argument("--isa", choices=["avx2"], help="run the notebooks with the CPU features limited (step 4)")
     parser.add_argument("notebooks", nargs="*", help="notebooks to execute (default: all)")
     args = parser.parse_args(argv)
     python = args.venv / "bin" / "python"
-    if not (args.reuse and python.exists()):
+    if args.reuse and (args.venv / "base-freeze.txt").exists():
+        print("==> step 1: resetting the twin made earlier to Colab's versions", flush=True)
+        python = reset(args.venv)
+    else:
         print("==> step 1: the twin environment (Colab's versions)", flush=True)
         python = create(args.venv)
     before = freeze(python)
@@ -135,18 +178,21 @@ def main(argv: list[str] | None = None) -> int:
     after = freeze(python)
     changed = changed_pins(before, after, colab_pins())
     added = sorted(set(after) - set(before))
-    report = {"changed": changed, "added": added}
-    (args.venv / "pins-report.json").write_text(json.dumps(report, indent=1) + "\n")
+    report = {"source_hash": source_hash(), "commit": head_commit(), "changed": changed, "added": added,
+              "versions": {n: after.get(n) for n in sorted({_norm(m) for m in MATTER} | {"torch", "unveiled"})}}
     print(f"==> step 3: packages added {added}; Colab pins changed: {changed or 'none'}", flush=True)
-    if changed:
-        return 1
-    if args.no_run:
-        return 0
-    print("==> step 4: every notebook, executed in the twin", flush=True)
-    cmd = [str(python), str(ROOT / "tools" / "run_notebooks.py"), "--check", *args.notebooks]
-    if args.times:
-        cmd += ["--times", str(args.times)]
-    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONNOUSERSITE": "1"}).returncode
+    rc = 1 if changed else 0
+    if not changed and not args.no_run:
+        print("==> step 4: every notebook, executed in the twin", flush=True)
+        times = args.times or args.venv / "times.json"
+        cmd = [str(python), str(ROOT / "tools" / "run_notebooks.py"), "--check", "--times", str(times), *args.notebooks]
+        if args.isa:
+            cmd += ["--isa", args.isa]
+        rc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONNOUSERSITE": "1"}).returncode
+        report["times"] = json.loads(times.read_text()) if times.exists() else None
+        report["notebooks_rc"] = rc
+    (args.venv / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return rc
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ from . import Case, LabReport, run_cases
 
 __all__ = ["CHECKS", "check_gather_kv", "check_kivi_quantize", "check_paged_attention"]
 
+# The chapter sections the hints point at (headings without their numbers).
+_QUANT = "Quantizing the cache"
+_PAGING = "Paging the cache"
+
 
 def _as_tensor(x) -> torch.Tensor | None:
     try:
@@ -46,8 +50,9 @@ def _mismatch(got, want: torch.Tensor, what: str, mistakes: dict[str, torch.Tens
     diff = (t - want.double()).abs()
     if bool((diff <= atol).all()):
         return None
-    i = int(diff.argmax())
-    return f"{what} differs from the reference by up to {float(diff.max()):.3g} (at flat index {i})"
+    idx = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+    return (f"{what} differs from the reference by up to {float(diff.max()):.3g}: at index {idx} expected "
+            f"{float(want[idx]):.6g}, got {float(t[idx]):.6g}")
 
 
 # ---- Lab 6.1: KIVI quantization ------------------------------------------------------------------
@@ -117,6 +122,10 @@ def _kivi_judge(k: torch.Tensor, v: torch.Tensor, bits: int, group: int) -> Call
     return judge
 
 
+def _kivi_expected(k: torch.Tensor, v: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return fake_quantize(k, bits, 0, group), fake_quantize(v, bits, 1, group)
+
+
 def check_kivi_quantize(fn: Callable, *, raise_on_fail: bool = True, show: bool = True) -> LabReport:
     """Check ``fn(keys, values, bits, group_size) -> (keys_hat, values_hat)`` (KIVI fake quantization).
 
@@ -133,14 +142,16 @@ def check_kivi_quantize(fn: Callable, *, raise_on_fail: bool = True, show: bool 
     ):
         k, v = _kivi_inputs(seed, tokens, dim)
         cases.append(Case(name, (k.clone(), v.clone(), bits, group), judge=_kivi_judge(k, v, bits, group),
-                          hint="follow the docstring: scale = (max - min) / (2**bits - 1), "
-                               "code = round((x - min) / scale), x_hat = code * scale + min"))
+                          expected=_kivi_expected(k, v, bits, group), section=_QUANT,
+                          hint="Which axis does KIVI group the keys along, and which the values? Then follow one "
+                               "group through min, scale, rounding and back."))
     k, v = _kivi_inputs(4, 16, 8, outliers=False)
     k[:8, 3] = 2.5  # a constant group: max == min
     v[5, :4] = -1.0
     cases.append(Case("constant groups (max == min) come back exactly", (k.clone(), v.clone(), 2, 4),
-                      judge=_kivi_judge(k, v, 2, 4),
-                      hint="when max == min the scale is 0: use scale 1 (or skip the division) for that group"))
+                      judge=_kivi_judge(k, v, 2, 4), expected=_kivi_expected(k, v, 2, 4), section=_QUANT,
+                      hint="What is the scale of a group whose max equals its min, and what does dividing by it "
+                           "give?"))
     return run_cases(fn, cases, "Lab 6.1: KIVI quantization", raise_on_fail=raise_on_fail, show=show)
 
 
@@ -183,7 +194,9 @@ def check_gather_kv(fn: Callable, *, raise_on_fail: bool = True, show: bool = Tr
     ):
         pool = _pool(seed, nblocks, bs, 3)
         cases.append(Case(name, (pool.clone(), list(table), length), judge=_gather_judge(pool, table, length),
-                          hint="for t in range(length): block = block_table[t // B]; offset = t % B"))
+                          expected=_gather_ref(pool, table, length), section=_PAGING,
+                          hint="Follow one token: which logical block holds it, where the block table puts that "
+                               "block in the pool, and at which slot."))
     return run_cases(fn, cases, "Lab 6.2: the paged gather", raise_on_fail=raise_on_fail, show=show)
 
 
@@ -230,8 +243,9 @@ def check_paged_attention(fn: Callable, *, raise_on_fail: bool = True, show: boo
         vp = _pool(seed + 20, nblocks, bs, kv_heads, d)
         cases.append(Case(name, (q.clone(), kp.clone(), vp.clone(), list(table), length),
                           judge=_attention_judge(q, kp, vp, table, length),
-                          hint="gather K and V with your gather_kv, repeat each key/value head H // K times, "
-                               "then softmax(q·kᵀ / sqrt(d)) · v"))
+                          expected=_paged_ref(q[None], kp, vp, [table], [length])[0], section=_PAGING,
+                          hint="Gather the sequence's keys and values first (your gather_kv), decide which "
+                               "key/value head each query head reads, then apply scaled dot-product attention."))
     return run_cases(fn, cases, "Lab 6.3: paged attention", raise_on_fail=raise_on_fail, show=show)
 
 
