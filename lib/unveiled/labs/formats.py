@@ -35,8 +35,12 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32).view(torch.int32)
 
 
-def _bit_judge(x: torch.Tensor, expected: torch.Tensor, mistakes: dict[str, torch.Tensor],
-               section: str) -> Callable[[object], str | None]:
+#: The chapter sections the hints point at (headings without their numbers).
+FORMATS_SECTION = "Number formats: range against precision (survey §6.3)"
+CHOICE_SECTION = "Per-layer formats, Transformer-Engine style (survey §6.4)"
+
+
+def _bit_judge(x: torch.Tensor, expected: torch.Tensor, mistakes: dict[str, torch.Tensor]) -> Callable[[object], str | None]:
     """Accept exactly ``expected`` (same float32 bits, so -0 and +0 differ); name a known mistake if it matches."""
 
     def judge(result) -> str | None:
@@ -46,19 +50,18 @@ def _bit_judge(x: torch.Tensor, expected: torch.Tensor, mistakes: dict[str, torc
             return f"expected shape {tuple(expected.shape)}, got {tuple(result.shape)}"
         if not torch.isfinite(result).all():
             i = int(torch.nonzero(~torch.isfinite(result.flatten()))[0])
-            return (f"the result has NaN or inf (first at flat index {i}, input {float(x.flatten()[i]):.6g}). "
-                    f"See {section}.")
+            return f"the result has NaN or inf (first at flat index {i}, input {float(x.flatten()[i]):.6g})"
         got = result.to(torch.float32)
         if torch.equal(_bits(got), _bits(expected)):
             return None
         for message, wrong in mistakes.items():
             if wrong.shape == got.shape and torch.equal(_bits(got), _bits(wrong.to(torch.float32))):
-                return f"{message} See {section}."
+                return message
         bad = torch.nonzero(_bits(got).flatten() != _bits(expected).flatten())
         i = int(bad[0])
         return (f"{len(bad)} of {got.numel()} values differ; first at flat index {i}: input "
                 f"{float(x.flatten()[i])!r}, expected {float(expected.flatten()[i])!r}, got "
-                f"{float(got.flatten()[i])!r}. See {section}.")
+                f"{float(got.flatten()[i])!r}")
 
     return judge
 
@@ -95,12 +98,13 @@ def check_e2m1_round(fn: Callable, *, raise_on_fail: bool = True, show: bool = T
     for name, x in _e2m1_inputs():
         want = round_to_element(x, "fp4_e2m1", saturate=True)
         mistakes = {
-            "Ties go to the value with an even code (0.25 → 0, 0.75 → 1, 2.5 → 2, 5 → 4), not away from zero: "
-            "round(), not floor(x + 0.5).": _e2m1_wrong(x, ties_away=True),
+            "Ties go to the value with an even code (0.25 → 0, 0.75 → 1, 2.5 → 2, 5 → 4); yours round them away "
+            "from zero.": _e2m1_wrong(x, ties_away=True),
             "Values beyond ±6 must saturate to ±6 (E2M1 has no infinity).": _e2m1_wrong(x, saturate=False),
         }
-        cases.append(Case(name, (x.clone(),), judge=_bit_judge(x, want, mistakes, "§10.3"),
-                          hint="Within [2^k, 2^(k+1)) the E2M1 step is 2^(k−1), and 0.5 below 1 (§10.3)."))
+        cases.append(Case(name, (x.clone(),), judge=_bit_judge(x, want, mistakes), expected=want,
+                          hint="How far apart are neighbouring E2M1 values in each binade, and which neighbour "
+                               "wins a tie?", section=FORMATS_SECTION))
     return run_cases(fn, cases, "Lab 10.1a: round to FP4 E2M1", raise_on_fail=raise_on_fail, show=show)
 
 
@@ -148,17 +152,17 @@ def check_mxfp4_quantize(fn: Callable, *, raise_on_fail: bool = True, show: bool
     for name, x in _mx_inputs():
         want = quantize_dequantize(x, "mxfp4")
         mistakes = {
-            "The shared scale must be a power of two, 2^(⌊log2 max|x|⌋ − 2), not max|x| / 6 (E8M0 stores only an "
-            "exponent).": _mx_wrong(x, scale="exact"),
-            "The exponent is floor(log2 max) − 2 (emax of E2M1 is 2), not its ceiling.": _mx_wrong(x, scale="ceil"),
-            "floor(torch.log2(amax)) is wrong for a maximum just below a power of two (log2 rounds up to the "
-            "integer): read the exponent exactly, e.g. with torch.frexp.": _mx_wrong(x, scale="log2"),
+            "Your scale is not a power of two: an E8M0 scale stores only an exponent.": _mx_wrong(x, scale="exact"),
+            "Your shared exponent is rounded up where the specification rounds it down.": _mx_wrong(x, scale="ceil"),
+            "Your exponent is one too large for a block maximum just below a power of two: floating-point log2 "
+            "rounds such a value up to the integer.": _mx_wrong(x, scale="log2"),
         }
         if x.dim() == 2 and x.shape[0] % 32 == 0:
-            mistakes["Blocks run along the last dimension (32 consecutive values of a row)."] = _mx_wrong(
-                x, axis_rows=True)
-        cases.append(Case(name, (x.clone(),), judge=_bit_judge(x, want, mistakes, "§10.3"),
-                          hint="Each block of 32 shares one power-of-two scale; elements are E2M1 values (§10.3)."))
+            mistakes["Blocks run along the last dimension (32 consecutive values of a row); yours run down the "
+                     "columns."] = _mx_wrong(x, axis_rows=True)
+        cases.append(Case(name, (x.clone(),), judge=_bit_judge(x, want, mistakes), expected=want,
+                          hint="Which power of two is the largest not above the block's maximum, and how far down "
+                               "does E2M1's largest exponent move it?", section=FORMATS_SECTION))
     return run_cases(fn, cases, "Lab 10.1b: MXFP4 block quantization", raise_on_fail=raise_on_fail, show=show)
 
 
@@ -215,18 +219,21 @@ def check_choose_formats(fn: Callable, errors: pd.DataFrame | None = None, *, ra
             if chosen == want:
                 return None
             for message, mistake in (
-                ("A layer must get the format with the FEWEST bits whose error is within the budget, not the "
-                 "most accurate one.", "lowest-error"),
-                ("An error equal to the budget is within it (≤, not <).", "strict"),
+                ("You chose the most accurate format; the task asks for the FEWEST bits whose error is within the "
+                 "budget.", "lowest-error"),
+                ("An error equal to the budget is within it; yours excludes it.", "strict"),
             ):
                 if chosen == _wrong_choice(table, budget, mistake):
-                    return f"{message} See §10.6."
+                    return message
             i = next(k for k, (a, b) in enumerate(zip(chosen, want, strict=True)) if a != b)
-            return (f"layer {layers[i]!r} at budget {budget:g}: expected {want[i]!r}, got {chosen[i]!r}. "
-                    f"A layer where nothing fits keeps {FALLBACK!r}. See §10.6.")
+            return (f"layer {layers[i]!r} at budget {budget:g}: expected {want[i]!r}, got {chosen[i]!r}; a layer "
+                    f"where nothing fits keeps {FALLBACK!r}")
 
+        shown = f"errors: {table['layer'].nunique()} layers × {table['format'].nunique()} formats, budget={budget:g}"
         cases.append(Case(f"{name}, budget {budget:g}", (table.copy(), budget), judge=judge,
-                          hint="Filter by the budget first, then take the fewest bits per weight (§10.6)."))
+                          expected=f"formats {want[:6]}{' ...' if len(want) > 6 else ''}", input=shown,
+                          hint="Which formats meet the budget, and which of those stores the least?",
+                          section=CHOICE_SECTION))
     return run_cases(fn, cases, "Lab 10.2: per-layer format choice", raise_on_fail=raise_on_fail, show=show)
 
 
