@@ -80,7 +80,7 @@ def test_layer_errors_match_a_direct_computation(tiny):
         tiny.hidden_states(calib)
     finally:
         h.remove()
-    xx, w = seen["x"].float(), layer.weight.detach().float()
+    xx, w = seen["x"].detach().float(), layer.weight.detach().float()
     y = xx @ w.T
     yq = F.quantize_dequantize(xx, "mxfp4") @ F.quantize_dequantize(w, "mxfp4").T
     want = float((yq - y).pow(2).sum() / y.pow(2).sum())
