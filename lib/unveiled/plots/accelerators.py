@@ -62,8 +62,14 @@ def pim_chart(table: pd.DataFrame, *, title: str = "", height: int | None = None
         x=x, y=y, color=alt.Color("placement:N", sort=order, scale=color_scale(PLACEMENT_COLORS, order),
                                   title="runs faster on", legend=alt.Legend(orient="bottom")),
         tooltip=["op:N", "intensity:Q", "speedup:Q", "placement:N"])
-    text = alt.Chart(d.drop_duplicates(["intensity", "speedup"])).mark_text(
-        align="left", dx=6, dy=-6, fontSize=9, color="#333").encode(x=x, y=y, text="op:N")
+    labels = d.assign(name=d["op"].where(~d["op"].str.endswith(("_proj", "lm_head")), "linear layers"),
+                      ix=d["intensity"].map(lambda v: float(f"{v:.1g}")), sy=d["speedup"].map(lambda v: float(f"{v:.1g}")))
+    labels = (labels.groupby(["ix", "sy"], sort=False)
+              .agg(intensity=("intensity", "median"), speedup=("speedup", "median"),
+                   op=("name", lambda n: ", ".join(dict.fromkeys(n))))
+              .reset_index(drop=True))
+    text = alt.Chart(labels).mark_text(align="left", dx=6, dy=-6, fontSize=9, color="#333").encode(
+        x=x, y=y, text="op:N")
     return _svg(alt.layer(line, one, pts, text).properties(width="container", height=height or 280, title=title))
 
 
@@ -94,7 +100,7 @@ def decode_explorer_chart(grid: pd.DataFrame, *, device: str | None = None, fmt:
         tooltip=["device:N", "format:N", "batch:Q", "seq_len:Q", "bound:N", alt.Tooltip("time_ms:Q", format=".4g")])
     text = base.transform_filter("datum.bound == 'memory'").transform_calculate(
         line="format(datum.total_ms, '.3~g') + ' ms per step · ' + format(datum.tokens_per_s, ',.0f') + "
-             "' tokens/s · compute roof ' + toUpperCase(datum.compute_dtype) + ' (' + datum.support + ')'"
+             "' tokens/s · compute roof ' + upper(datum.compute_dtype) + ' (' + datum.support + ')'"
     ).mark_text(align="left", fontSize=12, x=0).encode(text="line:N")
     chart = alt.vconcat(bars.properties(width="container", height=90), text.properties(width="container",
                                                                                           height=24))

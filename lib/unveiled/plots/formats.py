@@ -55,7 +55,8 @@ def format_grid_chart(elements: Sequence[str] = ("fp8_e5m2", "fp8_e4m3", "fp6_e3
         x=alt.X("value:Q", scale=alt.Scale(type="log"), title="representable value / largest value (log)",
                 axis=alt.Axis(labelExpr=_FMT)),
         y=alt.Y("format:N", sort=order, title=None),
-        color=alt.Color("bits:O", title="bits", scale=alt.Scale(scheme="viridis")),
+        color=alt.Color("bits:O", title="bits", scale=alt.Scale(scheme="viridis"),
+                        legend=alt.Legend(orient="bottom")),
         tooltip=["format:N", alt.Tooltip("value:Q", format=".4g")])
     return _svg(chart.properties(width="container", height=height or 26 * len(order), title=title))
 
@@ -71,8 +72,11 @@ def bits_quality_chart(df: pd.DataFrame, *, y: str = "perplexity", x: str = "lin
     d[y] = d[y].map(lambda v: float(f"{v:.5g}"))
     d[x] = d[x].round(3)
     order = [f for f in FAMILY_COLORS if f in set(d["family"])]
+    values = list(d[y]) + ([baseline] if baseline is not None else [])
+    lo, hi = min(values), max(values)
+    domain = [lo / 1.1, hi * 1.1] if log_y else [lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)]
     enc_y = alt.Y(f"{y}:Q", title=y.replace("_", " ") + (" (log)" if log_y else ""),
-                  scale=alt.Scale(type="log", zero=False) if log_y else alt.Scale(zero=False),
+                  scale=alt.Scale(type="log", domain=domain) if log_y else alt.Scale(domain=domain),
                   axis=alt.Axis(labelExpr=_FMT))
     enc_x = alt.X(f"{x}:Q", title="stored bits per weight (codes + scales)", scale=alt.Scale(zero=False))
     color = alt.Color("family:N", title=None, sort=order, scale=_scale(FAMILY_COLORS, order),

@@ -114,7 +114,7 @@ class Quantizer(Protocol):
     """Any other quantizer spec that plugs into this framework: the number formats of
     :mod:`unveiled.quant.formats` (FP8, MXFP4, NVFP4, ...; Chapter 10). :func:`quantize`, :func:`fake_quantize`,
     :func:`storage_bytes` and :func:`bits_per_weight`, and with them ``QuantLinear`` and ``quantize_model``,
-    accept such a spec in place of a :class:`QuantSpec` and call its methods. Introduced in Chapter 3."""
+    accept such a spec in place of a :class:`QuantSpec` and call its methods. Introduced in Chapter 10."""
 
     @property
     def bits(self) -> int: ...
