@@ -12,7 +12,8 @@
 * :mod:`.analysis`: the survey's roofline use case for quantization (§3.1.1), computed with the analyzer;
 * :mod:`.methods`: the survey's map of quantization methods (Fig. 10) as data;
 * :mod:`.experiments`: the cached perplexity sweeps on SmolLM2-135M and the tiny models;
-* :mod:`.formats`: number formats (FP8/FP6/FP4, MXFP8/6/4, NVFP4) as quantizer specs; :mod:`.format_experiments`
+* :mod:`.minifloat`: the FP8/FP6/FP4 element formats bit for bit; :mod:`.formats`: number formats with scales
+  (FP8/FP6/FP4, MXFP8/6/4, NVFP4) as quantizer specs; :mod:`.format_experiments`
   and :mod:`.format_choice`: their cached sweeps and the per-layer format choice (Chapter 10).
 
 Introduced in Chapter 3.
@@ -24,6 +25,7 @@ from . import format_choice as format_choice
 from . import format_experiments as format_experiments
 from . import formats as formats
 from . import methods as methods
+from . import minifloat as minifloat
 from .analysis import *  # noqa: F403
 from .awq import *  # noqa: F403
 from .experiments import *  # noqa: F403
