@@ -27,6 +27,7 @@ Column conventions of ``data/hardware.csv``:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import numbers
 import sys
@@ -43,6 +44,7 @@ from .datafiles import data_file
 __all__ = [
     "DTYPES",
     "FEATURES",
+    "FEATURE_DTYPES",
     "KINDS",
     "PRESETS",
     "SUPPORT_LEVELS",
@@ -51,6 +53,7 @@ __all__ = [
     "define_device",
     "device_features",
     "device_names",
+    "feature_compute_dtype",
     "get_device",
     "hardware_table",
     "supports",
@@ -68,8 +71,8 @@ DTYPES: dict[str, float] = {
     "int4": 0.5,
 }
 PRESETS = ("datasheet", "llm-viewer")
-#: Kinds of device in the registry.
-KINDS = ("gpu", "cpu", "tpu", "soc", "npu", "other")
+#: Kinds of device in the registry ("pim": processing in memory; "spatial": SRAM-heavy dataflow designs).
+KINDS = ("gpu", "cpu", "tpu", "soc", "npu", "pim", "spatial", "other")
 
 # Other spellings of the data types (NumPy/PyTorch names), accepted everywhere a dtype is.
 _DTYPE_ALIASES = {
@@ -469,8 +472,13 @@ def device_features(preset: str = "datasheet") -> pd.DataFrame:
     Device names are the registry's canonical names; every row needs a source. Introduced in Chapter 1.
     """
     _load()
-    df = pd.read_csv(io.StringIO(data_file("device_features.csv").read_text(encoding="utf-8")), dtype=str,
-                     keep_default_na=False)
+    return _parse_features(preset, data_file("device_features.csv").read_text(encoding="utf-8")).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_features(preset: str, text: str) -> pd.DataFrame:
+    """Parse and check the feature table (cached on its text: the analyzer asks for it for every format)."""
+    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     canonical = []
     for i, row in enumerate(df.itertuples(index=False), start=2):
         where = f"data/device_features.csv line {i}"
@@ -499,6 +507,41 @@ def supports(device: str | Device, feature: str) -> str | None:
     df = device_features(dev.preset)
     hit = df[(df["device"] == dev.name) & (df["feature"] == feature)]
     return None if hit.empty else str(hit["support"].iloc[0])
+
+
+#: The peak (a data type of the hardware table) that bounds a matmul in each number format where a device runs
+#: the format natively. FP6 runs at the FP8 rate (the B200 datasheet gives one "FP8/FP6" rate); MX and NVFP4
+#: run at the rate of their element type.
+FEATURE_DTYPES: dict[str, str] = {"fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "fp6_e3m2": "fp8", "fp6_e2m3": "fp8",
+                                  "mxfp8": "fp8", "mxfp6": "fp8", "fp4_e2m1": "fp4", "mxfp4": "fp4", "nvfp4": "fp4",
+                                  "int8": "int8", "int4": "int4"}
+
+
+def feature_compute_dtype(device: str | Device, feature: str) -> tuple[str, str | None]:
+    """The data type whose peak bounds a matmul in number format ``feature`` on ``device``, and the support.
+
+    Where the device runs the format natively (``supports`` says ``"native"``), the format's own peak
+    (:data:`FEATURE_DTYPES`); otherwise (``"storage"``, ``"none"`` or no source) the values are converted to the
+    device's 16-bit type before its matrix units, so FP16 (BF16 where it has no FP16 peak) bounds it: a storage
+    format saves bytes, not operations. ``("fp4", "native")`` for NVFP4 on a B200, ``("fp16", "storage")`` on an
+    H100. Introduced in Chapter 10.
+    """
+    if feature not in FEATURE_DTYPES:
+        close = suggest(str(feature), FEATURE_DTYPES)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"no compute data type for feature {feature!r}.{hint} Number formats: {list(FEATURE_DTYPES)}")
+    dev = get_device(device) if not isinstance(device, Device) else device
+    support = supports(dev, feature)
+    if support == "native":
+        dtype = FEATURE_DTYPES[feature]
+        if dtype not in dev.peaks:
+            raise ValueError(f"data/device_features.csv says {dev.display_name} runs {feature} natively, but the "
+                             f"hardware table has no {dtype} peak for it")
+        return dtype, support
+    for half in ("fp16", "bf16"):
+        if half in dev.peaks:
+            return half, support
+    return dev.dtypes[0], support
 
 
 # ---- deprecated spellings ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ data type it runs in, and sums. The memory footprint (weights, KV cache, peak ac
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,7 @@ from ..hardware import Device, get_device
 from ..roofline import roofline_time
 from .configs import ModelSpec, model_spec, param_classes
 from .costs import ATTENTION_KERNELS, CONVENTIONS, LOGITS, STAGES, Op, Setting, build_ops
+from .number_formats import FormatRoof, check_number_format, format_roof
 from .precision import Precision
 
 __all__ = ["Analysis", "MemoryFootprint", "analyze", "resolve_device", "setting"]
@@ -263,6 +265,17 @@ class Analysis:
     precision: Precision = field(default_factory=Precision)
     new_tokens: int = 1
     attention: str = ""  # the attention kernel convention ("fused", "unfused" or "eager")
+    format_roof: FormatRoof | None = None
+
+    @property
+    def number_format(self) -> str | None:
+        """The number format of the linear layers (``analyze(..., number_format=...)``), or None."""
+        return None if self.format_roof is None else self.format_roof.number_format
+
+    @property
+    def format_note(self) -> str:
+        """Whether the device executes the number format natively or only stores it (empty without a format)."""
+        return "" if self.format_roof is None else self.format_roof.note
 
     @property
     def ops(self) -> pd.DataFrame:
@@ -316,11 +329,15 @@ class Analysis:
             "tokens_per_s": self.tokens_per_s, "memory_bound_share": self.memory_bound_share,
             "weights_bytes": self.memory.weights, "kv_cache_bytes": self.memory.kv_cache,
             "activation_bytes": self.memory.activations, "memory_bytes": self.memory.total,
-            "fits": self.memory.fits,
+            "fits": self.memory.fits, "number_format": self.number_format,
+            "format_support": None if self.format_roof is None else self.format_roof.support,
         })
 
     def __repr__(self) -> str:
         bits = f"W{self.w_bits}A{self.a_bits}KV{self.kv_bits}"
+        if self.format_roof is not None:
+            r = self.format_roof
+            bits += f", {r.number_format} ({r.support or 'unknown'}: {r.compute_dtype} roof)"
         return (f"Analysis({self.model.name} on {self.device.display_name}, {self.stage}, batch {self.batch}, "
                 f"seq_len {self.seq_len}, {bits}, {'FlashAttention, ' if self.flash_attention else ''}"
                 f"{self.conventions}: {self.flops / 1e12:.4g} TFLOP, {self.bytes / 1e9:.4g} GB, "
@@ -366,7 +383,8 @@ def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", bat
             precision: Precision | str | None = None, w_bits: int | None = None, a_bits: int | None = None,
             kv_bits: int | None = None, flash_attention: bool = False, conventions: str = "exact",
             logits: str = "last", check_context: bool | None = None, group_size: int | None = None,
-            head_bits: int | None = None, new_tokens: int = 1, attention: str | None = None) -> Analysis:
+            head_bits: int | None = None, new_tokens: int = 1, attention: str | None = None,
+            number_format: str | None = None) -> Analysis:
     """Analyse one prefill or decode pass of model ``m`` on device ``hw`` with the roofline model.
 
     ``stage="prefill"`` processes ``batch`` prompts of ``seq_len`` tokens; ``stage="decode"`` processes one
@@ -379,15 +397,19 @@ def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", bat
     flat keywords: weights, activations and the KV cache have their own bit widths (``w_bits`` and ``a_bits``
     default to 16, ``kv_bits`` to ``a_bits``); ``group_size`` adds an fp16 scale and zero point per group of
     quantized weights; embeddings and ``lm_head`` stay in 16 bits unless ``head_bits`` says otherwise.
-    ``logits="last"`` computes the logits of the last position (serving), ``"all"`` of every position (a
-    plain forward). ``conventions="paper"`` reproduces LLM-Viewer's accounting and the survey's numbers
-    [Yuan et al. 2024]; ``"exact"`` (default) counts from first principles. A prompt longer than the model's
-    context raises unless ``check_context=False`` (the paper convention does not check, as LLM-Viewer did
-    not). ``attention`` names the attention kernels explicitly (see
-    :data:`~unveiled.analyzer.costs.ATTENTION_KERNELS`): ``"fused"`` is ``flash_attention=True``, ``"unfused"``
-    the default three GQA-aware kernels, ``"eager"`` what eager PyTorch code moves (K/V repeated per query head,
-    separate scale and mask passes; exact convention, not for multi-head latent attention; Chapter 8).
-    Introduced in Chapter 2.
+    ``number_format`` (``"fp8_e4m3"``, ``"mxfp4"``, ``"nvfp4"``, ... see
+    :data:`~unveiled.analyzer.number_formats.NUMBER_FORMATS`) stores the linear layers' weights in that format,
+    block scales counted (the weight width becomes its element width), and runs their matrix products at the
+    format's peak where the device executes it natively, at the 16-bit peak where it only stores it
+    (Chapter 10); ``Analysis.format_note`` says which. ``logits="last"`` computes the logits of the last
+    position (serving), ``"all"`` of every position (a plain forward). ``conventions="paper"`` reproduces
+    LLM-Viewer's accounting and the survey's numbers [Yuan et al. 2024]; ``"exact"`` (default) counts from
+    first principles. A prompt longer than the model's context raises unless ``check_context=False`` (the
+    paper convention does not check, as LLM-Viewer did not). ``attention`` names the attention kernels
+    explicitly (see :data:`~unveiled.analyzer.costs.ATTENTION_KERNELS`): ``"fused"`` is
+    ``flash_attention=True``, ``"unfused"`` the default three GQA-aware kernels, ``"eager"`` what eager
+    PyTorch code moves (K/V repeated per query head, separate scale and mask passes; exact convention, not
+    for multi-head latent attention; Chapter 8). Introduced in Chapter 2.
     """
     spec = model_spec(m)
     conventions = check_choice("conventions", conventions, CONVENTIONS)
@@ -401,6 +423,16 @@ def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", bat
     device = resolve_device(hw, conventions)
     p = Precision.resolve(precision, w_bits=w_bits, a_bits=a_bits, kv_bits=kv_bits, head_bits=head_bits,
                           group_size=group_size)
+    roof = None
+    if number_format is not None:
+        check_number_format(number_format)
+        if conventions != "exact":
+            raise ValueError("number_format needs conventions='exact' (LLM-Viewer has no notion of formats)")
+        roof = format_roof(device, number_format)
+        if p.w_bits not in (16, roof.element_bits):
+            raise ValueError(f"number_format={number_format!r} stores {roof.element_bits}-bit weights; "
+                             f"leave w_bits out (got w_bits={p.w_bits})")
+        p = dataclasses.replace(p, w_bits=roof.element_bits)
     batch, seq_len, flash_attention, new_tokens = check_setting(
         spec, stage=stage, batch=batch, seq_len=seq_len, flash_attention=flash_attention, conventions=conventions,
         logits=logits, check_context=check_context, new_tokens=new_tokens)
@@ -408,6 +440,9 @@ def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", bat
                  eager_attention=attention == "eager")
     ev = evaluate(spec, device, st)
     weights, kv, act = memory_arrays(spec, st, ev)
+    if roof is not None:
+        ev = _apply_format_roof(ev, device, roof)
+        weights = weights + param_classes(spec)["linear"] * (roof.stored_bits - roof.element_bits) / 8
     counts = ev.counts
     flops = float(counts @ ev.flops)
     total_bytes = float(counts @ ev.bytes)
@@ -416,7 +451,7 @@ def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", bat
     kernels = attention or ("fused" if flash_attention else "unfused")
     return Analysis(spec, device, stage, batch, seq_len, p.w_bits, p.a_bits, p.kv, flash_attention, conventions,
                     logits, flops, total_bytes, time_s, mem, ev, precision=p, new_tokens=new_tokens,
-                    attention=kernels)
+                    attention=kernels, format_roof=roof)
 
 
 def setting(stage: str, batch, seq_len, precision: Precision, flash_attention: bool = False,
@@ -428,3 +463,32 @@ def setting(stage: str, batch, seq_len, precision: Precision, flash_attention: b
                    np.asarray(seq_len, dtype=float) if np.ndim(seq_len) else float(seq_len), float(p.w_bits),
                    float(p.a_bits), float(p.kv), flash_attention, conventions, logits, p.group_size, p.head_bits,
                    new_tokens, eager_attention)
+
+
+#: Linear layers that stay in 16 bits under a number format (as under w_bits): the head, routers, gates.
+_HIGH_PRECISION_GEMMS = ("lm_head", "router", "shared_expert_gate")
+
+
+def _apply_format_roof(ev: _Evaluation, device: Device, roof: FormatRoof) -> _Evaluation:
+    """Re-price the quantized linear layers of an evaluation in a number format: weight bytes at the format's
+    stored bits (block scales), time at the format's compute roof (native) or the 16-bit one (storage)."""
+    lin = np.array([k == "gemm" and n not in _HIGH_PRECISION_GEMMS for k, n in zip(ev.kinds, ev.names, strict=True)])
+    parts = dict(ev.parts)
+    scale = np.where(lin, roof.stored_bits / roof.element_bits, 1.0).reshape((-1,) + (1,) * (ev.flops.ndim - 1))
+    parts["load_weight"] = ev.parts["load_weight"] * scale
+    total = parts["load_weight"] + parts["load_act"] + parts["store_act"] + parts["load_kv"] + parts["store_kv"]
+    names = list(ev.dtypes)
+    if roof.compute_dtype not in names:
+        names.append(roof.compute_dtype)
+    dtype_idx = ev.dtype_idx.copy()
+    dtype_idx[lin] = names.index(roof.compute_dtype)
+    time = np.empty_like(ev.time)
+    peaks = np.empty_like(ev.peaks)
+    for i, d in enumerate(names):
+        mask = dtype_idx == i
+        if np.any(mask):
+            time[mask] = roofline_time(ev.flops[mask], total[mask], device, d)
+            peaks[mask] = device.peak(d)
+    compute_bound = ev.flops / peaks >= total / device.bandwidth
+    return _Evaluation(ev.names, ev.counts, ev.kinds, ev.flops, parts, total, names, dtype_idx, time, compute_bound,
+                       peaks)
