@@ -28,6 +28,7 @@ import torch
 from .._validate import check_choice
 from ..models import Decoder, DecoderConfig
 from ..results import experiment
+from ..session import progress_bar
 from ..threads import torch_threads
 from .lowrank import LowRankLinear, lowrank_model
 from .structured import lora_recover, plan_for_sparsity, structure_scores, structured_prune
@@ -182,9 +183,7 @@ def run_compressions(model: Decoder, compressions: Sequence[Compression], kind: 
     rows, cache = [], {}
     it = compressions
     if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(compressions, desc="compressions", leave=False)
+        it = progress_bar(compressions, desc="compressions", leave=False)
     for c in it:
         t0 = time.perf_counter()
         m = c.apply(model, calibration, train_tokens, cache)

@@ -29,6 +29,7 @@ from torch import nn
 
 from .._validate import check_int, check_number
 from ..models import Decoder
+from ..session import progress_bar
 from ..threads import torch_threads
 
 __all__ = [
@@ -283,9 +284,7 @@ def sequential_calibration(model: Decoder, calibration: torch.Tensor, process: L
         x = out.embed_tokens(calibration)
     layers = list(enumerate(out.layers))
     if progress:
-        from tqdm.auto import tqdm
-
-        layers = tqdm(layers, desc=desc, leave=False)
+        layers = progress_bar(layers, desc=desc, leave=False)
     for i, block in layers:
         prefix = f"layers.{i}"
         linears = {f"{prefix}.{n}": m for n, m in block.named_modules()
