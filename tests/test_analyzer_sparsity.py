@@ -95,7 +95,7 @@ def test_pruned_spec_matches_the_shrunk_decoder():
     with pytest.raises(ValueError, match="kv_groups"):
         pruned_spec(model_spec(m), kv_groups=3)
     with pytest.raises(ValueError, match="MoE or MLA"):
-        pruned_spec(uv.model("mixtral-8x7b"), kv_groups=1)
+        pruned_spec(uv.model_spec("mixtral-8x7b"), kv_groups=1)
 
 
 def test_analyze_and_sweep_take_the_weight_form():
@@ -104,7 +104,7 @@ def test_analyze_and_sweep_take_the_weight_form():
     assert uv.analyze("llama-2-7b", "a100", weight_form="dense", **kw).time_s == dense.time_s
     nm = uv.analyze("llama-2-7b", "a100", weight_form="2:4", **kw)
     assert "2:4" in repr(nm) and nm.weight_form.label == "2:4"
-    linear = uv.model("llama-2-7b").param_breakdown()
+    linear = uv.model_spec("llama-2-7b").param_breakdown()
     linear_bytes = 2 * float(linear[linear.storage == "linear"]["total"].sum())
     assert dense.memory.weights - nm.memory.weights == pytest.approx((1 - 0.5625) * linear_bytes, rel=1e-3)
     grid = uv.sweep("llama-2-7b", "a100", stage="decode", batch=[1, 4], seq_len=512, weight_form="2:4")

@@ -141,7 +141,7 @@ def test_charts_render_with_titles_and_descriptions(small_sweep, tiny_s):
 def test_explorer_pieces(small_sweep):
     from unveiled.explorers import pruning as X
 
-    spec = uv.model("llama-2-7b")
+    spec = uv.model_spec("llama-2-7b")
     s, form = X.form_for("structured, 1 KV group + MLP", 0.3, spec)
     assert form is None and s.num_kv_heads == spec.num_kv_heads - 1
     assert X.form_for("low rank", 0.4, spec)[1].keep == pytest.approx(0.6)
@@ -160,7 +160,7 @@ def test_section_5_5_claims_on_the_roofline():
     devices = ["a100", "h100-sxm", "v100", "rtx-4090", "mi300x", "i9-13900k"]
     t = R.forms_speedup_table("llama-2-7b", devices, batches=(1, 16)).set_index(["device", "stage", "batch", "form"])
     for d in devices:
-        name = uv.hardware(d).display_name
+        name = uv.get_device(d).display_name
         assert t.speedup[name, "prefill", 16, "low rank, 50% of parameters"] > 1.2
         assert t.speedup[name, "prefill", 16, "50% unstructured, bitmask"] == pytest.approx(1, abs=1e-3)
         two_four = t.speedup[name, "prefill", 16, "2:4"]

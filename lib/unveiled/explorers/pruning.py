@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..analyzer.configs import model as spec_of
 from ..analyzer.configs import model_names
+from ..analyzer.configs import model_spec as spec_of
 from ..analyzer.sparsity import WeightForm, pruned_spec
-from ..hardware import device_names, hardware, supports
+from ..hardware import device_names, get_device, supports
 from ..plots.pruning import METHOD_COLORS
+from .live import ExplorerStill, control_row, fit_svg, labelled, live_or_still
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -70,7 +71,7 @@ def pruning_table_html(model: str, device: str, choice: str, sparsity: float, *,
         rows.append(f"<tr><td><b>{stage}</b></td><td>{pruned['time_s'] * 1e3:.4g} ms</td>"
                     f"<td>{dense['time_s'] * 1e3:.4g} ms</td><td><b>{dense['time_s'] / pruned['time_s']:.2f}×</b></td>"
                     f"<td>{pruned['weights_bytes'] / 1e9:.3g} GB</td><td>{dense['weights_bytes'] / 1e9:.3g} GB</td></tr>")
-    cores = supports(hardware(device), "sparse_2_4") or "unknown (no vendor source)"
+    cores = supports(get_device(device), "sparse_2_4") or "unknown (no vendor source)"
     label = form.label if form is not None else f"{choice}: {s.num_heads} heads, {s.num_kv_heads} KV heads, " \
                                                  f"intermediate {s.intermediate_size}"
     return ("<div style='font:12px sans-serif'><table><tr><th></th><th>pruned</th><th>dense</th><th>speedup</th>"
@@ -111,13 +112,35 @@ def frontier_svg(sweep: pd.DataFrame, family: str, sparsity: float, *, width: in
 
 
 def pruning_explorer(model: str = "llama-2-7b", device: str = "a100", *, form: str = "2:4", sparsity: float = 0.5,
-                     batch: int = 1, seq_len: int = 1024) -> ipywidgets.VBox:
-    """The live explorer: model, device, weight form, share removed, batch and sequence length. Chapter 5."""
-    import ipywidgets as w
-
+                     batch: int = 1, seq_len: int = 1024) -> ipywidgets.VBox | ExplorerStill:
+    """The live explorer: model, device, weight form, share removed, batch and sequence length (in the book
+    build, a still of its initial state: :func:`.live.live_or_still`). Introduced in Chapter 5."""
     from ..results import cached
 
+    if form not in FORM_CHOICES:
+        raise ValueError(f"form must be one of {list(FORM_CHOICES)}, got {form!r}")
     sweep = cached("pruning.smollm2_sweep")
+    shown = 0.5 if form in ("2:4", "4:8") else sparsity
+    pruning_table_html(model, device, form, shown, batch=batch, seq_len=seq_len)  # fail early on bad names
+
+    def still() -> str:
+        label = f"SmolLM2-135M perplexity against the share of block parameters removed, {form} highlighted"
+        return (pruning_table_html(model, device, form, shown, batch=batch, seq_len=seq_len)
+                + fit_svg(frontier_svg(sweep, FORM_CHOICES[form], shown), label))
+
+    return live_or_still(
+        lambda: _pruning_widget(sweep, model, device, form, sparsity, batch, seq_len), still,
+        title="Pruning explorer", call="uv.pruning_explorer()",
+        settings={"model": model, "device": device, "form": form, "removed": shown, "batch": batch,
+                  "sequence": seq_len},
+        description=f"Roofline prefill and decode of {model} on {device} with weights in form {form}, "
+                    "next to the dense model, and SmolLM2's measured frontier")
+
+
+def _pruning_widget(sweep: pd.DataFrame, model: str, device: str, form: str, sparsity: float, batch: int,
+                    seq_len: int):
+    import ipywidgets as w
+
     c = {
         "model": w.Dropdown(options=model_names(), value=model, layout=w.Layout(width="170px")),
         "device": w.Dropdown(options=device_names("datasheet"), value=device, layout=w.Layout(width="150px")),
@@ -129,9 +152,6 @@ def pruning_explorer(model: str = "llama-2-7b", device: str = "a100", *, form: s
     }
     table, chart = w.HTML(), w.HTML()
 
-    def label(text: str, width: str = "70px"):
-        return w.HTML(f"<b>{text}</b>", layout=w.Layout(width=width))
-
     def update(_=None):
         v = {k: x.value for k, x in c.items()}
         s = 0.5 if v["form"] in ("2:4", "4:8") else v["sparsity"]
@@ -140,14 +160,15 @@ def pruning_explorer(model: str = "llama-2-7b", device: str = "a100", *, form: s
                                              seq_len=v["seq_len"])
         except ValueError as exc:
             table.value = f"<div style='color:#d62728;font:13px sans-serif'>{html.escape(str(exc))}</div>"
-        chart.value = frontier_svg(sweep, FORM_CHOICES[v["form"]], s)
+        chart.value = fit_svg(frontier_svg(sweep, FORM_CHOICES[v["form"]], s),
+                              f"SmolLM2-135M perplexity against the share removed, {v['form']} highlighted")
 
     update()
     for widget in c.values():
         widget.observe(update, names="value")
     controls = w.VBox([
-        w.HBox([label("model"), c["model"], label("device"), c["device"]]),
-        w.HBox([label("form"), c["form"], label("removed", "70px"), c["sparsity"]]),
-        w.HBox([label("batch"), c["batch"], label("sequence", "80px"), c["seq_len"]]),
+        control_row([labelled("model", c["model"], "70px"), labelled("device", c["device"], "70px")]),
+        control_row([labelled("form", c["form"], "70px"), labelled("removed", c["sparsity"], "70px")]),
+        control_row([labelled("batch", c["batch"], "70px"), labelled("sequence", c["seq_len"], "80px")]),
     ])
     return w.VBox([controls, table, chart])

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from ..analyzer.sparsity import WeightForm, pruned_spec
-from ..hardware import hardware, supports
+from ..hardware import get_device, supports
 from .speed import model_spec, predict_pass
 
 __all__ = ["DEFAULT_FORMS", "forms_speedup_table", "frontier_table", "ordering_table", "row_form"]
@@ -43,7 +43,7 @@ def forms_speedup_table(model, devices: Sequence, forms: dict[str, WeightForm] |
     spec = model_spec(model)
     rows = []
     for d in devices:
-        dev = hardware(d) if isinstance(d, str) else d
+        dev = get_device(d) if isinstance(d, str) else d
         native = supports(dev, "sparse_2_4")
         for stage in ("decode", "prefill"):
             for b in batches:
@@ -97,7 +97,7 @@ def frontier_table(sweep: pd.DataFrame, model, devices: Sequence, *, stage: str 
     d = sweep[sweep["recover_steps"] == 0] if "recover_steps" in sweep.columns else sweep
     rows = []
     for dv in devices:
-        dev = hardware(dv) if isinstance(dv, str) else dv
+        dev = get_device(dv) if isinstance(dv, str) else dv
         kw = {"stage": stage, "batch": batch, "seq_len": seq_len, "w_bits": w_bits, "a_bits": a_bits}
         dense = predict_pass(spec, dev, **kw)
         for _, r in d.iterrows():

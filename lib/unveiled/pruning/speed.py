@@ -150,8 +150,8 @@ def decode_speeds(models: Mapping[str, torch.nn.Module], prompt: Sequence[int] |
 def model_spec(model):
     """The analyzer's model for a book :class:`~unveiled.models.Decoder` (its config as a Hugging Face config),
     or the model name / spec passed through. Introduced in Chapter 5."""
-    from ..analyzer.configs import model as spec_of
     from ..analyzer.configs import model_from_hf_config
+    from ..analyzer.configs import model_spec as spec_of
     from ..models import Decoder
 
     if isinstance(model, Decoder):
