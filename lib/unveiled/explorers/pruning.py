@@ -80,9 +80,27 @@ def pruning_table_html(model: str, device: str, choice: str, sparsity: float, *,
             f"device: <b>{html.escape(cores)}</b></p></div>")
 
 
-def frontier_svg(sweep: pd.DataFrame, family: str, sparsity: float, *, width: int = 420, height: int = 220) -> str:
+#: The cached sweep the explorer draws its measured frontier from.
+SWEEP = "pruning.smollm2_sweep"
+
+
+def _measured_sweep() -> pd.DataFrame | None:
+    """The cached SmolLM2 sweep, or None where this checkout does not hold it (the frontier then says how to
+    produce it)."""
+    from ..datafiles import list_data_files
+    from ..results import cached
+
+    return cached(SWEEP) if f"results/{SWEEP}.csv" in list_data_files() else None
+
+
+def frontier_svg(sweep: pd.DataFrame | None, family: str, sparsity: float, *, width: int = 420,
+                 height: int = 220) -> str:
     """SmolLM2's measured perplexity (log) against the share of block parameters removed: the chosen family's
-    points in colour, the others grey, a rule at the chosen sparsity. Introduced in Chapter 5."""
+    points in colour, the others grey, a rule at the chosen sparsity. Without the sweep (``None``), a line
+    saying how to produce it. Introduced in Chapter 5."""
+    if sweep is None:
+        return (f"<svg width='{width}' height='40' style='font:12px sans-serif'><text x='4' y='24'>SmolLM2's "
+                f"measured frontier is not cached here: python -m unveiled.results run {SWEEP}</text></svg>")
     d = sweep[(sweep["family"] != "dense") & (sweep["recover_steps"] == 0 if "recover_steps" in sweep.columns else True)]
     dense = float(sweep.loc[sweep["family"] == "dense", "perplexity"].iloc[0])
     lo, hi = math.log(dense * 0.9), math.log(max(float(d["perplexity"].max()), dense * 2))
@@ -111,15 +129,13 @@ def frontier_svg(sweep: pd.DataFrame, family: str, sparsity: float, *, width: in
             f"(SmolLM2-135M, measured; dashed: dense {dense:.3g})</text></svg>")
 
 
-def pruning_explorer(model: str = "llama-2-7b", device: str = "a100", *, form: str = "2:4", sparsity: float = 0.5,
+def pruning_explorer(model: str = "llama-2-7b", device: str = "a100-40gb", *, form: str = "2:4", sparsity: float = 0.5,
                      batch: int = 1, seq_len: int = 1024) -> ipywidgets.VBox | ExplorerStill:
     """The live explorer: model, device, weight form, share removed, batch and sequence length (in the book
     build, a still of its initial state: :func:`.live.live_or_still`). Introduced in Chapter 5."""
-    from ..results import cached
-
     if form not in FORM_CHOICES:
         raise ValueError(f"form must be one of {list(FORM_CHOICES)}, got {form!r}")
-    sweep = cached("pruning.smollm2_sweep")
+    sweep = _measured_sweep()
     shown = 0.5 if form in ("2:4", "4:8") else sparsity
     pruning_table_html(model, device, form, shown, batch=batch, seq_len=seq_len)  # fail early on bad names
 
@@ -137,7 +153,7 @@ def pruning_explorer(model: str = "llama-2-7b", device: str = "a100", *, form: s
                     "next to the dense model, and SmolLM2's measured frontier")
 
 
-def _pruning_widget(sweep: pd.DataFrame, model: str, device: str, form: str, sparsity: float, batch: int,
+def _pruning_widget(sweep: pd.DataFrame | None, model: str, device: str, form: str, sparsity: float, batch: int,
                     seq_len: int):
     import ipywidgets as w
 

@@ -30,7 +30,7 @@ from . import Case, LabReport, run_cases
 __all__ = ["CHECKS", "check_nm_mask", "check_rank_for_energy", "check_sparse_weight_bytes", "check_wanda_score"]
 
 
-_FORMS = "Four ways to remove parameters (survey §3.2, §3.4)"
+_FORMS = "Four ways to remove parameters (survey §§3.2, 3.4)"
 _SCORES = "Which weights to remove: magnitude, Wanda, SparseGPT"
 _LOWRANK = "Removing structures, factoring matrices"
 _ERROR = {"expected": "a ValueError", "show_result": lambda r: r}

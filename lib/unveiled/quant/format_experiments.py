@@ -30,6 +30,7 @@ from torch import nn
 
 from ..hardware import device_features
 from ..models import Decoder
+from ..session import progress_bar
 from ..threads import torch_threads
 from .experiments import LIVE_TOKENS, Recipe, _experiment, calibration_batch, eval_tokens, perplexities
 from .formats import FormatSpec, code_entropy, get_format
@@ -156,9 +157,7 @@ def run_format_recipes(model: Decoder, recipes: Sequence[Recipe], tokens: Sequen
     rows = []
     it = recipes
     if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(recipes, desc="formats", leave=False)
+        it = progress_bar(recipes, desc="formats", leave=False)
     for r in it:
         t0 = time.perf_counter()
         q = r.apply(model)
