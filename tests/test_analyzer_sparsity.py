@@ -114,3 +114,17 @@ def test_analyze_and_sweep_take_the_weight_form():
         uv.analyze("llama-2-7b", "a100", conventions="paper", weight_form="2:4")
     lr = uv.sweep("llama-2-7b", "a100", stage="prefill", seq_len=1024, weight_form=WeightForm("lowrank", keep=0.5))
     assert lr.flops.iloc[0] < uv.analyze("llama-2-7b", "a100", stage="prefill", seq_len=1024).flops
+
+
+def test_weight_forms_follow_the_precision_and_exclude_number_formats():
+    # precision= and the flat bit keywords give the same weight-form costs (the form reads the resolved precision)
+    kw = {"stage": "decode", "batch": 2, "seq_len": 256, "weight_form": "2:4"}
+    flat = uv.analyze("llama-2-7b", "a100", w_bits=4, a_bits=16, group_size=128, **kw)
+    named = uv.analyze("llama-2-7b", "a100", precision=uv.Precision(w_bits=4, group_size=128), **kw)
+    assert named.bytes == pytest.approx(flat.bytes, rel=1e-12) and named.time_s == pytest.approx(flat.time_s)
+    assert flat.bytes < uv.analyze("llama-2-7b", "a100", stage="decode", batch=2, seq_len=256, weight_form="2:4").bytes
+    grid = uv.sweep("llama-2-7b", "a100", stage="decode", batch=2, seq_len=256, w_bits=4, group_size=128,
+                    weight_form="2:4")
+    assert grid.time_s.iloc[0] == pytest.approx(flat.time_s, rel=1e-12)
+    with pytest.raises(ValueError, match="not both"):
+        uv.analyze("llama-2-7b", "h100-sxm", number_format="fp8_e4m3", weight_form="2:4")
