@@ -147,6 +147,9 @@ def test_explorer_pieces(small_sweep):
     assert X.form_for("low rank", 0.4, spec)[1].keep == pytest.approx(0.6)
     with pytest.raises(ValueError, match="form must be one of"):
         X.form_for("random", 0.5, spec)
+    import ipywidgets
+
+    assert isinstance(X.pruning_explorer(device="a100"), ipywidgets.Widget)  # an alias, not a dropdown option
     page = X.pruning_table_html("llama-2-7b", "a100", "2:4", 0.5)
     assert "speedup" in page and "native" in page
     svg = X.frontier_svg(small_sweep, "unstructured", 0.5)

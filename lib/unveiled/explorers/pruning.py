@@ -135,6 +135,7 @@ def pruning_explorer(model: str = "llama-2-7b", device: str = "a100-40gb", *, fo
     build, a still of its initial state: :func:`.live.live_or_still`). Introduced in Chapter 5."""
     if form not in FORM_CHOICES:
         raise ValueError(f"form must be one of {list(FORM_CHOICES)}, got {form!r}")
+    device = get_device(device).name  # the registry's name (an alias such as "a100" is not a dropdown option)
     sweep = _measured_sweep()
     shown = 0.5 if form in ("2:4", "4:8") else sparsity
     pruning_table_html(model, device, form, shown, batch=batch, seq_len=seq_len)  # fail early on bad names
