@@ -66,7 +66,7 @@ _LAZY: dict[str, str] = {
 }
 # Sub-packages reachable as attributes (``uv.labs.roofline.check_attainable``) without an explicit import.
 _SUBMODULES = ("labs", "plots", "explorers", "text", "models", "generation", "evaluation", "zoo", "smollm2",
-               "calibration", "kvcache", "decoding", "quant", "results")
+               "calibration", "kvcache", "decoding", "quant", "results", "serving")
 
 __all__ = [
     "DTYPES",
