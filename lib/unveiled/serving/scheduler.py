@@ -284,31 +284,31 @@ class Scheduler:
         """Running requests whose prompt is done get one token each; preempt from the back when blocks run out.
         Returns the decoding requests, the preemptions, the blocks swapped out and the keys they attend to."""
         decode: list[Request] = []
-        preempted = swapped = context = 0
+        grow: list[Request] = []
+        for r in self.running:  # the common case first: no block boundary, nothing to allocate
+            if r.ctx >= r.target:
+                decode.append(r)
+                if r.ctx >= r.cap:  # the next token starts a new block
+                    grow.append(r)
+        preempted = swapped = 0
+        for r in grow:  # in admission order; victims come from the back
+            while r.state == "running":
+                try:
+                    self._grow(r, r.ctx + 1)
+                    break
+                except OutOfBlocksError:
+                    victim = self.running[-1]
+                    swapped += self._preempt(victim)
+                    preempted += 1
+        if preempted:
+            decode = [r for r in decode if r.state == "running"]
         w = self.window
-        running = self.running
-        i = 0
-        while i < len(running):
-            r = running[i]
-            if r.ctx < r.target:  # still prefilling (chunked)
-                i += 1
-                continue
-            if r.ctx >= r.cap:  # the next token starts a new block
-                while True:
-                    try:
-                        self._grow(r, r.ctx + 1)
-                        break
-                    except OutOfBlocksError:
-                        victim = running[-1]
-                        swapped += self._preempt(victim)
-                        preempted += 1
-                        if victim is r:
-                            break
-                if r.state != "running":
-                    continue
-            decode.append(r)
-            context += r.ctx + 1 if w is None or r.ctx < w else w
-            i += 1
+        if w is None:
+            context = len(decode)
+            for r in decode:
+                context += r.ctx
+        else:
+            context = sum(r.ctx + 1 if r.ctx < w else w for r in decode)
         return decode, preempted, swapped, context
 
     def schedule(self, now: float) -> Step | None:
@@ -388,8 +388,8 @@ class Scheduler:
                     self._finish(r, end, finished)
         for r in step.decode:
             r.ctx += 1
-            r.generated += 1
-            if r.generated >= r.output:
+            g = r.generated = r.generated + 1
+            if g >= r.output:
                 self._finish(r, end, finished)
         if finished:
             self.running = [r for r in self.running if r.state != "finished"]
