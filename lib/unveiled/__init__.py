@@ -47,6 +47,8 @@ _LAZY: dict[str, str] = {
     "analyzer_explorer": "explorers.analyzer",
     # Decoding algorithms (Chapter 6)
     "decoding_explorer": "explorers.decoding",
+    # Serving (Chapter 9)
+    "serving_explorer": "explorers.serving",
     # Measuring this machine (Chapter 1)
     "measure_machine": "measure",
     "measure_bandwidth": "measure",

@@ -20,7 +20,17 @@ from .costs import (
 )
 from .interconnect import allreduce_time, interconnect_table, link_bandwidth, shard, tensor_parallel_decode
 from .metrics import littles_law, memory_timeline, request_metrics, summarize
-from .scheduler import POLICIES, PREEMPTION, Request, Scheduler, SchedulerConfig, Step, drive
+from .scheduler import (
+    POLICIES,
+    PREEMPTION,
+    AdmissionView,
+    Request,
+    Scheduler,
+    SchedulerConfig,
+    Step,
+    can_admit,
+    drive,
+)
 from .simulator import ServingResult, simulate
 from .workload import (
     TRACES,
@@ -41,6 +51,7 @@ __all__ = [
     "POLICIES",
     "PREEMPTION",
     "TRACES",
+    "AdmissionView",
     "Lengths",
     "LinearStepCost",
     "Request",
@@ -53,6 +64,7 @@ __all__ = [
     "allreduce_time",
     "azure_trace",
     "bursty_workload",
+    "can_admit",
     "check_workload",
     "drive",
     "exponential_lengths",

@@ -35,8 +35,8 @@ from .._validate import check_choice, check_int
 from ..kvcache.blocks import BlockManager, OutOfBlocksError
 from .costs import StepShape
 
-__all__ = ["POLICIES", "PREEMPTION", "REQUEST_COLUMNS", "STEP_COLUMNS", "Request", "Scheduler", "SchedulerConfig",
-           "Step", "drive"]
+__all__ = ["POLICIES", "PREEMPTION", "REQUEST_COLUMNS", "STEP_COLUMNS", "AdmissionView", "Request", "Scheduler",
+           "SchedulerConfig", "Step", "can_admit", "drive"]
 
 POLICIES = ("static", "continuous", "chunked")
 PREEMPTION = ("recompute", "swap")
@@ -160,20 +160,63 @@ class Step:
     finished: list[Request] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class AdmissionView:
+    """What the admission step sees when it considers the request at the head of the waiting queue.
+
+    ``prompt_tokens``: tokens its prefill must compute (the prompt, plus any tokens generated before a
+    recompute preemption, minus prefix-cache hits); ``blocks_needed``: new KV blocks they take;
+    ``free_blocks`` of the pool are free and admission keeps ``reserve_blocks`` of them for decodes to grow
+    into; ``running`` sequences run (those admitted in this step included), at most ``max_batch``;
+    ``tokens_left``: tokens the step may still carry (``inf`` without a budget); ``admitted_this_step``:
+    requests already admitted in this step; ``chunked``: prompts may be split into chunks. Introduced in
+    Chapter 9.
+    """
+
+    prompt_tokens: int
+    blocks_needed: int
+    free_blocks: int
+    reserve_blocks: int
+    running: int
+    max_batch: int
+    tokens_left: float
+    admitted_this_step: int
+    chunked: bool
+
+
+def can_admit(v: AdmissionView) -> bool:
+    """The admission rule of an iteration-level scheduler (ORCA, vLLM): admit the head of the queue only if a
+    sequence slot is free, its prompt's blocks fit while keeping the reserve free, and the step's token budget
+    has room: any room for a chunked prefill, the whole prompt otherwise (except for the step's first
+    admission, so that a prompt longer than the budget still runs). Requests are admitted first come, first
+    served: the scheduler stops at the first refusal. Introduced in Chapter 9."""
+    if v.running >= v.max_batch:
+        return False
+    if v.free_blocks - v.blocks_needed < v.reserve_blocks:
+        return False
+    if v.chunked:
+        return v.tokens_left > 0
+    return v.admitted_this_step == 0 or v.prompt_tokens <= v.tokens_left
+
+
 class Scheduler:
     """The scheduling loop's state: waiting, running and swapped requests on a paged KV pool.
 
     :meth:`add` queues an arrived request, :meth:`schedule` plans the next step (``None`` when there is
     nothing to run) and :meth:`complete` applies it once it ran: prefill progress, one token per decoding
     request, first-token and finish times, blocks freed. ``window`` caps the keys a decode attends to
-    (sliding-window models). See the module docstring for the policies. Introduced in Chapter 9.
+    (sliding-window models). ``admission`` replaces the admission rule :func:`can_admit` (a function of an
+    :class:`AdmissionView`; Lab 9.1). See the module docstring for the policies. Introduced in Chapter 9.
     """
 
-    def __init__(self, config: SchedulerConfig, window: int | None = None) -> None:
+    def __init__(self, config: SchedulerConfig, window: int | None = None, admission=None) -> None:
         if not isinstance(config, SchedulerConfig):
             raise TypeError(f"config must be a SchedulerConfig, got {type(config).__name__}")
+        if admission is not None and not callable(admission):
+            raise TypeError(f"admission must be a function of an AdmissionView, got {type(admission).__name__}")
         self.config = config
         self.window = window
+        self.admission = can_admit if admission is None else admission
         self.manager = BlockManager(config.block_size, config.num_blocks, prefix_caching=config.prefix_caching,
                                     host_blocks=config.host_blocks)
         self.waiting: deque[Request] = deque()
@@ -236,22 +279,31 @@ class Scheduler:
         self.waiting.appendleft(victim)
         return 0
 
-    def _admit(self, r: Request, now: float) -> int:
-        """Allocate ``r``'s prompt blocks if they fit (above the watermark); returns the cached tokens, or -1."""
-        free = self.manager.allocator.num_free
+    def _admit(self, r: Request, now: float, tokens_left: float = math.inf, admitted: int = 0,
+               chunked: bool = False) -> int:
+        """Admit ``r`` if the admission rule says so: allocate its prompt blocks and return the prefix-cache
+        hits (tokens it need not compute); -1 when it is refused."""
         cached = 0
         tokens = None
+        bs = self.config.block_size
         if self.config.prefix_caching:
             tokens = r.tokens(r.target)
             # keep at least one token to compute: its logits give the next token
-            cached = min(self.manager.cached_prefix(tokens), (r.target - 1) // self.config.block_size
-                         * self.config.block_size)
-        need = self._blocks(r.target) - cached // self.config.block_size
-        if free - need < self._reserve:
+            cached = min(self.manager.cached_prefix(tokens), (r.target - 1) // bs * bs)
+        need = self._blocks(r.target) - cached // bs
+        free = self.manager.allocator.num_free
+        view = AdmissionView(r.target - cached, need, free, self._reserve, len(self.running), self.config.max_batch,
+                             tokens_left, admitted, chunked)
+        if not self.admission(view):
             return -1
+        if need > free:
+            raise ValueError(f"the admission rule admitted request {r.rid}, whose prompt needs {need} KV blocks, "
+                             f"with only {free} free")
+        if chunked and tokens_left <= 0:
+            raise ValueError(f"the admission rule admitted request {r.rid} with no token budget left in the step")
         self.manager.add(r.rid, tokens if tokens is not None else r.target)
         r.mlen = r.target
-        r.cap = self._blocks(r.target) * self.config.block_size
+        r.cap = self._blocks(r.target) * bs
         r.ctx = cached
         r.cached_tokens += cached
         r.state = "running"
@@ -328,14 +380,14 @@ class Scheduler:
                     q = min(r.target - r.ctx, left)
                     chunks.append((r, q))
                     left -= q
-        while self.waiting and len(self.running) < self.config.max_batch and left > 0:
+        admitted = 0
+        while self.waiting:
             r = self.waiting[0]
-            if policy == "continuous" and budget is not None and chunks and r.target > left:
-                break
-            cached = self._admit(r, now)
+            cached = self._admit(r, now, left, admitted, policy == "chunked")
             if cached < 0:
                 break
             self.waiting.popleft()
+            admitted += 1
             q = r.target - cached if policy == "continuous" else min(r.target - cached, left)
             chunks.append((r, q))
             left -= q
@@ -348,8 +400,8 @@ class Scheduler:
     def _schedule_static(self, now: float) -> Step | None:
         if not self.running and not self.swapped:
             self._batch_rows = 0
-            while self.waiting and len(self.running) < self.config.max_batch:
-                if self._admit(self.waiting[0], now) < 0:
+            while self.waiting:
+                if self._admit(self.waiting[0], now, math.inf, len(self.running)) < 0:
                     break
                 self.waiting.popleft()
             if not self.running:
@@ -408,7 +460,8 @@ class Scheduler:
 # --------------------------------------------------------------------------------------------------
 
 STEP_COLUMNS = ("step", "start_s", "time_s", "end_s", "decode_seqs", "prefill_seqs", "decode_tokens",
-                "prefill_tokens", "padded_tokens", "output_tokens", "context_tokens", "kv_blocks_used", "host_blocks_used", "waiting",
+                "prefill_tokens", "padded_tokens", "output_tokens", "context_tokens", "attention_pairs", "logit_rows",
+                "kv_blocks_used", "host_blocks_used", "waiting",
                 "running", "swapped", "preempted", "swapped_blocks", "finished")
 REQUEST_COLUMNS = ("request_id", "arrival_s", "admitted_s", "first_token_s", "finish_s", "prompt_len", "output_len",
                    "preemptions", "swaps", "cached_tokens", "recomputed_tokens")
@@ -452,7 +505,8 @@ def drive(scheduler: Scheduler, workload, execute) -> tuple[pd.DataFrame, pd.Dat
         sh = step.shape
         rows.append((len(rows), now, dt, now + dt, len(step.decode), len(step.chunks), len(step.decode),
                      sum(q for _, q in step.chunks), step.padded_tokens, emitted,
-                     sh.decode_context + sum(k for _, k in sh.chunks), used, host, len(scheduler.waiting),
+                     sh.decode_context + sum(k for _, k in sh.chunks),
+                     sh.decode_context + sum(q * k for q, k in sh.chunks), sh.logit_rows, used, host, len(scheduler.waiting),
                      len(scheduler.running) + len(finished), len(scheduler.swapped), step.preempted,
                      step.swapped_blocks, len(finished)))
         now += dt

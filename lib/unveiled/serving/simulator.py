@@ -69,7 +69,7 @@ def simulate(m: str | ModelSpec | None, device: str | Device | None, workload: p
              preemption: str = "recompute", swap_space_gb: float = 0.0, prefix_caching: bool = False,
              w_bits: int = 16, a_bits: int = 16, kv_bits: int | None = None, flash_attention: bool = True,
              group_size: int | None = None, cost=None, host_bandwidth_gb_s: float | None = None,
-             watermark: float = 0.01) -> ServingResult:
+             watermark: float = 0.01, admission=None) -> ServingResult:
     """Serve ``workload`` with model ``m`` on ``device`` under ``policy`` and return the per-request and
     per-step tables.
 
@@ -81,7 +81,8 @@ def simulate(m: str | ModelSpec | None, device: str | Device | None, workload: p
     ``block_size`` tokens, by default what fits in ``memory_fraction`` of the device after the weights
     (:func:`~unveiled.serving.costs.kv_pool_blocks`). ``preemption="swap"`` swaps to ``swap_space_gb`` of host
     memory over the device's host link (``host_bandwidth_gb_s``, by default the sourced PCIe figure of
-    :func:`~unveiled.serving.interconnect.link_bandwidth`). Deterministic: no randomness beyond the workload.
+    :func:`~unveiled.serving.interconnect.link_bandwidth`). ``admission`` replaces the scheduler's admission
+    rule (:func:`~unveiled.serving.scheduler.can_admit`). Deterministic: no randomness beyond the workload.
     Introduced in Chapter 9.
     """
     spec = model(m) if m is not None else None
@@ -122,13 +123,7 @@ def simulate(m: str | ModelSpec | None, device: str | Device | None, workload: p
     config = SchedulerConfig(policy=policy, num_blocks=num_blocks, block_size=block_size, max_batch=max_batch,
                              max_batched_tokens=max_batched_tokens, preemption=preemption, host_blocks=host_blocks,
                              prefix_caching=prefix_caching, watermark=watermark)
-    if policy == "continuous" and config.token_budget is not None:
-        longest = int(workload["prompt_len"].max() + workload["output_len"].max())
-        if config.token_budget < longest:
-            raise ValueError(f"continuous batching prefills whole prompts: max_batched_tokens "
-                             f"({config.token_budget}) must be >= the longest request ({longest} tokens), "
-                             "or use policy='chunked'")
-    scheduler = Scheduler(config, window=getattr(cost, "window", None))
+    scheduler = Scheduler(config, window=getattr(cost, "window", None), admission=admission)
     step_time = cost.step_time
 
     def execute(step, now):
