@@ -18,6 +18,7 @@ from .costs import (
     kv_pool_blocks,
     step_features,
 )
+from .engine import EngineResult, PagedKVPool, ServingEngine, profile_engine, serve, text_prompts
 from .interconnect import allreduce_time, interconnect_table, link_bandwidth, shard, tensor_parallel_decode
 from .metrics import littles_law, memory_timeline, request_metrics, summarize
 from .scheduler import (
@@ -52,12 +53,15 @@ __all__ = [
     "PREEMPTION",
     "TRACES",
     "AdmissionView",
+    "EngineResult",
     "Lengths",
     "LinearStepCost",
+    "PagedKVPool",
     "Request",
     "RooflineStepCost",
     "Scheduler",
     "SchedulerConfig",
+    "ServingEngine",
     "ServingResult",
     "Step",
     "StepShape",
@@ -76,12 +80,15 @@ __all__ = [
     "lognormal_lengths",
     "memory_timeline",
     "poisson_workload",
+    "profile_engine",
     "request_metrics",
+    "serve",
     "shard",
     "simulate",
     "step_features",
     "summarize",
     "tensor_parallel_decode",
+    "text_prompts",
     "trace_workload",
     "uniform_lengths",
     "workload_from_requests",
