@@ -18,13 +18,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SITE = ROOT / "_build" / "html"
-BUILD_BUDGET_S = 300
-BUDGETS_S = {  # from the issues: per-notebook execution budgets on a 2-core CPU
-    "chapters/01_roofline": 30,
-    "chapters/02_llm_inference": 60,
-    "appendix/models": 90,
-}
-DEFAULT_BUDGET_S = 120
+sys.path.insert(0, str(ROOT / "tools"))
+from budgets import BUILD_BUDGET_S, budget_of  # noqa: E402
+
 PAGE_LIMIT_BYTES = 1_000_000
 
 
@@ -50,10 +46,10 @@ def main() -> int:
         ok &= rc == 0 and took <= BUILD_BUDGET_S
     print(f"\n{'notebook':32s} {'exec s':>8s} {'budget s':>9s}  status")
     for doc, t, status in exec_table():
-        budget = BUDGETS_S.get(doc, DEFAULT_BUDGET_S)
+        budget = budget_of(doc)
         verdict = "OK" if t <= budget and "✅" in status else "OVER" if t > budget else "FAILED"
         ok &= verdict == "OK"
-        print(f"{doc:32s} {t:8.1f} {budget:9d}  {verdict}")
+        print(f"{doc:32s} {t:8.1f} {budget:9.0f}  {verdict}")
     print(f"\n{'page':40s} {'size MB':>8s}")
     for page in sorted([*SITE.glob("*.html"), *SITE.glob("chapters/*.html"), *SITE.glob("appendix/*.html")]):
         size = page.stat().st_size

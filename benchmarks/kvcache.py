@@ -1,4 +1,4 @@
-"""Benchmark the KV caches of Chapter 5: one decode step of the tiny model with each cache, in one run.
+"""Benchmark the KV caches of Chapter 6: one decode step of the tiny model with each cache, in one run.
 
 The goal from the issue: the paged cache's decode step is within 1.5x of the contiguous cache's. Both run the
 same model on the same tokens; the caches are timed in alternation (round-robin over repeats) and each

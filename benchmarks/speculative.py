@@ -7,7 +7,7 @@ Both decoders run the same target (by default with its weights stored transposed
 verification pass cheaper on a CPU; ``--layout linear`` keeps ``nn.Linear``). Plain and speculative runs alternate ``--repeats`` times (so background load on a shared machine hits both
 alike) and the best run of each is reported. Drafts: ``small model`` (the distilled 2-block draft shipped in
 data/models/smol-draft.safetensors), ``prompt lookup`` (n-gram copying, no model), ``layer skip`` (20 of
-SmolLM2's 30 blocks, chosen by how much each changes the residual stream). Goal (Chapter 6): a speedup of at least 1.5× with identical greedy output. Exits with
+SmolLM2's 30 blocks, chosen by how much each changes the residual stream). Goal (Chapter 7): a speedup of at least 1.5× with identical greedy output. Exits with
 status 1 if any speculative output differs from the plain one.
 """
 

@@ -1,4 +1,4 @@
-"""The Chapter 5 lab checks: correct solutions pass, the classic mistakes fail with the right message."""
+"""The Chapter 6 lab checks: correct solutions pass, the classic mistakes fail with the right message."""
 
 from __future__ import annotations
 

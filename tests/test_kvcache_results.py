@@ -1,4 +1,4 @@
-"""Chapter 5's cached SmolLM2 experiments: provenance, a live rerun of a small setting, and the claims the
+"""Chapter 6's cached SmolLM2 experiments: provenance, a live rerun of a small setting, and the claims the
 chapter makes about them."""
 
 from __future__ import annotations

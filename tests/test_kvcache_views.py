@@ -1,4 +1,4 @@
-"""Chapter 5's charts and explorers: they build from library data, stay light, and the live explorer reacts."""
+"""Chapter 6's charts and explorers: they build from library data, stay light, and the live explorer reacts."""
 
 from __future__ import annotations
 

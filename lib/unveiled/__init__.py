@@ -45,7 +45,7 @@ _LAZY: dict[str, str] = {
     "max_batch": "analyzer",
     "max_seq_len": "analyzer",
     "analyzer_explorer": "explorers.analyzer",
-    # Decoding algorithms (Chapter 6)
+    # Decoding algorithms (Chapter 7)
     "decoding_explorer": "explorers.decoding",
     # Serving (Chapter 9)
     "serving_explorer": "explorers.serving",
@@ -54,6 +54,7 @@ _LAZY: dict[str, str] = {
     "measure_bandwidth": "measure",
     "measure_matmul": "measure",
     "measure_kernels": "measure",
+    "matmul_paths": "matmul_probe",
     "MachineMeasurement": "measure",
     # Live explorers (Chapter 1)
     "roofline_explorer": "explorers.roofline",

@@ -21,11 +21,9 @@ appendix "The models in this book".
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import io
 import json
 import pathlib
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ import pandas as pd
 from ._validate import check_choice, check_int
 from .datafiles import data_file
 from .hardware import Device
+from .timing import CLOCKS, Budget, clock
 
 __all__ = [
     "CLASSES",
@@ -102,33 +101,22 @@ def default_scenarios(models: Iterable[str] = ("S", "M", "SmolLM2")) -> list[Sce
 # --------------------------------------------------------------------------------------------------
 
 
-CLOCKS = ("wall", "thread")
-
-
 def _clock(name: str):
-    """``"wall"``: elapsed time. ``"thread"``: CPU time of the calling thread, which excludes the time the
-    thread waits while other processes run, so on a busy shared machine it approximates the wall time of a
-    quiet one. It only sees the calling thread's work, so it needs ``torch.set_num_threads(1)``."""
-    import torch
-
-    check_choice("clock", name, CLOCKS)
-    if name == "thread":
-        if torch.get_num_threads() != 1:
-            raise ValueError(f"clock='thread' measures one thread's CPU time; call torch.set_num_threads(1) first "
-                             f"(now {torch.get_num_threads()})")
-        return time.thread_time
-    return time.perf_counter
+    """The clock of :mod:`unveiled.timing`; the thread clock needs one PyTorch thread (it sees only the
+    calling thread's work)."""
+    return clock(name, single_thread=True)
 
 
 def measure_pass(model, stage: str, batch: int, seq_len: int, repeats: int = 5, seed: int = 0,
-                 clock: str = "wall") -> dict:
+                 clock: str = "wall", budget_s: float | None = None) -> dict:
     """Time one prefill or decode pass of a :class:`~unveiled.models.Decoder` (best and median of ``repeats``).
 
     Prefill runs ``batch`` prompts of ``seq_len`` tokens through a fresh KV cache (logits for every position).
     Decode appends one token per sequence to a cache already holding ``seq_len - 1`` (random) keys and values,
     so the new token attends to ``seq_len`` keys, as the analyzer's decode stage assumes; the cache is cropped
     back between repeats. One warm-up pass precedes the timed ones. ``clock="thread"`` times CPU time instead of wall time
-    (see :data:`CLOCKS`; single-threaded only). Introduced in the appendix "The models in this book".
+    (see :data:`CLOCKS`; single-threaded only). With ``budget_s``, repeats stop once that many seconds have
+    passed (at least one is timed). Introduced in the appendix "The models in this book".
     """
     import torch
 
@@ -136,6 +124,7 @@ def measure_pass(model, stage: str, batch: int, seq_len: int, repeats: int = 5, 
     batch, seq_len = check_int("batch", batch), check_int("seq_len", seq_len, minimum=2)
     repeats = check_int("repeats", repeats)
     now = _clock(clock)
+    budget = Budget(budget_s)
     gen = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
     times = []
@@ -148,6 +137,8 @@ def measure_pass(model, stage: str, batch: int, seq_len: int, repeats: int = 5, 
                 model(tokens, cache)
                 if i:
                     times.append(now() - t0)
+                    if budget.remaining() <= 0:
+                        break
         else:
             new = torch.randint(0, vocab, (batch, 1), generator=gen)
             cache = model.new_cache()
@@ -164,7 +155,9 @@ def measure_pass(model, stage: str, batch: int, seq_len: int, repeats: int = 5, 
                 cache.crop(seq_len - 1)
                 if i:
                     times.append(elapsed)
-    return {"measured_s": float(np.min(times)), "measured_median_s": float(np.median(times)), "repeats": repeats}
+                    if budget.remaining() <= 0:
+                        break
+    return {"measured_s": float(np.min(times)), "measured_median_s": float(np.median(times)), "repeats": len(times)}
 
 
 def _load_models(names: Iterable[str]) -> dict:
@@ -178,8 +171,10 @@ def _load_models(names: Iterable[str]) -> dict:
 
 
 def measure_scenarios(scenarios: Iterable[Scenario], models: Mapping | None = None, repeats: int = 5,
-                      progress: bool = True, clock: str = "wall") -> pd.DataFrame:
+                      progress: bool = True, clock: str = "wall", budget_s: float | None = None) -> pd.DataFrame:
     """Time every scenario; returns one row per scenario with ``measured_s`` (best) and ``measured_median_s``.
+
+    With ``budget_s`` each scenario gets an even share of what is left (repeats stop when it is spent).
 
     ``models`` maps calibration names ("S", "M", "SmolLM2") to decoders; missing ones are loaded.
     Introduced in the appendix "The models in this book".
@@ -194,9 +189,12 @@ def measure_scenarios(scenarios: Iterable[Scenario], models: Mapping | None = No
 
         it = tqdm(scenarios, desc="timing passes", leave=False)
     rows = []
-    for s in it:
+    budget = Budget(budget_s)
+    for i, s in enumerate(it):
+        share = budget.share(len(scenarios) - i)
         rows.append({"model": s.model, "stage": s.stage, "batch": s.batch, "seq_len": s.seq_len,
-                     **measure_pass(models[s.model], s.stage, s.batch, s.seq_len, repeats=repeats, clock=clock)})
+                     **measure_pass(models[s.model], s.stage, s.batch, s.seq_len, repeats=repeats, clock=clock,
+                                    budget_s=None if budget_s is None else share)})
     return pd.DataFrame(rows)
 
 
@@ -376,57 +374,49 @@ def stored_device(provenance: Mapping) -> Device:
     )
 
 
-def run_campaign(out: pathlib.Path, repeats: int = 5, threads: int = 2, clock: str = "wall") -> pd.DataFrame:
+def run_campaign(out: pathlib.Path, repeats: int = 5, threads: int = 2, clock: str = "wall",
+                 budget_s: float | None = 600.0) -> pd.DataFrame:
     """Measure the roofline and every default scenario; write ``<out>.csv`` and ``<out>.json``.
 
     With ``clock="thread"`` (one thread only) both the scenarios and ``measure_machine``'s kernels are timed
     in CPU time of the measuring thread, so that a campaign on a busy shared machine approximates a quiet one.
+    The scenarios share ``budget_s`` seconds (repeats stop early on a slow machine; at least one per scenario).
     """
     import os
-    import platform
 
-    import torch
+    from . import measure
+    from .environment import provenance_record
+    from .threads import torch_threads
 
-    from . import __version__, measure
-    from .environment import cpu_name
-
-    torch.set_num_threads(threads)
-    _clock(clock)  # validates the clock (the thread clock needs one thread)
-    load_before = os.getloadavg()
-    t0 = time.perf_counter()
-
-    m = measure.measure_machine(progress=True, cache=False, register=False, clock=clock)
-    dev = m.device
-    df = measure_scenarios(default_scenarios(), repeats=repeats, clock=clock)
-    df["threads"] = threads
-    df["clock"] = clock
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out.with_suffix(".csv"), index=False, float_format="%.6g")
-    meta = {
-        "description": "Best and median wall time of single prefill and decode passes of the tiny models S, M "
-                       "and SmolLM2-135M (fp32, PyTorch eager, batch-1..16), with this machine's roofline "
-                       "measured by unveiled.measure_machine() just before.",
-        "command": "python -m unveiled.calibration measure",
-        "date": _dt.date.today().isoformat(),
-        "machine": {"cpu": cpu_name(), "usable_cores": len(os.sched_getaffinity(0)), "torch_threads": threads,
-                    "platform": platform.platform(), "description": m.description,
-                    "process_niceness": os.nice(0)},
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
-                     "unveiled": __version__},
-        "roofline": {"bandwidth_b_s": dev.bandwidth, "peaks_flop_s": dict(dev.peaks),
-                     "notes": dev.notes},
-        "repeats": repeats,
-        "clock": clock,
-        "clock_note": ("CPU time of the single measuring thread (time.thread_time), for the passes and for "
-                       "measure_machine's kernels: it excludes time spent waiting while other jobs ran, so it "
-                       "approximates a quiet machine's wall time (memory-bandwidth contention still shows)")
-        if clock == "thread" else "wall-clock time (time.perf_counter)",
-        "duration_s": round(time.perf_counter() - t0, 1),
-        "load_average_1_5_15min": {"before": [round(x, 2) for x in load_before],
-                                   "after": [round(x, 2) for x in os.getloadavg()]},
-        "caveat": "measured on a shared 2-core machine (see the load averages: other jobs ran alongside); "
-                  "best-of-repeats times are the least disturbed ones",
-    }
+    with torch_threads(threads):
+        _clock(clock)  # validates the clock (the thread clock needs one thread)
+        load_before = os.getloadavg()
+        t0 = time.perf_counter()
+        m = measure.measure_machine(cache=False, register=False, clock=clock)
+        dev = m.device
+        df = measure_scenarios(default_scenarios(), repeats=repeats, clock=clock, budget_s=budget_s)
+        df["threads"] = threads
+        df["clock"] = clock
+        out.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out.with_suffix(".csv"), index=False, float_format="%.6g")
+        meta = provenance_record(
+            "python -m unveiled.calibration measure",
+            description="Best and median wall time of single prefill and decode passes of the tiny models S, M "
+                        "and SmolLM2-135M (fp32, PyTorch eager, batch-1..16), with this machine's roofline "
+                        "measured by unveiled.measure_machine() just before.",
+            roofline={"bandwidth_b_s": dev.bandwidth, "peaks_flop_s": dict(dev.peaks), "notes": dev.notes,
+                      "paths": None if m.paths is None else m.paths.to_dict("records")},
+            repeats=repeats,
+            clock=clock,
+            clock_note=("CPU time of the single measuring thread (time.thread_time), for the passes and for "
+                        "measure_machine's kernels: it excludes time spent waiting while other jobs ran, so it "
+                        "approximates a quiet machine's wall time (memory-bandwidth contention still shows)")
+            if clock == "thread" else "wall-clock time (time.perf_counter)",
+            duration_s=round(time.perf_counter() - t0, 1),
+            load_average_1_5_15min={"before": [round(x, 2) for x in load_before],
+                                    "after": [round(x, 2) for x in os.getloadavg()]},
+            process_niceness=os.nice(0),
+        )
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
     return df
 
@@ -441,8 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--clock", choices=CLOCKS, default="wall",
                    help="'thread': CPU time of the measuring thread (needs --threads 1; for busy machines)")
+    p.add_argument("--budget", type=float, default=600.0, help="seconds the scenarios may take in all (default 600)")
     args = parser.parse_args(argv)
-    df = run_campaign(pathlib.Path(args.out), repeats=args.repeats, threads=args.threads, clock=args.clock)
+    df = run_campaign(pathlib.Path(args.out), repeats=args.repeats, threads=args.threads, clock=args.clock,
+                      budget_s=args.budget)
     print(f"wrote {args.out}.csv ({len(df)} rows) and {args.out}.json")
     fit = fit_calibration(predict_scenarios(df, stored_device(json.loads(pathlib.Path(args.out + '.json').read_text()))))
     print(fit.table().to_string(index=False))

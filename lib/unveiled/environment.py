@@ -23,6 +23,7 @@ __all__ = [
     "cpu_name",
     "environment_report",
     "git_revision",
+    "isa_limits",
     "machine_description",
     "machine_record",
     "provenance_record",
@@ -132,7 +133,8 @@ def machine_description() -> str:
             f"{_dt.date.today().isoformat()}")
 
 
-def _isa_limits() -> dict[str, str]:
+def isa_limits() -> dict[str, str]:
+    """The environment variables that cap the instruction sets PyTorch and oneDNN may use, where set."""
     return {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if os.environ.get(k)}
 
 
@@ -146,7 +148,7 @@ def machine_record() -> dict:
         "usable_cores": usable_cores(),
         "torch_threads": _threads(),
         "torch_cpu_capability": cpu_capability(),
-        "isa_limits": _isa_limits(),
+        "isa_limits": isa_limits(),
         "platform": platform.platform(),
         "description": machine_description(),
     }

@@ -5,11 +5,11 @@ draws from ``softmax(logits / T)`` after two optional filters, applied in the or
 use: **top-k** keeps the ``k`` largest logits [Fan et al. 2018], then **top-p** (nucleus) keeps the smallest
 set of most-probable tokens whose probability reaches ``p`` — the token that crosses ``p`` is kept, and at
 least one token always is [Holtzman et al. 2020]. :func:`sampling_probs` exposes the resulting distribution,
-because speculative decoding must warp the draft's and the target's distributions identically (Chapter 6).
+because speculative decoding must warp the draft's and the target's distributions identically (Chapter 7).
 
 :func:`generate` runs the usual two phases: one *prefill* pass over the prompt that fills the KV cache, then
 one *decode* pass per new token [Pope et al. 2023]. Introduced in the appendix "The models in this book";
-Chapter 6 builds on it.
+Chapter 7 builds on it.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def warp_logits(
     """Divide by the temperature, then set logits outside the top-k and outside the top-p nucleus to -inf.
 
     ``logits`` is ``[..., V]``; ``temperature`` must be > 0 here (0 means greedy, see :func:`sampling_probs`).
-    ``top_k`` of 0/None or >= V and ``top_p`` of 1/None are no-ops. Introduced in Chapter 6.
+    ``top_k`` of 0/None or >= V and ``top_p`` of 1/None are no-ops. Introduced in Chapter 7.
     """
     temperature, k, p = _check_sampling(temperature, top_k, top_p)
     if temperature == 0:
@@ -65,7 +65,7 @@ def sampling_probs(
     logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
 ) -> torch.Tensor:
     """The distribution decoding draws from: a one-hot arg-max when ``temperature == 0``, else the softmax of
-    :func:`warp_logits`. Rows sum to 1. Introduced in Chapter 6."""
+    :func:`warp_logits`. Rows sum to 1. Introduced in Chapter 7."""
     temperature, _, _ = _check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         idx = logits.argmax(-1, keepdim=True)

@@ -24,7 +24,7 @@ The blocks call these modules only through ``module(x)``, so any ``nn.Module`` m
 ``[..., out]`` can replace them: :func:`replace_linears` swaps them by a function and a name filter,
 :func:`linear_names` lists them. Replacing ``lm_head`` of a tied model unties it (the embedding is kept).
 
-**KV cache (Chapter 5; rollback for Chapter 6).** ``forward(tokens, cache=...)`` accepts any object with
+**KV cache (Chapter 6; rollback for Chapter 7).** ``forward(tokens, cache=...)`` accepts any object with
 the :class:`CacheProtocol` interface:
 
 * ``update(layer, k, v) -> (keys, values)``: called once per layer and forward with the new keys and
@@ -48,12 +48,12 @@ the :class:`CacheProtocol` interface:
 **Positions.** ``forward(tokens, cache, positions=...)`` takes explicit positions (an int offset or a 1-D
 tensor of length T); by default they are ``cache.offset + arange(T)`` (or ``arange(T)`` with no cache).
 
-**Early exit and layer access (Chapter 6).** ``forward(tokens, num_layers=k)`` runs only the first ``k`` blocks
+**Early exit and layer access (Chapter 7).** ``forward(tokens, num_layers=k)`` runs only the first ``k`` blocks
 and then the final norm and head; :meth:`Decoder.hidden_states` returns the residual stream after the
 embedding and after every block (before the final norm); :meth:`Decoder.head` applies norm + lm_head to any of
 them. With a cache and ``num_layers=k``, only layers ``< k`` are appended to.
 
-**Verifying several tokens (speculative decoding, Chapter 6).** :meth:`Decoder.verify` scores ``k`` new tokens
+**Verifying several tokens (speculative decoding, Chapter 7).** :meth:`Decoder.verify` scores ``k`` new tokens
 against a cache in one pass and returns the logits at all ``k`` positions; after accepting ``a`` of them, call
 ``cache.crop(n_before + a)`` to roll back the rest.
 
@@ -231,7 +231,7 @@ class KVCache:
     Keys are stored after RoPE, so decoding a token costs one append per layer and no recomputation
     [Pope et al. 2023]. ``crop(n)`` rolls back to the first ``n`` tokens exactly (later appends overwrite the
     dropped entries). ``nbytes`` counts the bytes held (not the spare capacity). Introduced in the appendix
-    "The models in this book"; Chapter 5 builds quantized, paged and evicting caches on the same protocol.
+    "The models in this book"; Chapter 6 builds quantized, paged and evicting caches on the same protocol.
     """
 
     keys_before_rope = False
@@ -561,7 +561,7 @@ class Decoder(nn.Module):
         num_layers: int | None = None,
     ) -> list[torch.Tensor]:
         """The residual stream ``[B, T, h]`` after the embedding and after each of the first ``num_layers``
-        blocks (``num_layers + 1`` tensors, before the final norm). Introduced for Chapter 6's early exits."""
+        blocks (``num_layers + 1`` tensors, before the final norm). Introduced for Chapter 7's early exits."""
         _, states = self._run(tokens, cache, positions, num_layers, collect=True)
         return states
 
@@ -570,7 +570,7 @@ class Decoder(nn.Module):
 
         ``logits[:, i]`` is the next-token distribution after ``tokens[:, : i + 1]``. This is the parallel
         verification step of speculative decoding [Leviathan et al. 2023]: accept a prefix of the proposal,
-        then ``cache.crop(len_before + accepted)``. Introduced in Chapter 6.
+        then ``cache.crop(len_before + accepted)``. Introduced in Chapter 7.
         """
         if cache is None:
             raise ValueError("verify needs the cache that holds the context the proposal continues")

@@ -11,7 +11,7 @@
 * :mod:`.smol_draft` — the distilled draft model for SmolLM2; :mod:`.toy` — a table model for fast exactness
   tests; :mod:`.experiments` — the cached measurements of the chapter.
 
-Introduced in Chapter 6.
+Introduced in Chapter 7.
 """
 
 from . import early_exit, jacobi, medusa, moe, smol_draft, sparsity, toy  # sub-modules as dec.medusa, ...

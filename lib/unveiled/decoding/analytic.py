@@ -16,7 +16,7 @@ The same analyzer explains the survey's §4.1.4 [Yuan et al. 2024]: early exit, 
 mixture-of-experts skip parameters per token, so they cut FLOPs and bytes in proportion and leave the
 arithmetic intensity, and hence the bound, nearly unchanged (:func:`dynamic_reduction_table`); but an MoE
 layer at batch ``B`` touches ``E·(1 − (1 − k/E)^B)`` distinct experts, so decode gets memory-heavier with
-batch (:func:`moe_decode_table`). Introduced in Chapter 6.
+batch (:func:`moe_decode_table`). Introduced in Chapter 7.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def expected_tokens_per_pass(alpha, k):
     """Expected tokens one target pass emits: ``(1 − α^(k+1)) / (1 − α)`` (``k + 1`` when ``α = 1``).
 
     ``alpha`` and ``k`` broadcast (numbers or arrays); ``k >= 1`` draft tokens per round. Between 1 (nothing
-    accepted) and ``k + 1``. Introduced in Chapter 6 [Leviathan et al. 2023].
+    accepted) and ``k + 1``. Introduced in Chapter 7 [Leviathan et al. 2023].
     """
     a, kk = _alpha(alpha), _k(k)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -81,7 +81,7 @@ def expected_speedup(alpha, k, cost_ratio, verify_ratio=1.0):
     A round costs ``k·cost_ratio + verify_ratio`` target decode steps, where ``cost_ratio`` ``c`` is a draft
     step's time over a target step's, and ``verify_ratio`` ``v`` is a ``k + 1``-token verification pass over a
     1-token pass (1 while memory-bound; see :func:`verification_cost`). Above 1 means faster. All arguments
-    broadcast. Introduced in Chapter 6 [Leviathan et al. 2023].
+    broadcast. Introduced in Chapter 7 [Leviathan et al. 2023].
     """
     c = np.asarray(check_number("cost_ratio", cost_ratio, allow_array=True), dtype=float)
     v = np.asarray(check_number("verify_ratio", verify_ratio, allow_array=True), dtype=float)
@@ -97,7 +97,7 @@ def best_draft_length(alpha: float, cost_ratio: float, k_max: int = 16, verify_r
     """The draft length ``k`` in ``1..k_max`` that maximises :func:`expected_speedup`.
 
     ``verify_ratio`` may be a number or an array of length ``k_max`` (``v(k)`` for ``k = 1..k_max``).
-    Introduced in Chapter 6.
+    Introduced in Chapter 7.
     """
     k_max = check_int("k_max", k_max)
     ks = np.arange(1, k_max + 1)
@@ -112,7 +112,7 @@ def simulate_tokens_per_pass(alpha: float, k: int, rounds: int = 100_000, seed: 
     """Monte-Carlo estimate of tokens per target pass: accept each draft token independently with ``α``.
 
     A round emits its accepted prefix plus one token (the correction or the bonus). The estimate checks the
-    closed form of :func:`expected_tokens_per_pass`. Introduced in Chapter 6.
+    closed form of :func:`expected_tokens_per_pass`. Introduced in Chapter 7.
     """
     a = float(_alpha(alpha))
     k = int(_k(k))
@@ -165,7 +165,7 @@ def verification_cost(m, hw, tokens: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 12, 1
     from the analyzer's decode pass at batch ``T`` (one weight read shared by ``T`` rows); attention is
     recomputed for one sequence with ``T`` queries. While the pass is memory-bound, ``relative_time`` stays
     near 1. ``m`` and ``hw`` are anything :func:`unveiled.analyze` accepts; extra keyword arguments
-    (``w_bits``, ``a_bits``, ...) are passed on. Introduced in Chapter 6.
+    (``w_bits``, ``a_bits``, ...) are passed on. Introduced in Chapter 7.
     """
     from ..analyzer import model
     from ..analyzer.analysis import resolve_device
@@ -191,7 +191,7 @@ def expected_distinct_experts(num_experts: int, top_k: int, tokens):
     """Expected distinct experts a batch of ``tokens`` touches in one MoE layer: ``E·(1 − (1 − k/E)^B)``.
 
     Assumes each token picks its ``k`` experts uniformly at random (no load imbalance). ``tokens`` may be an
-    array. At ``B = 1`` it is ``k``; it tends to ``E`` as the batch grows. Introduced in Chapter 6.
+    array. At ``B = 1`` it is ``k``; it tends to ``E`` as the batch grows. Introduced in Chapter 7.
     """
     e = check_int("num_experts", num_experts)
     k = check_int("top_k", top_k, maximum=e)
@@ -203,7 +203,7 @@ def expected_distinct_experts(num_experts: int, top_k: int, tokens):
 
 def simulate_distinct_experts(num_experts: int, top_k: int, tokens: int, trials: int = 2000, seed: int = 0) -> float:
     """Monte-Carlo count of distinct experts touched by ``tokens`` tokens routed uniformly to ``top_k`` of
-    ``num_experts`` distinct experts each (the check of :func:`expected_distinct_experts`). Chapter 6."""
+    ``num_experts`` distinct experts each (the check of :func:`expected_distinct_experts`). Chapter 7."""
     e = check_int("num_experts", num_experts)
     k = check_int("top_k", top_k, maximum=e)
     b = check_int("tokens", tokens)
@@ -222,7 +222,7 @@ def moe_decode_table(m="mixtral-8x7b", hw="a6000", batches: Sequence[int] = (1, 
     Also the same model's "active-only" lower bound (as if each step read only ``k`` experts) and "dense"
     upper bound (all ``E`` experts read), so the table shows decode sliding from active-parameter cost to
     total-parameter cost as the batch grows. Uses the analyzer's uniform-routing expert count.
-    Introduced in Chapter 6.
+    Introduced in Chapter 7.
     """
     from ..analyzer import analyze, model
 
@@ -254,7 +254,7 @@ def dynamic_reduction_table(m="llama-2-7b", hw="a6000", keep: float = 0.5, seq_l
     computing ``keep`` of the MLP neurons [Liu et al. 2023] (and of the attention heads too);
     :func:`moe_decode_table` covers mixture-of-experts models. Columns: ``flops``,
     ``bytes``, ``time_s``, ``intensity``, and each relative to the dense row. FLOPs and bytes shrink together,
-    so the intensity, and therefore the bound, barely moves. Introduced in Chapter 6.
+    so the intensity, and therefore the bound, barely moves. Introduced in Chapter 7.
     """
     from ..analyzer import analyze, model
 

@@ -11,7 +11,7 @@ blocks a token skips still owe a key and value to later tokens; CALM copies the 
 ``λ > 1`` never exits (exactly the full model); ``λ <= 0`` always exits after ``min_layers``. Between them,
 the chapter measures the trade: average layers run vs agreement with the full model. Each skipped layer
 skips its weights, so on the roofline the decode time falls in proportion (survey §4.1.4). Introduced in
-Chapter 6.
+Chapter 7.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ __all__ = ["early_exit_generate", "layer_agreement", "softmax_response"]
 
 
 def softmax_response(logits: torch.Tensor) -> torch.Tensor:
-    """CALM's confidence: top-1 minus top-2 probability of ``softmax(logits)``, in [0, 1]. Chapter 6."""
+    """CALM's confidence: top-1 minus top-2 probability of ``softmax(logits)``, in [0, 1]. Chapter 7."""
     top2 = logits.float().softmax(-1).topk(2, dim=-1).values
     return top2[..., 0] - top2[..., 1]
 
@@ -38,7 +38,7 @@ def softmax_response(logits: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def layer_agreement(model, tokens: Sequence[int] | torch.Tensor, window: int = 128) -> pd.DataFrame:
     """Teacher-forced, per layer: how often the shared head's arg-max after that layer equals the final one,
-    and the mean confidence (softmax response). One row per layer ``1..n``. Introduced in Chapter 6."""
+    and the mean confidence (softmax response). One row per layer ``1..n``. Introduced in Chapter 7."""
     window = check_int("window", window, minimum=2)
     data = torch.as_tensor(tokens, dtype=torch.long).flatten()
     n = (len(data) // window) * window
@@ -78,7 +78,7 @@ def early_exit_generate(
 ) -> SpeculativeResult:
     """Greedy decoding that exits each token's forward pass at the first block whose softmax response
     reaches ``threshold``; skipped blocks get keys/values from the exit state. ``result.extra["exit_layers"]``
-    lists the blocks run per generated token (the prompt always runs every block). Introduced in Chapter 6
+    lists the blocks run per generated token (the prompt always runs every block). Introduced in Chapter 7
     [Schuster et al. 2022]."""
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=0)
     threshold = check_number("threshold", threshold)

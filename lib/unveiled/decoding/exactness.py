@@ -10,7 +10,7 @@ An implementation can still be wrong, so :func:`speculative_exactness_test` samp
 the counts with the target's probabilities by Pearson's chi-square test [Pearson 1900]. With a fixed seed the
 test is reproducible; its *false-alarm rate* (the chance that a correct implementation fails) is the
 significance level, split over the positions tested (Bonferroni), so a correct step fails for at most
-``false_alarm`` of all seeds. Introduced in Chapter 6.
+``false_alarm`` of all seeds. Introduced in Chapter 7.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ __all__ = [
 def acceptance_probability(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """``β = Σ_x min(p(x), q(x)) = 1 − TV(p, q)``: how often a draft token drawn from ``q`` is accepted.
 
-    Works on ``[..., V]`` probabilities. Introduced in Chapter 6 [Leviathan et al. 2023].
+    Works on ``[..., V]`` probabilities. Introduced in Chapter 7 [Leviathan et al. 2023].
     """
     return torch.minimum(p, q).sum(-1)
 
@@ -45,7 +45,7 @@ def output_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """The distribution of the token one accept/reject step emits, computed in closed form.
 
     ``min(p, q) + (1 − β)·norm(max(0, p − q))``; it equals ``p`` for every ``q`` (the identity the tests check
-    to rounding error). Introduced in Chapter 6.
+    to rounding error). Introduced in Chapter 7.
     """
     beta = acceptance_probability(p, q)[..., None]
     return torch.minimum(p, q) + (1 - beta) * residual_distribution(p, q)
@@ -56,7 +56,7 @@ def chi_square_test(observed: Sequence[float] | torch.Tensor, probs: Sequence[fl
 
     Returns ``statistic``, ``dof`` (bins with positive probability minus one) and ``p_value`` (the upper tail
     of the chi-square distribution, ``Q(dof/2, statistic/2)``). A count in a bin of probability 0 gives
-    ``p_value = 0``. Introduced in Chapter 6 [Pearson 1900].
+    ``p_value = 0``. Introduced in Chapter 7 [Pearson 1900].
     """
     obs = torch.as_tensor(observed, dtype=torch.float64).flatten()
     pr = torch.as_tensor(probs, dtype=torch.float64).flatten()
@@ -86,7 +86,7 @@ def resample_from_target_accept(p: torch.Tensor, q: torch.Tensor, draft_tokens: 
 
     It over-produces the tokens the draft already covers (``min(p, q)`` gets counted twice), so the chi-square
     test must reject it. Same signature as :func:`~unveiled.decoding.speculative_accept`. Introduced in
-    Chapter 6.
+    Chapter 7.
     """
     tokens = [int(t) for t in (draft_tokens.tolist() if isinstance(draft_tokens, torch.Tensor) else draft_tokens)]
     out = []
@@ -128,7 +128,7 @@ def speculative_exactness_test(
     ``p[0]``, (b) the ``i``-th emitted token, among rounds that reached it, with ``p[i]``, and (c) the number
     of emitted tokens with its law under independent acceptances ``β_i = Σ min(p_i, q_i)``. Each of the
     ``k + 2`` tests uses level ``false_alarm / (k + 2)``, so a correct function fails with probability at most
-    ``false_alarm`` (chosen once by ``seed``). Returns one row per test with ``passed``. Introduced in Chapter 6.
+    ``false_alarm`` (chosen once by ``seed``). Returns one row per test with ``passed``. Introduced in Chapter 7.
     """
     samples = check_int("samples", samples, minimum=100)
     false_alarm = check_number("false_alarm", false_alarm)

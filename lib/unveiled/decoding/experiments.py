@@ -1,4 +1,4 @@
-"""Chapter 6's cached experiments: measurements too long for the chapter's time budget.
+"""Chapter 7's cached experiments: measurements too long for the chapter's time budget.
 
 Each function is registered with :func:`unveiled.results.experiment` and writes one table under
 ``data/results/decoding.experiments.<name>.csv`` when run with
@@ -9,7 +9,7 @@ Everything here runs on **one** torch thread (:data:`THREADS`). On the book's sh
 thread helps only when the machine is idle: when other processes keep both cores busy, PyTorch's two threads
 wait on each other at every operator, and a decode step of the tiny model M measured 35 ms on one thread
 against more than 1 s on two (SmolLM2: about 0.6–0.9 s against 5–17 s). One thread gives slower but far
-steadier numbers, and the ratios the chapter reports are measured within one run. Introduced in Chapter 6.
+steadier numbers, and the ratios the chapter reports are measured within one run. Introduced in Chapter 7.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _this_machine():
 def smollm2_verification() -> pd.DataFrame:
     """Measured time of a SmolLM2 pass scoring ``T`` tokens against 128 cached ones (best of 9), for the
     model as loaded (``nn.Linear``) and with every weight stored transposed (:func:`transpose_linears`), next to
-    the analyzer's prediction on this machine's measured roofline (fp32 weights and activations). Chapter 6."""
+    the analyzer's prediction on this machine's measured roofline (fp32 weights and activations). Chapter 7."""
     from ..smollm2 import load_smollm2
     from .analytic import verification_cost
     from .timing import measure_verification, transpose_linears
@@ -118,7 +118,7 @@ def smollm2_speculative() -> pd.DataFrame:
     """:func:`~unveiled.decoding.compare_decoding` for SmolLM2 (weights stored transposed, which makes the
     verification pass cheaper on a CPU, see :func:`transpose_linears`; plain decoding uses the same model) on two
     prompts (a Shakespeare continuation, 64 new tokens, the draft lengths of :data:`SMOLLM2_KS`; a chat request,
-    k = 3), 3 repeats, best of each. Chapter 6."""
+    k = 3), 3 repeats, best of each. Chapter 7."""
     from ..smollm2 import load_smollm2, smollm2_tokenizer
     from .timing import compare_decoding, transpose_linears
 
@@ -139,7 +139,7 @@ def smollm2_speculative() -> pd.DataFrame:
 def tiny_acceptance() -> pd.DataFrame:
     """Acceptance rate and tokens per target pass of three drafts for M on a Shakespeare prompt, k in
     1, 2, 3, 4, 6, 8, at temperature 0 (300 tokens, identical output checked) and 1 (mean over 3 seeds).
-    Chapter 6."""
+    Chapter 7."""
     from ..text import corpus_split, shakespeare_tokenizer
     from ..zoo import load
     from .analytic import expected_tokens_per_pass
@@ -177,7 +177,7 @@ def tiny_acceptance() -> pd.DataFrame:
                                    "head accuracy, tokens per pass, identical greedy output")
 def medusa_jacobi_tiny() -> pd.DataFrame:
     """Train 3 Medusa heads on M (600 steps, seeded), then greedy-decode 300 tokens with Medusa's tree and with
-    Jacobi iteration (block 4 and 8, with and without the n-gram pool). Chapter 6."""
+    Jacobi iteration (block 4 and 8, with and without the n-gram pool). Chapter 7."""
     from ..text import corpus_split, shakespeare_tokenizer
     from ..zoo import load
     from .jacobi import jacobi_generate
@@ -206,7 +206,7 @@ def medusa_jacobi_tiny() -> pd.DataFrame:
 @experiment("early_exit_sweep", "CALM-style early exit on M: blocks run per token vs agreement with full greedy")
 def early_exit_sweep() -> pd.DataFrame:
     """Greedy decoding of 300 tokens with early exit at several thresholds λ: mean blocks run per token and
-    the fraction of tokens equal to the full model's greedy output (first divergence position too). Chapter 6."""
+    the fraction of tokens equal to the full model's greedy output (first divergence position too). Chapter 7."""
     from ..text import corpus_split, shakespeare_tokenizer
     from ..zoo import load
     from .early_exit import early_exit_generate
@@ -231,7 +231,7 @@ def early_exit_sweep() -> pd.DataFrame:
                                "of its neurons, oracle vs trained predictor")
 def sparsity_sweep() -> pd.DataFrame:
     """Perplexity on the first 16,384 validation characters with ``keep`` of the MLP neurons (oracle top-|a|
-    and a rank-32 predictor per block trained for 300 steps at each keep), plus predictor recall. Chapter 6."""
+    and a rank-32 predictor per block trained for 300 steps at each keep), plus predictor recall. Chapter 7."""
     from ..evaluation import perplexity
     from ..text import corpus_split, shakespeare_tokenizer
     from ..zoo import load
@@ -258,7 +258,7 @@ def sparsity_sweep() -> pd.DataFrame:
                        "step time vs batch and experts touched")
 def moe_cpu() -> pd.DataFrame:
     """:func:`~unveiled.decoding.moe.measure_moe_decode` for :data:`MOE_SHAPE`, batches 1..64, best of 7.
-    Chapter 6."""
+    Chapter 7."""
     from .moe import MoELayer, measure_moe_decode
 
     torch.set_num_threads(THREADS)

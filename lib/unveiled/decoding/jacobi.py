@@ -10,7 +10,7 @@ As a decoder (:func:`jacobi_generate`), each pass commits the leading guesses th
 first corrected token, and keeps the rest of its predictions as the next guess: a speculative decoder whose
 draft is the model's own previous iterate, at no draft cost. Lookahead decoding [Fu et al. 2024] adds an
 n-gram pool harvested from these trajectories (``pool=True`` here keeps the simplest form of it). Output
-equals plain greedy decoding. Introduced in Chapter 6.
+equals plain greedy decoding. Introduced in Chapter 7.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def jacobi_fixed_point(model, context: Sequence[int] | torch.Tensor, guess: Sequ
     ``guess`` (``n`` tokens) continues ``context``; one iteration is one forward pass over
     ``context[-1:] + guess[:-1]`` with the context cached. The trajectory lists every iterate, the initial
     guess first. ``max_iterations`` defaults to ``n + 1`` (``n`` to converge, one more to see it).
-    Introduced in Chapter 6.
+    Introduced in Chapter 7.
     """
     ctx = _prompt_list(context)
     y = _prompt_list(guess)
@@ -72,7 +72,7 @@ def jacobi_generate(
     the next prediction, crops the cache to the committed tokens and carries the unconfirmed predictions over
     as the next guess (padded by repeating the last). With ``pool`` the guess is replaced, when possible, by
     the continuation of the latest n-gram in the text so far that starts with the last token (a minimal
-    lookahead-style pool). Output equals plain greedy decoding. Introduced in Chapter 6.
+    lookahead-style pool). Output equals plain greedy decoding. Introduced in Chapter 7.
     """
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=0)
     n = check_int("block_size", block_size)

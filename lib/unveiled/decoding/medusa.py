@@ -10,7 +10,7 @@ a tree: a node's token attends to the cached context, to its ancestors and to it
 :func:`tree_forward` runs the decoder's own weights over all tree nodes in **one** pass with that mask
 (positions = context length + depth) and :func:`medusa_generate` keeps the longest path whose every token
 equals the model's arg-max after its parent, so greedy output is identical to plain greedy decoding.
-Introduced in Chapter 6.
+Introduced in Chapter 7.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ MEDUSA_CHOICES: tuple[tuple[int, ...], ...] = (
 
 class MedusaHeads(nn.Module):
     """``num_heads`` Medusa heads on a decoder: head ``j`` maps the final-normed hidden state of position
-    ``t`` to logits for position ``t + j + 1`` (``j = 1..num_heads``). Introduced in Chapter 6 [Cai et al. 2024]."""
+    ``t`` to logits for position ``t + j + 1`` (``j = 1..num_heads``). Introduced in Chapter 7 [Cai et al. 2024]."""
 
     def __init__(self, model: nn.Module, num_heads: int = 3):
         super().__init__()
@@ -90,7 +90,7 @@ def train_medusa_heads(
     Each step takes random windows of ``tokens``, runs the frozen model once (no gradient) to get final-normed
     hidden states, and minimises the sum over heads of the cross-entropy of head ``j`` at position ``t``
     against token ``t + j + 1``. AdamW with a cosine schedule; seeded. The log has one row per step with the
-    loss and each head's top-1 accuracy. Introduced in Chapter 6 [Cai et al. 2024].
+    loss and each head's top-1 accuracy. Introduced in Chapter 7 [Cai et al. 2024].
     """
     from ..text import random_batch
 
@@ -142,7 +142,7 @@ class MedusaTree:
     Node 0 is the root (the token the model already chose); node ``i > 0`` is ``choices[i - 1]``, sorted so
     that parents come before children. ``parents[i]``, ``depth[i]`` and the boolean ``mask`` ``[N, N]``
     (node ``i`` sees node ``j`` iff ``j`` is ``i`` or one of its ancestors) describe it. Introduced in
-    Chapter 6.
+    Chapter 7.
     """
 
     paths: tuple[tuple[int, ...], ...]
@@ -202,7 +202,7 @@ def tree_forward(model: nn.Module, tokens: torch.Tensor, tree: MedusaTree,
     ancestors. Uses the model's own modules (embedding, norms, projections, RoPE tables, MLPs), so the logits
     at node ``i`` equal those of a plain causal forward over the root-to-``i`` path. The cache is left as it
     was; the per-layer keys/values of every node are returned so the caller can append the accepted ones.
-    Returns ``(logits [N, V], [(k, v) per layer], final-normed hidden states [N, h])``. Introduced in Chapter 6 [Cai et al. 2024; Miao et al. 2024].
+    Returns ``(logits [N, V], [(k, v) per layer], final-normed hidden states [N, h])``. Introduced in Chapter 7 [Cai et al. 2024; Miao et al. 2024].
     """
     if getattr(cache, "keys_before_rope", False):
         raise ValueError("tree_forward needs a cache that stores rotated keys (a plain KVCache)")
@@ -249,7 +249,7 @@ def medusa_generate(
     round builds the tree's tokens from the heads' top candidates at the root's parent position, runs
     :func:`tree_forward`, walks down from the root while a child's token equals the arg-max after its parent,
     appends the accepted path's keys/values to the cache and emits those tokens. The output equals plain
-    greedy decoding token for token. Introduced in Chapter 6 [Cai et al. 2024].
+    greedy decoding token for token. Introduced in Chapter 7 [Cai et al. 2024].
     """
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=0)
     tree = MedusaTree.from_choices(choices)

@@ -7,7 +7,7 @@ with ``E``, compute per token only with ``k``. On the roofline the catch is memo
 every expert that *any* token of the batch chose. With uniform routing a batch of ``B`` tokens touches
 ``E·(1 − (1 − k/E)^B)`` experts on average (:func:`~unveiled.decoding.expected_distinct_experts`), so at
 ``B = 1`` decode reads ``k/E`` of the expert weights and by ``B ≈ 16`` (Mixtral, ``E = 8``, ``k = 2``)
-nearly all of them. :func:`measure_moe_decode` times this on the CPU. Introduced in Chapter 6.
+nearly all of them. :func:`measure_moe_decode` times this on the CPU. Introduced in Chapter 7.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class MoELayer(nn.Module):
     Expert weights are stacked (``gate``/``up`` ``[E, I, h]``, ``down`` ``[E, h, I]``). :meth:`route` gives
     each token's ``k`` distinct experts and their normalised weights; :meth:`forward` runs only the experts
     some token chose, reading only their weights; :meth:`dense_reference` runs every expert and masks (the
-    definition, for tests). ``seed`` makes the initialisation reproducible. Introduced in Chapter 6.
+    definition, for tests). ``seed`` makes the initialisation reproducible. Introduced in Chapter 7.
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8, top_k: int = 2,
@@ -91,7 +91,7 @@ def load_balancing_loss(router_logits: torch.Tensor, experts: torch.Tensor, num_
     """Switch Transformer's auxiliary loss ``E · Σ_i f_i · P_i`` (1 at perfectly uniform routing).
 
     ``f_i`` is the fraction of token-expert assignments that went to expert ``i`` and ``P_i`` the mean router
-    probability of ``i``; minimising it spreads tokens evenly [Fedus et al. 2022]. Introduced in Chapter 6.
+    probability of ``i``; minimising it spreads tokens evenly [Fedus et al. 2022]. Introduced in Chapter 7.
     """
     e = check_int("num_experts", num_experts)
     f = torch.bincount(experts.reshape(-1), minlength=e).float() / experts.numel()
@@ -106,7 +106,7 @@ def measure_moe_decode(layer: MoELayer, batches: Sequence[int] = (1, 2, 4, 8, 16
 
     One row per ``B``: ``experts_touched`` (mean over repeats), ``expert_bytes_read``, ``time_s`` and
     ``time_per_token_s``. Decode reads each touched expert once, so the time follows the touched experts,
-    not the batch, until every expert is in use. Introduced in Chapter 6.
+    not the batch, until every expert is in use. Introduced in Chapter 7.
     """
     repeats = check_int("repeats", repeats)
     gen = torch.Generator().manual_seed(int(seed))

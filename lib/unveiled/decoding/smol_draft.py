@@ -13,7 +13,7 @@ the teacher (its top-8 next-token probabilities, :func:`unveiled.distill.build_t
 minimises ``(1 − a)·CE(text) + a·CE(teacher top-k)`` for a fixed number of steps (DistillSpec's point: align
 the draft with the target, not with the data [Zhou et al. 2024]). Run it with
 ``python -m unveiled.decoding.smol_draft train``; the weights ship in ``data/models/smol-draft.safetensors``
-(fp16) with a JSON/markdown model card. Introduced in Chapter 6.
+(fp16) with a JSON/markdown model card. Introduced in Chapter 7.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _train_tokens() -> list[int]:
 def build_draft_vocabulary(tokens: list[int], size: int = DRAFT_VOCAB) -> list[int]:
     """The ``size`` most frequent token ids of ``tokens`` (ties broken by the smaller id), most frequent first.
 
-    Introduced in Chapter 6.
+    Introduced in Chapter 7.
     """
     size = check_int("size", size)
     counts = Counter(int(t) for t in tokens)
@@ -107,7 +107,7 @@ class SubVocabDraft:
     ``vocab_map[i]`` is the full-vocabulary id of draft id ``i``; every other full id enters as the extra
     "other" id (the last one). Calling it returns logits ``[B, T, full_vocab]`` with ``-inf`` outside the
     kept tokens, so :class:`~unveiled.decoding.ModelDraft` and speculative sampling use it unchanged.
-    Introduced in Chapter 6.
+    Introduced in Chapter 7.
     """
 
     def __init__(self, model: Decoder, vocab_map: torch.Tensor, full_vocab_size: int):
@@ -188,7 +188,7 @@ def train_smol_draft(settings: DraftTrainSettings = DRAFT_SETTINGS, teacher_cach
     Windows of ``seq_len + 1`` SmolLM2 tokens cover the Tiny Shakespeare training split without overlap; the
     teacher's top-k targets for all of them are computed first (the slow part: one SmolLM2 pass over ~300 k
     tokens; ``teacher_cache`` keeps them in a safetensors file for reruns). ``stop_after`` ends early without
-    changing the schedule. Introduced in Chapter 6.
+    changing the schedule. Introduced in Chapter 7.
     """
     from ..distill import text_windows
 
@@ -261,7 +261,7 @@ def train_smol_draft(settings: DraftTrainSettings = DRAFT_SETTINGS, teacher_cach
 def smol_draft_card() -> dict:
     """The model card of the shipped SmolLM2 draft (config, recipe, losses, acceptance, machine) as a dict.
 
-    Introduced in Chapter 6.
+    Introduced in Chapter 7.
     """
     from ..datafiles import data_file
 
@@ -271,7 +271,7 @@ def smol_draft_card() -> dict:
 def load_smol_draft(verify: bool = True) -> SubVocabDraft:
     """Load the shipped SmolLM2 draft (fp16 safetensors → fp32), wrapped as a full-vocabulary model.
 
-    With ``verify`` the file's SHA-256 is checked against its card first. Introduced in Chapter 6.
+    With ``verify`` the file's SHA-256 is checked against its card first. Introduced in Chapter 7.
     """
     from safetensors.torch import load
 
@@ -339,7 +339,7 @@ def _card_markdown(info: dict) -> str:
 @torch.inference_mode()
 def evaluate_draft(draft: SubVocabDraft, teacher, tokens: list[int], window: int = 128) -> dict:
     """Teacher-forced agreement of the draft with the target on ``tokens``: greedy agreement, expected
-    acceptance at temperature 1, and the draft's cross-entropy on the kept tokens. Introduced in Chapter 6."""
+    acceptance at temperature 1, and the draft's cross-entropy on the kept tokens. Introduced in Chapter 7."""
     n = (len(tokens) // (window + 1)) * (window + 1)
     w = torch.tensor(tokens[:n]).reshape(-1, window + 1)
     agree, acc, ce, count, ce_count = 0.0, 0.0, 0.0, 0, 0
@@ -378,7 +378,7 @@ def _write_shipped(result: DraftTrainResult, out: pathlib.Path, eval_tokens: int
     info = {
         "name": STEM,
         "description": "Draft model for speculative decoding with SmolLM2-135M-Instruct (Inference Unveiled, "
-                       "Chapter 6): shares SmolLM2's tokenizer, distilled from it on Tiny Shakespeare.",
+                       "Chapter 7): shares SmolLM2's tokenizer, distilled from it on Tiny Shakespeare.",
         "file": path.name,
         "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "dtype": "float16",

@@ -10,7 +10,7 @@ that set from the MLP's input with a low-rank network trained by binary cross-en
 :class:`SparseMLP` computes only the selected neurons: with batch 1 and one token it gathers their weight
 rows (the real saving), otherwise it masks a dense computation (the same numbers). The union of the neurons
 a batch needs grows towards all of them as the batch grows, which is why contextual sparsity helps
-small-batch decode and fades at large batch (:func:`union_sparsity`). Introduced in Chapter 6.
+small-batch decode and fades at large batch (:func:`union_sparsity`). Introduced in Chapter 7.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class SparsityPredictor(nn.Module):
     """Deja Vu's MLP predictor: ``x → Linear(h, r) → ReLU → Linear(r, I)`` scores, one per neuron.
 
     Trained to score the oracle's neurons highest; at run time the top ``keep`` fraction of scores is
-    computed. Costs ``r·(h + I)`` weights, small next to the MLP's ``3·h·I``. Introduced in Chapter 6.
+    computed. Costs ``r·(h + I)`` weights, small next to the MLP's ``3·h·I``. Introduced in Chapter 7.
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, rank: int = 32):
@@ -78,7 +78,7 @@ class SparseMLP(nn.Module):
     ``predictor=None`` uses the oracle (the true top ``keep`` neurons, an upper bound on quality). With a
     single token (decode at batch 1) it gathers the chosen rows/columns of the weights, so it reads
     ``keep`` of the MLP's weight bytes; otherwise it zeroes the unchosen neurons of a dense computation.
-    ``last_mask`` keeps the most recent selection (for union statistics). Introduced in Chapter 6.
+    ``last_mask`` keeps the most recent selection (for union statistics). Introduced in Chapter 7.
     """
 
     def __init__(self, mlp: nn.Module, keep: float, predictor: SparsityPredictor | None = None):
@@ -114,7 +114,7 @@ class SparseMLP(nn.Module):
 def mlp_inputs(model, x: torch.Tensor) -> list[torch.Tensor]:
     """The input of every block's MLP (after its post-attention norm), teacher-forced on ``x`` ``[B, T]``.
 
-    What a contextual-sparsity predictor sees. Introduced in Chapter 6."""
+    What a contextual-sparsity predictor sees. Introduced in Chapter 7."""
     states = model.hidden_states(x)
     inputs = []
     for i, block in enumerate(model.layers):
@@ -129,7 +129,7 @@ def train_sparsity_predictors(model, tokens: Sequence[int] | torch.Tensor, keep:
     """Train one predictor per block to find the oracle's top-``keep`` neurons (BCE, positives reweighted).
 
     Returns the predictors and a log with the loss and each step's *recall*: the fraction of the oracle's
-    neurons among the predicted top ``keep``. The model is frozen. Introduced in Chapter 6 [Liu et al. 2023].
+    neurons among the predicted top ``keep``. The model is frozen. Introduced in Chapter 7 [Liu et al. 2023].
     """
     from ..text import random_batch
 
@@ -178,7 +178,7 @@ def train_sparsity_predictors(model, tokens: Sequence[int] | torch.Tensor, keep:
 def sparse_model(model, keep: float, predictors: Sequence[SparsityPredictor] | None = None):
     """A copy of ``model`` whose MLPs compute only ``keep`` of their neurons (oracle or predicted).
 
-    The original model is untouched. Introduced in Chapter 6.
+    The original model is untouched. Introduced in Chapter 7.
     """
     if predictors is not None and len(predictors) != len(model.layers):
         raise ValueError(f"need one predictor per block ({len(model.layers)}), got {len(predictors)}")
@@ -195,7 +195,7 @@ def union_sparsity(model, tokens: Sequence[int] | torch.Tensor, keep: float = 0.
 
     With ``keep`` of the neurons per token, a batch needs ``keep`` at ``B = 1`` and more as ``B`` grows; the
     weights a decode step must read grow with the union. One row per ``B``: mean union fraction over blocks
-    and trials. Introduced in Chapter 6 [Liu et al. 2023].
+    and trials. Introduced in Chapter 7 [Liu et al. 2023].
     """
     data = torch.as_tensor(tokens, dtype=torch.long).flatten()
     window = 128

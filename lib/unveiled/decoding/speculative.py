@@ -13,7 +13,7 @@ After the verification pass the target's KV cache holds the ``k + 1`` scored pos
 the accepted ones (``cache.crop``) and the draft rolls back the same way. Drafts here: a small model
 (:class:`ModelDraft`), the target itself with layers skipped (:class:`LayerSkipDraft`, self-speculative
 decoding [Zhang et al. 2024; Elhoushi et al. 2024]) and copying n-grams from the context
-(:class:`PromptLookupDraft`, no model at all [Saxena 2023; Yang et al. 2023]). Introduced in Chapter 6.
+(:class:`PromptLookupDraft`, no model at all [Saxena 2023; Yang et al. 2023]). Introduced in Chapter 7.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ __all__ = [
 def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> float:
     """Validate sampling settings shared by every decoder of this package; returns the temperature.
 
-    ``temperature`` 0 means greedy; negative temperatures are rejected. Introduced in Chapter 6.
+    ``temperature`` 0 means greedy; negative temperatures are rejected. Introduced in Chapter 7.
     """
     temperature = check_number("temperature", temperature)
     if temperature < 0:
@@ -77,7 +77,7 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
     It is the part of the target's distribution the draft under-covers. Where ``p == q`` exactly the residual
     is undefined, but then the draft token is always accepted and the residual never used; ``p`` is returned.
-    Works on ``[..., V]``. Introduced in Chapter 6 [Leviathan et al. 2023].
+    Works on ``[..., V]``. Introduced in Chapter 7 [Leviathan et al. 2023].
     """
     r = torch.clamp(p - q, min=0)
     total = r.sum(-1, keepdim=True)
@@ -116,7 +116,7 @@ def speculative_accept(
     ``norm(max(0, p_i − q_i))`` and the round ends; if all ``k`` are accepted a bonus token is drawn from
     ``p_k``. Returns 1 to ``k + 1`` token ids, distributed exactly as sampling from the target
     [Leviathan et al. 2023; Chen et al. 2023]. If ``trace`` is a list, one dict per decision is appended
-    (position, token, p, q, u, outcome) for display. Introduced in Chapter 6.
+    (position, token, p, q, u, outcome) for display. Introduced in Chapter 7.
     """
     tokens = _check_accept_args(p, q, draft_tokens)
     out: list[int] = []
@@ -166,7 +166,7 @@ class Draft(Protocol):
     ``vocab_size`` must equal the target's. ``reset()`` forgets any state (start of a generation).
     ``propose(context, k, temperature, top_k, top_p, generator)`` returns up to ``k`` guesses continuing
     ``context`` (all tokens so far) with the probabilities they were sampled from; a deterministic draft gives
-    one-hot rows. Introduced in Chapter 6.
+    one-hot rows. Introduced in Chapter 7.
     """
 
     name: str
@@ -199,7 +199,7 @@ class ModelDraft:
     Before proposing, the draft's cache is cropped to the longest prefix it shares with the context (the
     rollback after a rejection) and the missing tokens are fed in one pass; then it samples ``k`` tokens one
     by one. ``model`` is any callable ``model(tokens [1, T], cache) -> logits [1, T, V]`` with
-    ``new_cache()`` (a :class:`~unveiled.models.Decoder`). Introduced in Chapter 6.
+    ``new_cache()`` (a :class:`~unveiled.models.Decoder`). Introduced in Chapter 7.
     """
 
     def __init__(self, model: Any, name: str | None = None):
@@ -291,7 +291,7 @@ class LayerSkipDraft(ModelDraft):
     No second model is needed: the draft reuses the target's weights, running only ``layers`` (block indices,
     kept in order) with a KV cache of its own. Skipping later blocks is LayerSkip's early-exit draft
     [Elhoushi et al. 2024]; skipping a chosen subset is Draft & Verify [Zhang et al. 2024]. Its cost relative
-    to the target is about ``len(layers) / num_layers`` plus the head. Introduced in Chapter 6.
+    to the target is about ``len(layers) / num_layers`` plus the head. Introduced in Chapter 7.
     """
 
     def __init__(self, target: Any, layers: Sequence[int], name: str | None = None):
@@ -311,7 +311,7 @@ class LayerSkipDraft(ModelDraft):
         residual stream most on ``tokens`` (mean ``‖h_out − h_in‖ / ‖h_in‖``, one teacher-forced pass).
 
         A cheap stand-in for Draft & Verify's search over skipped layers [Zhang et al. 2024]: blocks whose
-        update is small matter least to the prediction. Introduced in Chapter 6.
+        update is small matter least to the prediction. Introduced in Chapter 7.
         """
         n = target.config.num_layers
         keep = check_int("keep", keep, minimum=2, maximum=n)
@@ -330,7 +330,7 @@ class PromptLookupDraft:
     Tries n-grams from ``max_ngram`` down to ``min_ngram`` tokens; proposes nothing when none recurs (the
     round is then a plain decode step). The proposals are deterministic, so their "draft distribution" is
     one-hot, and speculative sampling stays exact at any temperature. Costs no model pass at all: prompt lookup
-    decoding [Saxena 2023], a form of LLMA's copy-from-reference [Yang et al. 2023]. Introduced in Chapter 6.
+    decoding [Saxena 2023], a form of LLMA's copy-from-reference [Yang et al. 2023]. Introduced in Chapter 7.
     """
 
     def __init__(self, vocab_size: int, max_ngram: int = 3, min_ngram: int = 1, name: str = "prompt lookup"):
@@ -372,7 +372,7 @@ class SpeculativeResult:
 
     ``rounds`` is a DataFrame with columns ``drafted``, ``accepted``, ``emitted``, ``draft_s``, ``target_s``
     (built from ``round_log``, a list of dicts). Summary properties: ``target_passes``, ``acceptance_rate``,
-    ``tokens_per_pass``, ``time_s`` and ``tokens_per_s``. Introduced in Chapter 6.
+    ``tokens_per_pass``, ``time_s`` and ``tokens_per_s``. Introduced in Chapter 7.
     """
 
     tokens: list[int]
@@ -470,7 +470,7 @@ def speculative_generate(
     (:func:`speculative_accept`) and crops the cache to it. Warping (``temperature``, ``top_k``, ``top_p``) is
     applied identically to target and draft, so the output follows the warped target exactly; at
     temperature 0 it equals plain greedy decoding token for token [Leviathan et al. 2023; Chen et al. 2023].
-    Introduced in Chapter 6.
+    Introduced in Chapter 7.
     """
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=0)
     k = check_int("k (draft length)", k, minimum=1)
@@ -532,7 +532,7 @@ def explain_round(
     """One speculative round in detail: the draft's ``k`` proposals, ``p(x)``, ``q(x)``, the uniform draw ``u``,
     the decision and the emitted token, one row per decision (as :func:`speculative_accept` makes them).
 
-    Runs exactly the code of :func:`speculative_generate`'s first round. Introduced in Chapter 6.
+    Runs exactly the code of :func:`speculative_generate`'s first round. Introduced in Chapter 7.
     """
     k = check_int("k (draft length)", k, minimum=1)
     temperature = check_sampling(temperature)
@@ -563,8 +563,8 @@ def plain_generate(
 ) -> SpeculativeResult:
     """Plain autoregressive decoding (one target pass per token), timed like :func:`speculative_generate`.
 
-    The baseline every speedup in Chapter 6 is measured against: prefill the prompt, then one decode pass per
-    token with the same sampling code. Each round drafts nothing and emits one token. Introduced in Chapter 6.
+    The baseline every speedup in Chapter 7 is measured against: prefill the prompt, then one decode pass per
+    token with the same sampling code. Each round drafts nothing and emits one token. Introduced in Chapter 7.
     """
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=0)
     temperature = check_sampling(temperature, top_k, top_p)

@@ -1,12 +1,12 @@
 """Measuring decoding on this machine: verification-pass time vs tokens, and speculative vs plain decoding.
 
-Two measurements carry Chapter 6. :func:`measure_verification` times one forward pass that scores ``T`` new
+Two measurements carry Chapter 7. :func:`measure_verification` times one forward pass that scores ``T`` new
 tokens against a filled KV cache, for several ``T``: while the pass is memory-bound the time hardly grows
 with ``T``, which is why verifying ``k + 1`` draft tokens costs about one decode step. :func:`compare_decoding`
 runs plain greedy decoding and speculative decoding with several drafts and draft lengths in one process,
 alternating them ``repeats`` times and keeping each one's best run (noise on a shared machine only ever slows
 a run down), checks that every greedy output equals the plain one token for token, and puts the analytic
-model's prediction next to each measured speedup. Introduced in Chapter 6.
+model's prediction next to each measured speedup. Introduced in Chapter 7.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class TransposedLinear(torch.nn.Module):
     matrix product (a few rows, as when a verification pass scores ``k + 1`` tokens) through a GEMM kernel
     that handles the ``[out, in]`` weight less efficiently than a matrix-vector product handles one row, so a
     4-token pass of SmolLM2 measured 1.7× a 1-token pass; with the weight stored ``[in, out]`` the kernel
-    streams it and the same pass costs about 1.35×. Introduced in Chapter 6.
+    streams it and the same pass costs about 1.35×. Introduced in Chapter 7.
     """
 
     def __init__(self, linear: torch.nn.Linear):
@@ -49,7 +49,7 @@ def transpose_linears(model: torch.nn.Module) -> list[str]:
     """Replace every linear layer of ``model`` (``lm_head`` included) by a :class:`TransposedLinear`, in place.
 
     Uses the decoder's ``replace_linears`` seam; returns the replaced names. A tied ``lm_head`` becomes a
-    transposed copy of the embedding (the embedding itself is kept for the lookup). Introduced in Chapter 6.
+    transposed copy of the embedding (the embedding itself is kept for the lookup). Introduced in Chapter 7.
     """
     from ..models import replace_linears
 
@@ -64,7 +64,7 @@ def measure_verification(model, tokens: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 12
     The cache is filled once with seeded random tokens; each repeat visits every ``T`` (in a shuffled order,
     so slow spells of a shared machine spread evenly), crops the cache back and times the pass. Returns one
     row per ``T``: ``time_s`` (best repeat), ``median_s`` and ``relative_time`` (best over the best at T = 1).
-    Introduced in Chapter 6.
+    Introduced in Chapter 7.
     """
     repeats = check_int("repeats", repeats)
     context_len = check_int("context_len", context_len)
@@ -119,7 +119,7 @@ def compare_decoding(
     ``identical`` (greedy output equals the plain output token for token), ``acceptance_rate`` α,
     ``tokens_per_pass``, ``cost_ratio`` ``c`` (draft time per proposed token over a plain decode step),
     ``verify_ratio`` ``v`` (verification pass over a plain decode step) and ``predicted_speedup``
-    (:func:`~unveiled.decoding.expected_speedup` at the measured α, k, c and v). Introduced in Chapter 6.
+    (:func:`~unveiled.decoding.expected_speedup` at the measured α, k, c and v). Introduced in Chapter 7.
     """
     repeats = check_int("repeats", repeats)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens)

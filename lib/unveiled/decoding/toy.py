@@ -5,7 +5,7 @@ real transformer that is minutes. :class:`TableLM` behaves like :class:`~unveile
 decoding loops care (``model(tokens, cache)`` returns ``[B, T, V]`` logits, ``new_cache()``, ``crop``,
 ``config.vocab_size``) but its forward pass is a table lookup, so a chi-square test over whole generated
 sequences runs in seconds, and :meth:`TableLM.sequence_distribution` gives the exact law to test against.
-Introduced in Chapter 6.
+Introduced in Chapter 7.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class TableLM:
     """Logits of the next token = ``table[previous token, current token]`` (a random trigram model).
 
     ``sharpness`` scales the random logits (larger = more peaked); ``seed`` fixes them. The first position
-    uses the current token as its own predecessor. Introduced in Chapter 6.
+    uses the current token as its own predecessor. Introduced in Chapter 7.
     """
 
     def __init__(self, vocab_size: int = 4, seed: int = 0, sharpness: float = 1.5):

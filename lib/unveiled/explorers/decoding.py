@@ -1,11 +1,11 @@
-"""Live explorers of Chapter 6: the speculative-decoding trade-off and an MoE layer's decode cost vs batch.
+"""Live explorers of Chapter 7: the speculative-decoding trade-off and an MoE layer's decode cost vs batch.
 
 :func:`speculative_explorer` recomputes, as you move the sliders, the expected tokens per target pass and the
 wall-clock speedup ``(1 − α^(k+1)) / ((1 − α)(k·c + v(k)))`` for an acceptance rate ``α``, a draft length
 ``k``, a draft/target cost ratio ``c`` and a device, with the verification cost ``v(k)`` of that model on
 that device from the analyzer. :func:`moe_explorer` shows, for a mixture-of-experts model and a device, how
 many experts a decode step of batch ``B`` touches and what the step costs. :func:`decoding_explorer` puts
-both in tabs. Introduced in Chapter 6.
+both in tabs. Introduced in Chapter 7.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def speculative_explorer(model: str = "llama-2-7b", devices: Sequence[str] = _DE
 
     Sliders: acceptance rate α, draft length k, cost ratio c; dropdown: device. The verification cost
     ``v(k)`` (time of a ``k + 1``-token pass over a 1-token pass, batch 1, ``context_len`` cached tokens)
-    comes from :func:`unveiled.decoding.verification_cost`. Introduced in Chapter 6.
+    comes from :func:`unveiled.decoding.verification_cost`. Introduced in Chapter 7.
     """
     import ipywidgets as w
 
@@ -98,7 +98,7 @@ def _moe_table(model: str, device: str, seq_len: int):
 def moe_explorer(model: str = "mixtral-8x7b", devices: Sequence[str] = ("a6000", "h100-sxm", "mi300x"),
                  seq_len: int = 1024):
     """A live explorer of one MoE decode step vs batch (returns an ``ipywidgets.VBox``): experts touched per
-    layer, step time, time per token and the expert weights read, from the analyzer. Introduced in Chapter 6."""
+    layer, step time, time per token and the expert weights read, from the analyzer. Introduced in Chapter 7."""
     import ipywidgets as w
 
     devices = list(devices)
@@ -126,7 +126,7 @@ def moe_explorer(model: str = "mixtral-8x7b", devices: Sequence[str] = ("a6000",
 
 
 def decoding_explorer():
-    """Both explorers of Chapter 6 in two tabs (returns an ``ipywidgets.Tab``). Introduced in Chapter 6."""
+    """Both explorers of Chapter 7 in two tabs (returns an ``ipywidgets.Tab``). Introduced in Chapter 7."""
     import ipywidgets as w
 
     tab = w.Tab(children=[speculative_explorer(), moe_explorer()])

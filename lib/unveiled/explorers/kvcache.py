@@ -5,7 +5,7 @@ static chart (:func:`unveiled.plots.kvcache.explorer_chart`, whose widgets work 
 :func:`kv_explorer` is the live ipywidgets version, which re-runs :func:`~unveiled.analyze` on every change
 and can reach any configuration. Both answer the same three questions: does it fit, what share of memory and
 of a decode step's traffic is the KV cache, and how long does a decode step take on the roofline.
-Introduced in Chapter 5.
+Introduced in Chapter 6.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ EXPLORER_DEVICES = ("rtx-4090", "a100-80gb", "h100-sxm", "h200")
 def explorer_models() -> dict[str, tuple[object, int]]:
     """The models of the static explorer: label -> (analyzer spec, weight bits). Llama-2-7B comes in its four
     attention designs (same model, only the attention changes); Llama-3-70B with 4-bit weights so that it
-    fits one device. Introduced in Chapter 5."""
+    fits one device. Introduced in Chapter 6."""
     variants = attention_variants("llama-2-7b")
     return {
         "Llama-2-7B (MHA)": (variants["MHA"], 16),
@@ -47,7 +47,7 @@ def explorer_grid(devices: Sequence[str] = EXPLORER_DEVICES,
     """Decode-step memory, KV share and roofline time for every combination, from the analyzer's vectorised
     sweep (one call per model). Columns: ``model``, ``device``, ``device_label``, ``batch``, ``seq_len``,
     ``kv_bits``, ``memory_GB``, ``kv_pct`` (KV share of memory), ``time_ms``, ``fits``, ``capacity_GB``.
-    Introduced in Chapter 5."""
+    Introduced in Chapter 6."""
     frames = []
     for label, (spec, w_bits) in explorer_models().items():
         df = sweep(spec, list(devices), stage="decode", batch=list(batches), seq_len=list(seq_lens), w_bits=w_bits,
@@ -65,7 +65,7 @@ def explorer_grid(devices: Sequence[str] = EXPLORER_DEVICES,
 
 def kv_summary_html(m, device: str, seq_len: int, batch: int, kv_bits: int, w_bits: int = 16) -> str:
     """The explorer's read-out for one configuration: memory (weights, KV, activations) against the device,
-    the KV share of a decode step's bytes, and its roofline time. Introduced in Chapter 5."""
+    the KV share of a decode step's bytes, and its roofline time. Introduced in Chapter 6."""
     a = analyze(m, device, stage="decode", batch=batch, seq_len=seq_len, w_bits=w_bits, kv_bits=kv_bits,
                 check_context=False)
     mem = a.memory
@@ -97,7 +97,7 @@ def kv_explorer(m: str = "llama-2-7b", device: str = "h100-sxm"):
     """A live explorer (ipywidgets): choose model, attention design, device, context, batch, weight and KV bits.
 
     Every change re-runs the analyzer; the read-out says whether it fits, the KV share of memory and of a
-    decode step's bytes, and the step's roofline time. Introduced in Chapter 5.
+    decode step's bytes, and the step's roofline time. Introduced in Chapter 6.
     """
     import ipywidgets as w
 

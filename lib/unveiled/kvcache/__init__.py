@@ -7,7 +7,7 @@ and implements the caches the survey discusses, each plugging into :class:`~unve
 through its cache protocol: the plain contiguous cache (:class:`~unveiled.models.KVCache`), PagedAttention's
 paged cache with block tables and copy-on-write sharing [Kwon et al. 2023], KIVI's quantized cache [Liu et al.
 2024], and StreamingLLM's sinks + window [Xiao et al. 2024] and H2O's heavy hitters [Zhang et al. 2023].
-Introduced in Chapter 5.
+Introduced in Chapter 6.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ requests with a common prefix share its full blocks. Writing into a shared block
 :class:`BlockAllocator` keeps the free list and reference counts, :class:`BlockManager` the block tables,
 growth, forking, prefix caching by chained block hashes, swapping and statistics. No tensors here: the
 serving simulator (Chapter 9) runs the manager directly, and :class:`~unveiled.kvcache.paged.PagedKVCache`
-puts tensor pools behind it. Introduced in Chapter 5.
+puts tensor pools behind it. Introduced in Chapter 6.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class BlockAllocator:
     :meth:`allocate` hands out the lowest free block with count 1, :meth:`share` adds a reference,
     :meth:`free` drops one and returns the block to the free list when none is left. Freeing a block that is
     not allocated is an error (a double free would let two sequences write the same memory).
-    Introduced in Chapter 5.
+    Introduced in Chapter 6.
     """
 
     def __init__(self, num_blocks: int) -> None:
@@ -113,7 +113,7 @@ class BlockStats:
     """Occupancy of a paged pool: blocks in use, tokens stored, and the slots wasted inside last blocks.
 
     ``logical_tokens`` counts every sequence's tokens (shared ones once per sequence); ``stored_tokens``
-    counts the token slots actually written in used blocks (shared blocks once). Introduced in Chapter 5.
+    counts the token slots actually written in used blocks (shared blocks once). Introduced in Chapter 6.
     """
 
     block_size: int
@@ -172,7 +172,7 @@ class BlockManager:
     demand. :meth:`cached_prefix` says how much of a prompt the prefix cache already holds. With
     ``host_blocks`` the manager also keeps a second pool in host memory: :meth:`swap_out` moves a sequence's
     blocks there (freeing device blocks under memory pressure, as vLLM's swap preemption does) and
-    :meth:`swap_in` brings them back. Introduced in Chapter 5; swapping and :meth:`cached_prefix` in Chapter 9.
+    :meth:`swap_in` brings them back. Introduced in Chapter 6; swapping and :meth:`cached_prefix` in Chapter 9.
     """
 
     def __init__(self, block_size: int, num_blocks: int | None = None, *, prefix_caching: bool = False,

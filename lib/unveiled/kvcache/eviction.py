@@ -11,7 +11,7 @@ Both caches follow one rule: ``update`` appends the new tokens and returns every
 attend to (the kept tokens plus the new ones); eviction then brings the cache back to ``budget`` tokens,
 in :meth:`SinkWindowCache.update` or, once the step's attention weights are known, in
 :meth:`HeavyHitterCache.observe_attention`. ``kept_positions`` says which original tokens survive.
-Introduced in Chapter 5.
+Introduced in Chapter 6.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class SinkWindowCache(_EvictingCache):
     Keys are stored before RoPE (``keys_before_rope = True``): the decoder rotates the returned keys by their
     place in the cache (``0 .. L'-1``) and the queries by the last places, so relative distances stay within
     what the model was trained on however long the stream gets [Xiao et al. 2024]. ``num_sinks=0`` is plain
-    window attention, the baseline that collapses once the first token is evicted. Introduced in Chapter 5.
+    window attention, the baseline that collapses once the first token is evicted. Introduced in Chapter 6.
     """
 
     keys_before_rope = True
@@ -126,7 +126,7 @@ class HeavyHitterCache(_EvictingCache):
     (it computes attention explicitly when a cache has that method); each key's score is the attention it
     has received so far, summed over queries and over the query heads that share its key/value head. Keys
     stay rotated at their original positions (``keys_before_rope = False``), and each head keeps its own set
-    of tokens, in their original order. Introduced in Chapter 5.
+    of tokens, in their original order. Introduced in Chapter 6.
     """
 
     keys_before_rope = False

@@ -1,4 +1,4 @@
-"""The cached experiments of Chapter 5: KV-cache quantization and eviction on SmolLM2-135M.
+"""The cached experiments of Chapter 6: KV-cache quantization and eviction on SmolLM2-135M.
 
 Each is a function registered with :func:`unveiled.results.experiment`; ``python -m unveiled.results run
 kvcache.experiments.<name>`` recomputes its table (tens of minutes on a 2-core CPU) and the chapter reads the
@@ -7,7 +7,7 @@ shipped copy. Every setting streams the same text through the model in chunks of
 :data:`LIVE_TOKENS` predictions, which the chapter recomputes live and a test compares. They run PyTorch on one
 thread: on a shared, oversubscribed 2-core machine two threads made SmolLM2's forward passes about 8 times
 slower (threads waiting for each other), while one thread loses at most a factor of 2 on an idle machine.
-Introduced in Chapter 5.
+Introduced in Chapter 6.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ EVICTION_BUDGETS = (32, 64, 128)
 
 
 def smollm2_eval_tokens(n: int) -> list[int]:
-    """The first ``n + 1`` BPE tokens of Tiny Shakespeare's validation split (``n`` predictions). Chapter 5."""
+    """The first ``n + 1`` BPE tokens of Tiny Shakespeare's validation split (``n`` predictions). Chapter 6."""
     from ..smollm2 import smollm2_tokenizer
     from ..text import corpus_split
 
@@ -71,7 +71,7 @@ def smollm2_eval_tokens(n: int) -> list[int]:
 
 
 def quant_cache(scheme: str | None, bits: int | None) -> Callable[[], object] | None:
-    """A factory for the cache of one quantization setting (``None``: the full-precision cache). Chapter 5."""
+    """A factory for the cache of one quantization setting (``None``: the full-precision cache). Chapter 6."""
     if scheme is None:
         return None
     kg, vg, residual = QUANT_SCHEMES[scheme]
@@ -80,7 +80,7 @@ def quant_cache(scheme: str | None, bits: int | None) -> Callable[[], object] | 
 
 
 def eviction_policies(budget: int) -> dict[str, Callable[[], object]]:
-    """The evicting caches compared at one token budget. Chapter 5."""
+    """The evicting caches compared at one token budget. Chapter 6."""
     return {
         "window": lambda: SinkWindowCache(budget, num_sinks=0),
         "sinks + window (StreamingLLM)": lambda: SinkWindowCache(budget, num_sinks=4),
@@ -97,7 +97,7 @@ def _row(nll: torch.Tensor, skip: int = 0) -> dict:
 @experiment("smollm2_kv_quant", "SmolLM2-135M perplexity vs KV bits (8/4/3/2) and quantization layout, streamed")
 def smollm2_kv_quant() -> pd.DataFrame:
     """SmolLM2 perplexity on Tiny Shakespeare (512 predictions, streamed in chunks of 16) for each KV bit
-    width and layout of :data:`QUANT_SCHEMES`, plus the full-precision cache. Chapter 5."""
+    width and layout of :data:`QUANT_SCHEMES`, plus the full-precision cache. Chapter 6."""
     from tqdm.auto import tqdm
 
     from ..smollm2 import load_smollm2
@@ -120,7 +120,7 @@ def smollm2_kv_quant() -> pd.DataFrame:
 def smollm2_kv_eviction() -> pd.DataFrame:
     """SmolLM2 perplexity on 1,024 tokens of Tiny Shakespeare, streamed in chunks of 16, scoring predictions
     after the first 256 tokens, for a full cache and each eviction policy at budgets of 32, 64 and 128 tokens.
-    Chapter 5."""
+    Chapter 6."""
     from tqdm.auto import tqdm
 
     from ..smollm2 import load_smollm2

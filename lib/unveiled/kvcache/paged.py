@@ -13,7 +13,7 @@ Three layers, from bookkeeping to tensors: :class:`BlockAllocator` (free list an
 :class:`BlockManager` (block tables, growth, forking, prefix caching, swapping, statistics) live in
 :mod:`.blocks` (no tensors, so serving simulations run them directly) and are re-exported here;
 :class:`PagedKVCache` (tensor pools per layer that plug into :class:`~unveiled.models.Decoder`),
-:func:`gather_kv` and :func:`paged_attention` are the tensor side. Introduced in Chapter 5.
+:func:`gather_kv` and :func:`paged_attention` are the tensor side. Introduced in Chapter 6.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def gather_kv(pool: torch.Tensor, block_table: Sequence[int] | torch.Tensor, len
 
     ``pool`` is ``[num_blocks, block_size, ...]``; token ``t`` is ``pool[block_table[t // B], t % B]``. The
     result is ``[length, ...]``, as a contiguous cache would hold it [Kwon et al. 2023]. Introduced in
-    Chapter 5.
+    Chapter 6.
     """
     bs = pool.shape[1]
     table = torch.as_tensor(block_table, dtype=torch.long)
@@ -70,7 +70,7 @@ def paged_attention(
     d]`` with ``H`` a multiple of ``K`` (grouped-query attention: query head ``h`` reads key/value head
     ``h // (H / K)``), ``block_tables[i]`` and ``context_lens[i]`` say where sequence ``i``'s tokens are. The
     reference gathers each sequence through its table, then attends; vLLM's kernel does the same gather
-    inside the kernel, block by block [Kwon et al. 2023]. Returns ``[num_seqs, H, d]``. Introduced in Chapter 5.
+    inside the kernel, block by block [Kwon et al. 2023]. Returns ``[num_seqs, H, d]``. Introduced in Chapter 6.
     """
     n, h, d = query.shape
     kv_heads = key_pool.shape[2]
@@ -99,7 +99,7 @@ class PagedKVCache:
     keys and values, so the model computes exactly what a contiguous cache gives it. :meth:`fork` returns a
     second cache whose sequences share every block with this one (copy-on-write on the first write into a
     shared block), the way parallel samples share their prompt [Kwon et al. 2023]. ``num_blocks=None`` lets
-    the pool grow. Introduced in Chapter 5.
+    the pool grow. Introduced in Chapter 6.
     """
 
     keys_before_rope = False

@@ -7,7 +7,7 @@ predicted from what the cache holds at that point (exactly decoding when ``chunk
 the tokens of the current chunk are also visible in the form the cache stores them, which differs from
 token-by-token decoding only in the last few positions). The same function measures quantized caches
 [Liu et al. 2024] and evicting ones [Xiao et al. 2024; Zhang et al. 2023]. Key statistics show why keys
-want per-channel quantization groups. Introduced in Chapter 5.
+want per-channel quantization groups. Introduced in Chapter 6.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def streaming_nll(model, tokens: Sequence[int] | torch.Tensor, make_cache: Calla
 
     ``make_cache()`` builds the cache under test (``None``: the model's plain cache). Token ``i`` is predicted
     from tokens ``< i`` as the cache holds them after the chunk containing ``i - 1`` was appended.
-    Introduced in Chapter 5.
+    Introduced in Chapter 6.
     """
     chunk = check_int("chunk", chunk)
     data = tokens.long() if isinstance(tokens, torch.Tensor) else torch.tensor(list(tokens), dtype=torch.long)
@@ -63,7 +63,7 @@ def streaming_perplexity(model, tokens, make_cache, chunk: int = 8, skip: int = 
     """Perplexity of :func:`streaming_nll` over the predictions of tokens ``skip + 1`` onwards.
 
     ``skip`` leaves out the start of the text, where an evicting cache has not evicted anything yet.
-    Returns ``{"nll", "perplexity", "tokens"}``. Introduced in Chapter 5.
+    Returns ``{"nll", "perplexity", "tokens"}``. Introduced in Chapter 6.
     """
     skip = check_int("skip", skip, minimum=0)
     nll = streaming_nll(model, tokens, make_cache, chunk=chunk, progress=progress)[skip:]
@@ -80,7 +80,7 @@ def compare_caches(model, tokens, caches: dict[str, Callable[[], object] | None]
     Returns ``(curves, summary)``: ``curves`` has the loss of each cache averaged over a trailing window of
     ``smooth`` predictions, every ``every`` positions (columns ``policy``, ``position``, ``nll``); ``summary``
     has one row per cache with the mean loss over the whole text and over its second half. Introduced in
-    Chapter 5.
+    Chapter 6.
     """
     smooth = check_int("smooth", smooth)
     every = check_int("every", every)
@@ -105,7 +105,7 @@ def compare_caches(model, tokens, caches: dict[str, Callable[[], object] | None]
 def capture_kv(model, tokens: Sequence[int] | torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The keys (after RoPE) and values every layer caches for ``tokens``: ``[(k, v)]``, each ``[K, L, d]``.
 
-    Introduced in Chapter 5.
+    Introduced in Chapter 6.
     """
     data = tokens.long() if isinstance(tokens, torch.Tensor) else torch.tensor(list(tokens), dtype=torch.long)
     cache = model.new_cache()
@@ -118,7 +118,7 @@ def key_channel_stats(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> pd.DataFra
 
     ``key_outlier_ratio`` is a channel's mean |key| over the median channel's in the same head: keys have a
     few channels far above 1 (the outliers KIVI groups per channel for), values stay near 1.
-    Introduced in Chapter 5.
+    Introduced in Chapter 6.
     """
     rows = []
     for layer, (k, v) in enumerate(kv):
@@ -139,7 +139,7 @@ def grouping_error(kv: list[tuple[torch.Tensor, torch.Tensor]], bits: Sequence[i
 
     For each tensor, layer and bit width: ``||x - Q(x)||² / ||x||²`` with groups of ``group_size`` tokens
     sharing a scale per channel (``"channel"``) or groups of ``group_size`` channels within a token
-    (``"token"``). Tokens are cut to a multiple of ``group_size``. Introduced in Chapter 5.
+    (``"token"``). Tokens are cut to a multiple of ``group_size``. Introduced in Chapter 6.
     """
     rows = []
     for layer, (k, v) in enumerate(kv):

@@ -11,7 +11,7 @@ the recent past.
 
 The caches here simulate the arithmetic exactly (codes are integers, dequantization is ``code·scale + min``)
 but keep a dequantized fp32 copy to attend over, as a reference implementation would; ``nbytes`` reports
-the bytes the packed format would occupy. Introduced in Chapter 5.
+the bytes the packed format would occupy. Introduced in Chapter 6.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class QuantizedTensor:
     """Integer codes with one fp scale and minimum per group, and how to put them back.
 
     ``codes`` has the input's shape (uint8); ``scale`` and ``minimum`` have the input's shape with the grouped
-    axis ``dim`` divided by ``group_size``. Introduced in Chapter 5.
+    axis ``dim`` divided by ``group_size``. Introduced in Chapter 6.
     """
 
     codes: torch.Tensor
@@ -94,7 +94,7 @@ def quantize(x: torch.Tensor, bits: int, dim: int, group_size: int | None = None
     - 1)``, so every element comes back within half a step (``scale / 2``) of where it was. A constant group
     gets scale 0 and is stored exactly. ``group_size=None`` makes the whole axis one group. This is the
     quantizer KIVI applies to keys (``dim`` = tokens) and values (``dim`` = channels) [Liu et al. 2024].
-    Introduced in Chapter 5.
+    Introduced in Chapter 6.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}")
@@ -126,7 +126,7 @@ def quantize(x: torch.Tensor, bits: int, dim: int, group_size: int | None = None
 
 
 def dequantize(q: QuantizedTensor) -> torch.Tensor:
-    """Inverse of :func:`quantize`: ``code · scale + min`` per group. Introduced in Chapter 5."""
+    """Inverse of :func:`quantize`: ``code · scale + min`` per group. Introduced in Chapter 6."""
     codes = _grouped(q.codes, q.dim, q.group_size).to(q.scale.dtype)
     scale = q.scale.movedim(q.dim, -1)[..., None]
     lo = q.minimum.movedim(q.dim, -1)[..., None]
@@ -134,7 +134,7 @@ def dequantize(q: QuantizedTensor) -> torch.Tensor:
 
 
 def fake_quantize(x: torch.Tensor, bits: int, dim: int, group_size: int | None = None) -> torch.Tensor:
-    """``dequantize(quantize(x, ...))``: the values a quantized cache hands back. Introduced in Chapter 5."""
+    """``dequantize(quantize(x, ...))``: the values a quantized cache hands back. Introduced in Chapter 6."""
     return dequantize(quantize(x, bits, dim, group_size))
 
 
@@ -175,7 +175,7 @@ class QuantizedKVCache:
     once, a channel-wise group when ``group_size`` tokens older than the window have gathered (so at most
     ``residual + group_size - 1`` tokens are in full precision). KIVI's own code flushes its whole residual at
     once instead; keeping the last ``residual`` tokens always exact makes the window's effect easy to state.
-    Plugs into :class:`~unveiled.models.Decoder` through the cache protocol. Introduced in Chapter 5.
+    Plugs into :class:`~unveiled.models.Decoder` through the cache protocol. Introduced in Chapter 6.
     """
 
     keys_before_rope = False
@@ -296,7 +296,7 @@ class QuantizedKVCache:
     def bits_per_element(self, head_dim: int, seq_len: int) -> float:
         """Average bits per cached element (codes, group overhead and the residual) at ``seq_len`` tokens.
 
-        A closed form of what :attr:`nbytes` measures, for the sizing tables. Introduced in Chapter 5.
+        A closed form of what :attr:`nbytes` measures, for the sizing tables. Introduced in Chapter 6.
         """
         head_dim = check_int("head_dim", head_dim)
         seq_len = check_int("seq_len", seq_len, minimum=0)
@@ -323,7 +323,7 @@ class QuantizedKVCache:
 
 def kivi_cache(bits: int = 2, group_size: int = 32, residual: int = 32) -> QuantizedKVCache:
     """KIVI's cache: keys quantized per channel and values per token, in groups of ``group_size``, behind a
-    full-precision window of ``residual`` tokens [Liu et al. 2024]. Introduced in Chapter 5."""
+    full-precision window of ``residual`` tokens [Liu et al. 2024]. Introduced in Chapter 6."""
     return QuantizedKVCache(bits, key_grouping="channel", value_grouping="token", group_size=group_size,
                             residual=residual)
 

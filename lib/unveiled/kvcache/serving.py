@@ -7,7 +7,7 @@ as sequences grow: the only waste is the unfilled tail of each sequence's last b
 slots. And requests that start with the same system prompt can share its blocks (prefix caching).
 
 Everything here drives the real :class:`~unveiled.kvcache.paged.BlockManager` with seeded request streams; the
-contiguous baselines are counted in the same token slots. Introduced in Chapter 5.
+contiguous baselines are counted in the same token slots. Introduced in Chapter 6.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def request_stream(n: int, seed: int = 0, max_len: int = 2048, mean_prompt: int 
     """``n`` seeded requests with exponentially distributed prompt and output lengths, capped at ``max_len``.
 
     Chat traffic is skewed: most requests are short and a few are long, which is what makes reserving the
-    maximum length so wasteful. Introduced in Chapter 5.
+    maximum length so wasteful. Introduced in Chapter 6.
     """
     n = check_int("n", n)
     max_len = check_int("max_len", max_len, minimum=2)
@@ -70,7 +70,7 @@ def admit(requests: Sequence[Request], memory_tokens: int, layout: str = "paged"
     ``layout``: ``"reserve-max"`` gives every request ``max_len`` contiguous slots up front (the pre-vLLM
     practice); ``"reserve-exact"`` reserves exactly its final length (an oracle that knows the output length);
     ``"paged"`` allocates blocks of ``block_size`` through a :class:`BlockManager` as the sequence grows.
-    Returns ``sequences``, ``tokens`` (useful), ``reserved`` slots and ``waste_fraction``. Introduced in Chapter 5.
+    Returns ``sequences``, ``tokens`` (useful), ``reserved`` slots and ``waste_fraction``. Introduced in Chapter 6.
     """
     memory_tokens = check_int("memory_tokens", memory_tokens)
     if layout == "paged":
@@ -108,7 +108,7 @@ def block_size_sweep(requests: Sequence[Request], memory_tokens: int,
 
     Smaller blocks waste less (at most ``block_size - 1`` slots per sequence) but mean longer block tables
     and smaller, less efficient memory transactions in the attention kernel; vLLM settles on 16.
-    Introduced in Chapter 5.
+    Introduced in Chapter 6.
     """
     rows = [admit(requests, memory_tokens, "reserve-max", max_len=max_len),
             admit(requests, memory_tokens, "reserve-exact", max_len=max_len)]
@@ -123,7 +123,7 @@ def prefix_sharing_savings(num_requests: int, shared_prefix: int, unique_lens: S
 
     Each request is the shared prefix followed by its own tokens (``unique_lens``: a length per request, or
     one length for all). With caching the prefix's ``shared_prefix // block_size`` full blocks are stored once,
-    so the saving is ``(num_requests - 1) · shared_prefix // block_size`` blocks. Introduced in Chapter 5.
+    so the saving is ``(num_requests - 1) · shared_prefix // block_size`` blocks. Introduced in Chapter 6.
     """
     num_requests = check_int("num_requests", num_requests)
     shared_prefix = check_int("shared_prefix", shared_prefix, minimum=0)
@@ -150,7 +150,7 @@ def parallel_sampling_savings(prompt_len: int, output_len: int, num_samples: int
     """Blocks for ``num_samples`` continuations of one prompt: forked with copy-on-write vs copied.
 
     Forking shares the prompt's blocks; the first write into the shared, partly filled last block copies it
-    for the writer. Introduced in Chapter 5.
+    for the writer. Introduced in Chapter 6.
     """
     prompt_len = check_int("prompt_len", prompt_len)
     output_len = check_int("output_len", output_len, minimum=0)

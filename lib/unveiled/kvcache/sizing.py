@@ -7,7 +7,7 @@ attention [Shazeer 2019] keeps one (``2·d``), and DeepSeek's multi-head latent 
 caches one compressed latent of rank ``r`` plus a small rotary key (``r + d_rope``, no factor 2). Times the
 layers, the bytes per element, the tokens and the batch: that is the memory decode must hold *and read at
 every step*. These formulas are written here independently of the analyzer's and the tests check that both
-agree. Introduced in Chapter 5.
+agree. Introduced in Chapter 6.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _check_kv_bits(kv_bits: object) -> int:
 
 
 def attention_kind(m) -> str:
-    """``"MHA"``, ``"GQA"``, ``"MQA"`` or ``"MLA"`` for a model (name or analyzer spec). Introduced in Chapter 5."""
+    """``"MHA"``, ``"GQA"``, ``"MQA"`` or ``"MLA"`` for a model (name or analyzer spec). Introduced in Chapter 6."""
     s = _spec(m)
     if s.is_mla:
         return "MLA"
@@ -61,7 +61,7 @@ def attention_kind(m) -> str:
 def kv_elements_per_token(m) -> int:
     """Cached elements per token, summed over layers: ``n·2·K·d`` (MHA/GQA/MQA) or ``n·(r + d_rope)`` (MLA).
 
-    Introduced in Chapter 5.
+    Introduced in Chapter 6.
     """
     s = _spec(m)
     per_layer = s.kv_lora_rank + s.qk_rope_head_dim if s.is_mla else 2 * s.num_kv_heads * s.head_dim
@@ -79,7 +79,7 @@ def kv_bytes_per_token(m, kv_bits: int = 16, *, group_size: int | None = None, s
     """Bytes one token adds to one sequence's cache, all layers, at ``kv_bits`` per element.
 
     With ``group_size`` every group of that many elements also stores a ``scale_bits`` scale and zero point,
-    as KIVI does [Liu et al. 2024]. Introduced in Chapter 5.
+    as KIVI does [Liu et al. 2024]. Introduced in Chapter 6.
     """
     kv_bits = _check_kv_bits(kv_bits)
     return kv_elements_per_token(m) * _bits_per_element(kv_bits, group_size, scale_bits) / 8
@@ -90,7 +90,7 @@ def kv_cache_bytes(m, seq_len: int, batch: int = 1, kv_bits: int = 16, *, group_
     """Bytes of the KV cache of ``batch`` sequences holding ``seq_len`` tokens each.
 
     ``residual`` tokens per sequence (the most recent) stay at 16 bits, as KIVI's full-precision window; a
-    sliding-window model (Mistral) never holds more than its window. Introduced in Chapter 5.
+    sliding-window model (Mistral) never holds more than its window. Introduced in Chapter 6.
     """
     s = _spec(m)
     seq_len = check_int("seq_len", seq_len, minimum=0)
@@ -113,7 +113,7 @@ def kv_weights_crossover(m, batch: int = 1, w_bits: int = 16, kv_bits: int = 16)
     """Tokens per sequence at which ``batch`` sequences' KV cache weighs as much as the weights.
 
     Weights are counted by the analyzer's memory model (embeddings and head included). Past this length the
-    cache, not the model, is the larger thing decode must keep and read. Introduced in Chapter 5.
+    cache, not the model, is the larger thing decode must keep and read. Introduced in Chapter 6.
     """
     batch = check_int("batch", batch)
     return _weights_bytes(m, w_bits) / (batch * kv_bytes_per_token(m, kv_bits))
@@ -123,7 +123,7 @@ def kv_size_table(models: Iterable, seq_len: int = 4096, batch: int = 1, kv_bits
                   w_bits: int = 16) -> pd.DataFrame:
     """One row per model: attention kind, cached elements and bytes per token, per sequence and per batch,
     the weights, and the context length at which one sequence's cache outweighs them (``num_kv_heads`` is 0
-    for MLA, which caches a latent vector instead of per-head keys and values). Introduced in Chapter 5.
+    for MLA, which caches a latent vector instead of per-head keys and values). Introduced in Chapter 6.
     """
     rows = []
     for m in models:
@@ -154,7 +154,7 @@ def attention_variants(m, gqa_kv_heads: int = 8, latent_rank: int = 512, rope_di
 
     Only the attention changes (MLA gets DeepSeek-V2's latent rank 512 and rotary width 64, with the model's
     head width for the rest), so the rows differ in KV cache and attention weights alone. Returns analyzer
-    specs named ``"<model> MHA"`` etc. Introduced in Chapter 5.
+    specs named ``"<model> MHA"`` etc. Introduced in Chapter 6.
     """
     s = _spec(m)
     gqa_kv_heads = check_int("gqa_kv_heads", gqa_kv_heads)
@@ -178,7 +178,7 @@ def decode_traffic(models: Iterable | object, device: str = "h100-sxm", seq_lens
 
     For each model and context length the analyzer's operator table gives the bytes of weights and of cached
     keys/values a step loads; their shares show when decoding stops being "read the model" and becomes
-    "read the cache". ``time_s`` is the analyzer's roofline time of the step. Introduced in Chapter 5.
+    "read the cache". ``time_s`` is the analyzer's roofline time of the step. Introduced in Chapter 6.
     """
     from ..analyzer import analyze
 
@@ -205,7 +205,7 @@ def memory_wall(models: Iterable, seq_lens: Sequence[int], batch: int = 1, kv_bi
                 w_bits: int = 16) -> pd.DataFrame:
     """Weights and KV-cache bytes for each model and context length (long format, for the memory-wall chart).
 
-    Introduced in Chapter 5.
+    Introduced in Chapter 6.
     """
     rows = []
     for m in models:

@@ -38,9 +38,20 @@ def _judge(expected, mistakes: dict[str, object] | None = None, rtol: float = 1e
         if problem is None:
             return None
         hits = [msg for msg, wrong in (mistakes or {}).items() if close_enough(wrong, rtol=1e-9)(result) is None]
-        return f"{problem}. " + " Or: ".join(hits) if hits else problem
+        if hits:
+            return " Or: ".join(hits)
+        try:
+            ratio = float(result) / float(expected)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return problem
+        return f"wrong by a factor {ratio:.4g} (your value ÷ the expected one)"
 
     return judge
+
+
+# The chapter sections the hints point at (headings without their numbers).
+_TABLE1 = "Table 1, reproduced"
+_MEMORY = "Memory: weights, KV cache and activations"
 
 
 # ---- Lab 2.1: the KV cache ----------------------------------------------------------------------------------
@@ -67,7 +78,9 @@ def check_kv_cache_bytes(fn: Callable, *, raise_on_fail: bool = True, show: bool
             mistakes["GQA: only the num_kv_heads key/value heads are cached, not the query heads."] = \
                 want * m.num_heads / m.num_kv_heads
         cases.append(Case(f"{name}: {seq_in} tokens × batch {batch} at {bits} bits", args=args,
-                          judge=_judge(want, mistakes), hint="2 · layers · kv_heads · head_dim · tokens · batch · bits/8"))
+                          judge=_judge(want, mistakes), expected=want, section=_MEMORY,
+                          hint="List what the cache stores for one token of one sequence in one layer, then count "
+                               "how many of those there are; bits are not bytes."))
     return run_cases(fn, cases, "Lab 2.1 — kv_cache_bytes", raise_on_fail=raise_on_fail, show=show)
 
 
@@ -138,8 +151,9 @@ def check_attention_cost(fn: Callable, *, raise_on_fail: bool = True, show: bool
         want = {n: (float(f), float(by)) for n, (f, by) in _attention_cost(b, q, k, H, K, d, None, ab, kvb).items()}
         cases.append(Case(label, args=(b, q, k, H, K, d, ab, kvb),
                           judge=_attention_judge(want, _attention_mistakes(b, q, k, H, K, d, ab, kvb, want)),
-                          hint="qk reads Q (H heads) and K (K heads) and writes B·H·q·k scores; softmax reads and "
-                               "writes them at 5 FLOPs per score; sv reads them and V and writes B·H·q·d outputs."))
+                          expected=want, section=_TABLE1,
+                          hint="For each operator, list the tensors it reads and writes (with how many heads each "
+                               "has) and the operations per score; naive attention stores the score matrix."))
     return run_cases(fn, cases, "Lab 2.2 — attention_cost", raise_on_fail=raise_on_fail, show=show)
 
 
@@ -167,8 +181,10 @@ def check_linear_time(fn: Callable, *, raise_on_fail: bool = True, show: bool = 
             "Count the activations too: the input is read and the output written.":
                 roofline_time(flops, i * o * wb / 8, dev),
         }
-        cases.append(Case(label, args=(n, i, o, wb, ab, bw, peak), judge=_judge(want, mistakes),
-                          hint="max(2·tokens·in·out / peak, (in·out·w_bits + tokens·(in + out)·a_bits) / 8 / bandwidth)"))
+        cases.append(Case(label, args=(n, i, o, wb, ab, bw, peak), judge=_judge(want, mistakes), expected=want,
+                          section=_TABLE1,
+                          hint="Count the layer's operations and every byte it moves (weight, input, output, each "
+                               "at its own bit width), then apply Chapter 1's roofline time."))
     return run_cases(fn, cases, "Lab 2.3 — linear_time", raise_on_fail=raise_on_fail, show=show)
 
 

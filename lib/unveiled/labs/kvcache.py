@@ -1,11 +1,11 @@
-"""Lab checks for Chapter 5 (the KV cache): KIVI quantization, the paged gather and paged attention.
+"""Lab checks for Chapter 6 (the KV cache): KIVI quantization, the paged gather and paged attention.
 
 Each check runs the reader's function on fixed, seeded cases and compares it with the library's reference
 (:func:`unveiled.kvcache.fake_quantize`, :func:`unveiled.kvcache.gather_kv`,
 :func:`unveiled.kvcache.paged_attention`). When a result is wrong, the check also tries the classic mistakes
 (keys grouped per token, symmetric instead of asymmetric, ``2**bits`` steps, truncation instead of rounding,
 ignoring the block table, forgetting the ``1/sqrt(d)`` scale, mapping query heads to the wrong key/value
-head) and says which one the result matches. Introduced in Chapter 5.
+head) and says which one the result matches. Introduced in Chapter 6.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ from ..kvcache.quantized import fake_quantize
 from . import Case, LabReport, run_cases
 
 __all__ = ["CHECKS", "check_gather_kv", "check_kivi_quantize", "check_paged_attention"]
+
+# The chapter sections the hints point at (headings without their numbers).
+_QUANT = "Quantizing the cache"
+_PAGING = "Paging the cache"
 
 
 def _as_tensor(x) -> torch.Tensor | None:
@@ -46,11 +50,12 @@ def _mismatch(got, want: torch.Tensor, what: str, mistakes: dict[str, torch.Tens
     diff = (t - want.double()).abs()
     if bool((diff <= atol).all()):
         return None
-    i = int(diff.argmax())
-    return f"{what} differs from the reference by up to {float(diff.max()):.3g} (at flat index {i})"
+    idx = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+    return (f"{what} differs from the reference by up to {float(diff.max()):.3g}: at index {idx} expected "
+            f"{float(want[idx]):.6g}, got {float(t[idx]):.6g}")
 
 
-# ---- Lab 5.1: KIVI quantization ------------------------------------------------------------------
+# ---- Lab 6.1: KIVI quantization ------------------------------------------------------------------
 
 
 def _minmax(x: torch.Tensor, bits: int, dim: int, group: int, *, levels: int | None = None,
@@ -117,12 +122,16 @@ def _kivi_judge(k: torch.Tensor, v: torch.Tensor, bits: int, group: int) -> Call
     return judge
 
 
+def _kivi_expected(k: torch.Tensor, v: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return fake_quantize(k, bits, 0, group), fake_quantize(v, bits, 1, group)
+
+
 def check_kivi_quantize(fn: Callable, *, raise_on_fail: bool = True, show: bool = True) -> LabReport:
     """Check ``fn(keys, values, bits, group_size) -> (keys_hat, values_hat)`` (KIVI fake quantization).
 
     ``keys`` and ``values`` are ``[tokens, channels]``; keys must be quantized per channel in groups of
     ``group_size`` tokens, values per token in groups of ``group_size`` channels, asymmetric min-max,
-    round to nearest, and returned dequantized. Introduced in Chapter 5.
+    round to nearest, and returned dequantized. Introduced in Chapter 6.
     """
     cases = []
     for name, seed, tokens, dim, bits, group in (
@@ -133,18 +142,20 @@ def check_kivi_quantize(fn: Callable, *, raise_on_fail: bool = True, show: bool 
     ):
         k, v = _kivi_inputs(seed, tokens, dim)
         cases.append(Case(name, (k.clone(), v.clone(), bits, group), judge=_kivi_judge(k, v, bits, group),
-                          hint="follow the docstring: scale = (max - min) / (2**bits - 1), "
-                               "code = round((x - min) / scale), x_hat = code * scale + min"))
+                          expected=_kivi_expected(k, v, bits, group), section=_QUANT,
+                          hint="Which axis does KIVI group the keys along, and which the values? Then follow one "
+                               "group through min, scale, rounding and back."))
     k, v = _kivi_inputs(4, 16, 8, outliers=False)
     k[:8, 3] = 2.5  # a constant group: max == min
     v[5, :4] = -1.0
     cases.append(Case("constant groups (max == min) come back exactly", (k.clone(), v.clone(), 2, 4),
-                      judge=_kivi_judge(k, v, 2, 4),
-                      hint="when max == min the scale is 0: use scale 1 (or skip the division) for that group"))
-    return run_cases(fn, cases, "Lab 5.1: KIVI quantization", raise_on_fail=raise_on_fail, show=show)
+                      judge=_kivi_judge(k, v, 2, 4), expected=_kivi_expected(k, v, 2, 4), section=_QUANT,
+                      hint="What is the scale of a group whose max equals its min, and what does dividing by it "
+                           "give?"))
+    return run_cases(fn, cases, "Lab 6.1: KIVI quantization", raise_on_fail=raise_on_fail, show=show)
 
 
-# ---- Lab 5.2: the paged gather -------------------------------------------------------------------
+# ---- Lab 6.2: the paged gather -------------------------------------------------------------------
 
 
 def _pool(seed: int, num_blocks: int, block_size: int, *rest: int) -> torch.Tensor:
@@ -172,7 +183,7 @@ def _gather_judge(pool: torch.Tensor, table: list[int], length: int) -> Callable
 
 def check_gather_kv(fn: Callable, *, raise_on_fail: bool = True, show: bool = True) -> LabReport:
     """Check ``fn(pool, block_table, length) -> [length, ...]``: token ``t`` is
-    ``pool[block_table[t // block_size], t % block_size]``. Introduced in Chapter 5."""
+    ``pool[block_table[t // block_size], t % block_size]``. Introduced in Chapter 6."""
     cases = []
     for name, seed, nblocks, bs, table, length in (
         ("blocks out of order, last block partly filled", 0, 8, 4, [5, 2, 7, 0], 14),
@@ -183,11 +194,13 @@ def check_gather_kv(fn: Callable, *, raise_on_fail: bool = True, show: bool = Tr
     ):
         pool = _pool(seed, nblocks, bs, 3)
         cases.append(Case(name, (pool.clone(), list(table), length), judge=_gather_judge(pool, table, length),
-                          hint="for t in range(length): block = block_table[t // B]; offset = t % B"))
-    return run_cases(fn, cases, "Lab 5.2: the paged gather", raise_on_fail=raise_on_fail, show=show)
+                          expected=_gather_ref(pool, table, length), section=_PAGING,
+                          hint="Follow one token: which logical block holds it, where the block table puts that "
+                               "block in the pool, and at which slot."))
+    return run_cases(fn, cases, "Lab 6.2: the paged gather", raise_on_fail=raise_on_fail, show=show)
 
 
-# ---- Lab 5.3: paged attention for one decode step -----------------------------------------------
+# ---- Lab 6.3: paged attention for one decode step -----------------------------------------------
 
 
 def _attn_variant(q, kp, vp, table, length, *, scale=True, head_map="group"):
@@ -217,7 +230,7 @@ def _attention_judge(q, kp, vp, table, length) -> Callable:
 def check_paged_attention(fn: Callable, *, raise_on_fail: bool = True, show: bool = True) -> LabReport:
     """Check ``fn(query [H, d], key_pool, value_pool, block_table, length) -> [H, d]`` where the pools are
     ``[num_blocks, block_size, K, d]`` and query head ``h`` reads key/value head ``h // (H // K)``.
-    Introduced in Chapter 5."""
+    Introduced in Chapter 6."""
     cases = []
     for name, seed, nblocks, bs, heads, kv_heads, d, table, length in (
         ("multi-head attention, 3 blocks", 0, 6, 4, 2, 2, 8, [4, 0, 2], 10),
@@ -230,9 +243,10 @@ def check_paged_attention(fn: Callable, *, raise_on_fail: bool = True, show: boo
         vp = _pool(seed + 20, nblocks, bs, kv_heads, d)
         cases.append(Case(name, (q.clone(), kp.clone(), vp.clone(), list(table), length),
                           judge=_attention_judge(q, kp, vp, table, length),
-                          hint="gather K and V with your gather_kv, repeat each key/value head H // K times, "
-                               "then softmax(q·kᵀ / sqrt(d)) · v"))
-    return run_cases(fn, cases, "Lab 5.3: paged attention", raise_on_fail=raise_on_fail, show=show)
+                          expected=_paged_ref(q[None], kp, vp, [table], [length])[0], section=_PAGING,
+                          hint="Gather the sequence's keys and values first (your gather_kv), decide which "
+                               "key/value head each query head reads, then apply scaled dot-product attention."))
+    return run_cases(fn, cases, "Lab 6.3: paged attention", raise_on_fail=raise_on_fail, show=show)
 
 
 CHECKS: dict[str, Callable] = {

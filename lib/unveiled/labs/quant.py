@@ -22,9 +22,15 @@ import torch
 
 from ..quant.gptq import _inverse_cholesky_upper, gptq_quantize, hessian_from_inputs
 from ..quant.uniform import QuantSpec, compute_params, dequantize_values, fake_quantize, quantize_values
-from . import Case, LabReport, run_cases
+from . import Case, LabReport, describe, run_cases
 
 __all__ = ["CHECKS", "check_gptq_columns", "check_group_quantize"]
+
+# The chapter sections the hints point at (headings without their numbers).
+_BITS = "Numbers with fewer bits"
+_GPTQ = "Better rounding: GPTQ and AWQ"
+_GRID_HINT = ("Follow one group through the steps: its range (containing 0), the step size between the 2^bits codes, "
+              "the zero point, rounding, staying on the grid, and back to real values.")
 
 
 def _tensor_judge(expected: torch.Tensor, mistakes: dict[str, torch.Tensor] | None = None, atol: float = 1e-6,
@@ -123,8 +129,7 @@ def check_group_quantize(fn: Callable, *, raise_on_fail: bool = True, show: bool
                      "group_size consecutive inputs."] = _grouped_rtn(w, bits, g, along_rows=True)
         mistakes = {m: v for m, v in mistakes.items() if not torch.allclose(v, want)}
         cases.append(Case(name, (w.clone(), bits, g), judge=_tensor_judge(want, mistakes, atol=1e-9),
-                          hint="per group: s = (hi − lo)/(2^b − 1), z = round(−lo/s), q = clamp(round(w/s) + z, 0, "
-                               "2^b − 1), return s·(q − z)"))
+                          expected=want, hint=_GRID_HINT, section=_BITS))
     tie = torch.linspace(-1, 1, 16, dtype=torch.float64).repeat(2, 2)
     spec = QuantSpec(4, granularity="group", group_size=16)
     cases.append(Case("a row from −1 to 1 in 16 steps: the top value rounds one code past the grid",
@@ -132,12 +137,15 @@ def check_group_quantize(fn: Callable, *, raise_on_fail: bool = True, show: bool
                       judge=_tensor_judge(fake_quantize(tie, spec), {
                           "Values fall outside the grid: clamp the codes to [0, 2^bits − 1] after adding the zero "
                           "point.": _grouped_rtn(tie, 4, 16, clamp=False)}, atol=1e-9),
-                      hint="here z = round(7.5) = 8 and 1/s = 7.5 rounds to 8: without the clamp the code is 16"))
+                      expected=fake_quantize(tie, spec), section=_BITS,
+                      hint="Work out the zero point and the code of the top value by hand: can a code leave the "
+                           "range 0 … 2^bits − 1?"))
     zeros = torch.zeros(3, 32, dtype=torch.float64)
     zeros[0, :16] = torch.linspace(-1, 0.5, 16, dtype=torch.float64)
     cases.append(Case("a group of zeros (max − min = 0) must not produce NaN", (zeros.clone(), 4, 16),
-                      judge=_tensor_judge(fake_quantize(zeros, spec)),
-                      hint="when max − min is 0, use scale 1 (any value works: every code maps back to 0)"))
+                      judge=_tensor_judge(fake_quantize(zeros, spec)), expected=fake_quantize(zeros, spec),
+                      section=_BITS,
+                      hint="What is the scale of a group whose range is 0, and what happens when you divide by it?"))
     w = _lab_weights(5, (4, 64))
     want = fake_quantize(w, QuantSpec(4, granularity="group", group_size=16))
 
@@ -149,13 +157,15 @@ def check_group_quantize(fn: Callable, *, raise_on_fail: bool = True, show: bool
         err = (result.double() - w).abs().reshape(4, 4, 16)
         return None if bool((err <= step[..., None] / 2 + 1e-12).all()) else "an error exceeds half a step"
 
-    cases.append(Case("every error is at most half a step", (w.clone(), 4, 16), judge=judge_bound,
-                      hint="with round-to-nearest, |w − ŵ| ≤ s/2 inside the range"))
+    cases.append(Case("every error is at most half a step", (w.clone(), 4, 16), judge=judge_bound, expected=want,
+                      section=_BITS, hint="Round to the nearest code: no weight inside the range is further than "
+                                          "half a step from its dequantized value."))
 
     cases.append(Case("group_size 24 does not divide 64 inputs: raise ValueError",
                       (_lab_weights(6, (4, 64)), 4, 24), {"_expect_error": True},
                       judge=lambda r: None if r == "raised ValueError" else f"expected a ValueError, but it {r}",
-                      hint="check w.shape[-1] % group_size == 0 and raise ValueError with a clear message"))
+                      expected="a ValueError", show_result=lambda r: r, section=_BITS,
+                      hint="Check the arguments before quantizing: the groups must tile each row exactly."))
 
     def call(w, bits, group_size, _expect_error=False):
         if not _expect_error:
@@ -235,17 +245,24 @@ def check_gptq_columns(fn: Callable, *, raise_on_fail: bool = True, show: bool =
         }
         mistakes = {m: v for m, v in mistakes.items() if not torch.allclose(v, want)}
         cases.append(Case(name, (w.clone(), u.clone(), quant), judge=_tensor_judge(want, mistakes, atol=1e-9),
-                          hint="for j in range(cols): q = quantize_column(W[:, j]); Q[:, j] = q; "
-                               "err = (W[:, j] − q) / U[j, j]; W[:, j:] −= err[:, None] · U[j, j:][None, :]"))
-    w, u, quant, _ = _gptq_problem(3, 8, 16, 4)
+                          expected=want, section=_GPTQ,
+                          hint="Compare your loop with GPTQ's update step by step: which error is scaled by what, "
+                               "and which columns receive it?"))
+    w, u, quant, want = _gptq_problem(3, 8, 16, 4)
     w_before = w.clone()
 
-    def judge_no_mutation(result, w=w, w_before=w_before):
-        return None if torch.equal(w, w_before) else (
-            "your function modified the caller's W in place: work on a copy (W = W.clone())")
+    def judge_no_mutation(result, w=w, w_before=w_before, want=want):
+        if not torch.equal(w, w_before):
+            return "your function modified the caller's W in place: work on a copy (W = W.clone())"
+        return _tensor_judge(want, atol=1e-9)(result)
 
-    cases.append(Case("the caller's W is left unchanged", (w, u, quant), judge=judge_no_mutation,
-                      hint="start with W = W.clone()"))
+    def show_mutation(result, w=w, w_before=w_before) -> str:
+        return "W changed in place" if not torch.equal(w, w_before) else f"W unchanged; returned {describe(result)}"
+
+    cases.append(Case("the caller's W is left unchanged (and the result is right)", (w, u, quant),
+                      judge=judge_no_mutation, expected="W as it was before the call, and GPTQ's result",
+                      show_result=show_mutation, section=_GPTQ,
+                      hint="Your loop updates W as it goes: whose tensor is it updating?"))
     return run_cases(fn, cases, "Lab 3.2 gptq_columns()", raise_on_fail=raise_on_fail, show=show)
 
 

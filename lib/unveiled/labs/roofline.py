@@ -16,6 +16,7 @@ hint. Introduced in Chapter 1.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -31,13 +32,18 @@ __all__ = ["CHECKS", "check_attainable", "check_critical_tokens", "check_matmul_
 A6000 = (768e9, 154.8385e12)
 H100 = (3.35e12, 989.4e12)
 
+# The chapter sections the hints point at (headings without their numbers).
+_OPERATION = "An operation on a device: load, compute, store"
+_ROOFLINE = "The roofline"
+_TOUR = "A tour of today's hardware"
+
 
 def _device(bandwidth: float, peak: float) -> Device:
     return Device(name="lab-device", bandwidth=bandwidth, peaks={"fp16": peak})
 
 
 def _judge(expected, mistakes: dict[str, object] | None = None, rtol: float = 1e-6) -> Callable[[object], str | None]:
-    """Accept ``expected``; when the result matches a known mistake, say which one."""
+    """Accept ``expected``; when the result matches a known mistake, say which one (else how far off it is)."""
     base = close_enough(expected, rtol=rtol)
 
     def judge(result):
@@ -48,10 +54,21 @@ def _judge(expected, mistakes: dict[str, object] | None = None, rtol: float = 1e
         matches = [message for message, wrong in (mistakes or {}).items()
                    if close_enough(wrong, rtol=1e-6)(result) is None]
         if matches:
-            return f"{problem}. " + " Or: ".join(matches)
-        return problem
+            return " Or: ".join(matches)
+        return _off_by(result, expected) or problem
 
     return judge
+
+
+def _off_by(result, expected) -> str | None:
+    """'wrong by a factor 8.0' for a scalar answer, which often tells which quantity is off."""
+    try:
+        got, want = float(np.asarray(result, dtype=float)), float(expected)
+    except (TypeError, ValueError):
+        return None
+    if want == 0 or got == 0 or not math.isfinite(got):
+        return "wrong value"
+    return f"wrong by a factor {got / want:.4g} (your value ÷ the expected one)"
 
 
 def _explained(fn: Callable, known: dict[type, dict[str, str]]) -> Callable:
@@ -59,6 +76,7 @@ def _explained(fn: Callable, known: dict[type, dict[str, str]]) -> Callable:
     if not callable(fn):
         return fn  # run_cases reports it
 
+    @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
@@ -93,12 +111,14 @@ def check_attainable(fn: Callable, *, raise_on_fail: bool = True, show: bool = T
             "Off by 1e9: keep SI units (bandwidth in bytes/s, not GB/s).": min(peak, bw / 1e9 * i),
         }
         mistakes = {m: v for m, v in mistakes.items() if not math.isclose(v, want, rel_tol=1e-9)}
-        cases.append(Case(name, (i, bw, peak), judge=_judge(want, mistakes),
-                          hint="attainable = min(peak, bandwidth * intensity)"))
+        cases.append(Case(name, (i, bw, peak), judge=_judge(want, mistakes), expected=want,
+                          hint="Which roof is lower at this intensity, the slanted memory roof or the flat compute "
+                               "roof? Performance can never exceed either.", section=_ROOFLINE))
     arr = np.array([0.5, 10.0, 200.0, 5000.0])
-    cases.append(Case("an array of intensities", (arr, A6000[0], A6000[1]),
-                      judge=_judge(attainable_performance(arr, _device(*A6000))),
-                      hint="use np.minimum (elementwise), not Python's min(), so arrays work too"))
+    want = attainable_performance(arr, _device(*A6000))
+    cases.append(Case("an array of intensities", (arr, A6000[0], A6000[1]), judge=_judge(want), expected=want,
+                      hint="Python's min() and max() compare whole arrays; NumPy has elementwise versions.",
+                      section=_ROOFLINE))
     return run_cases(fn, cases, "Lab 1.1 attainable()", raise_on_fail=raise_on_fail, show=show)
 
 
@@ -126,10 +146,12 @@ def check_op_time(fn: Callable, *, raise_on_fail: bool = True, show: bool = True
             "That is milliseconds: return seconds.": want * 1e3,
         }
         mistakes = {m: v for m, v in mistakes.items() if not math.isclose(v, want, rel_tol=1e-9)}
-        hint = "time = max(flops / peak, nbytes / bandwidth)"
+        hint = ("An operation needs time to move its bytes and time to compute; with the phases overlapped, which "
+                "one sets its duration?")
         if f == 0:
-            hint += "; with no operations the intensity is 0, so compute the time without dividing by flops"
-        cases.append(Case(name, (f, q, bw, peak), judge=_judge(want, mistakes), hint=hint))
+            hint = "With no operations the intensity is 0: compute the time without dividing by flops."
+        cases.append(Case(name, (f, q, bw, peak), judge=_judge(want, mistakes), expected=want, hint=hint,
+                          section=_ROOFLINE))
     return run_cases(fn, cases, "Lab 1.2 op_time()", raise_on_fail=raise_on_fail, show=show)
 
 
@@ -154,8 +176,9 @@ def check_matmul_intensity(fn: Callable, *, raise_on_fail: bool = True, show: bo
             "Ignored bytes_per_element: multiply the element count by the bytes per element.": f / (q / b),
         }
         mistakes = {msg: v for msg, v in mistakes.items() if not math.isclose(v, want, rel_tol=1e-9)}
-        cases.append(Case(name, (m, k, n, b), judge=_judge(want, mistakes),
-                          hint="intensity = 2·m·k·n / ((m·k + k·n + m·n) · bytes_per_element)"))
+        cases.append(Case(name, (m, k, n, b), judge=_judge(want, mistakes), expected=want,
+                          hint="Count the operations of the product, then the bytes of every matrix that crosses "
+                               "the memory bus (inputs and output).", section=_OPERATION))
     return run_cases(fn, cases, "Lab 1.3 matmul_intensity()", raise_on_fail=raise_on_fail, show=show)
 
 
@@ -175,22 +198,23 @@ def check_critical_tokens(fn: Callable, *, raise_on_fail: bool = True, show: boo
         def judge(result, want=want, k=k, n=n, bw=bw, peak=peak, b=b):
             if want is None:
                 return None if result is None else (
-                    f"expected None (the intensity can never reach the ridge point {peak / bw:.1f}), got {result!r}"
-                )
+                    f"the intensity can never reach the ridge point {peak / bw:.1f} ops/byte here: return None")
             if isinstance(result, bool) or not isinstance(result, (int, np.integer)):
-                return f"expected an int (a number of tokens), got {type(result).__name__} {result!r}"
+                return f"return an int (a number of tokens), got {type(result).__name__}"
             if result == want:
                 return None
             if result == want - 1:
-                return f"expected {want}, got {result}: at m = {result} the matmul is still memory-bound (round up)"
+                return f"at m = {result} the matmul is still memory-bound (round up)"
             approx = math.ceil(peak / bw * b / 2)
             if result == approx:
-                return (f"expected {want}, got {result}: that is the large-layer approximation ridge·bytes/2; "
-                        f"solve with the exact intensity (it counts the activations too)")
-            return f"expected {want}, got {result}"
+                return ("that is the large-layer approximation ridge·bytes/2; solve with the exact intensity (it "
+                        "counts the activations too)")
+            return "not the smallest compute-bound number of tokens"
 
-        cases.append(Case(name, (k, n, bw, peak, b), judge=judge,
-                          hint="find the smallest m with 2mkn / ((mk + kn + mn)·b) >= peak / bandwidth"))
+        cases.append(Case(name, (k, n, bw, peak, b), judge=judge, expected=want,
+                          hint="The intensity I(m) grows with the number of tokens m towards a limit: compare that "
+                               "limit with the ridge point first, then find where I(m) crosses it.",
+                          section=_TOUR))
     return run_cases(fn, cases, "Lab 1.4 critical_tokens()", raise_on_fail=raise_on_fail, show=show)
 
 

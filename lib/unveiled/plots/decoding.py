@@ -1,10 +1,10 @@
-"""Charts and diagrams of Chapter 6 (decoding algorithms).
+"""Charts and diagrams of Chapter 7 (decoding algorithms).
 
 Altair charts for the measurements (verification time vs tokens, acceptance vs draft length, measured vs
 predicted speedup, MoE experts vs batch) and the static-page trade-off explorer; the survey's Figures 12
 (input-dependent dynamic networks) and 13 (parallel decoding methods) are drawn as SVG by
 :func:`figure12_svg` and :func:`figure13_svg`, optionally from real examples produced by the library.
-Data are aggregated and rounded before charting so the page stays small. Introduced in Chapter 6.
+Data are aggregated and rounded before charting so the page stays small. Introduced in Chapter 7.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def speedup_explorer_chart(verify: pd.DataFrame, title: str = "") -> alt.LayerCh
     """Static explorer of the speedup formula: sliders for the acceptance rate α and the draft/target cost
     ratio c, a dropdown for the device; the curve is ``S(k) = (1 − α^(k+1)) / ((1 − α)(k·c + v(k)))`` with
     the verification cost ``v(k)`` of that device from the analyzer. ``verify`` has ``device``, ``k``,
-    ``verify_ratio`` (one row per device and k). The best k is marked. Introduced in Chapter 6."""
+    ``verify_ratio`` (one row per device and k). The best k is marked. Introduced in Chapter 7."""
     d = _round(verify[["device", "k", "verify_ratio"]])
     devices = list(dict.fromkeys(d.device))
     alpha = alt.param(name="alpha", value=0.7, bind=alt.binding_range(min=0.05, max=0.95, step=0.05,
@@ -147,7 +147,7 @@ def speedup_explorer_chart(verify: pd.DataFrame, title: str = "") -> alt.LayerCh
 def moe_chart(table: pd.DataFrame, title: str = "") -> alt.HConcatChart:
     """Static explorer of an MoE decode step vs batch: experts touched per layer (left) and time per step
     (right) with a batch slider marking one batch and a dropdown for the device. ``table`` is
-    :func:`unveiled.decoding.moe_decode_table` for one or more devices. Introduced in Chapter 6."""
+    :func:`unveiled.decoding.moe_decode_table` for one or more devices. Introduced in Chapter 7."""
     d = table.assign(time_ms=table.time_s * 1e3, lb=np.log2(table.batch).astype(int))
     d = _round(d[["device", "batch", "lb", "experts_touched", "num_experts", "top_k", "time_ms"]])
     devices = list(dict.fromkeys(d.device))
@@ -231,7 +231,7 @@ def figure12_svg(exit_layer: int = 2, num_layers: int = 4, active_neurons: Seque
     block; (b) early exit stops after ``exit_layer`` blocks when the shared head is confident; (c) contextual
     sparsity computes only the neurons a predictor selects (``active_neurons``); (d) a mixture of experts
     routes the token to ``chosen`` of ``experts`` experts. Pass real values (e.g. an exit layer measured by
-    :func:`unveiled.decoding.early_exit_generate`) to draw an actual case. Introduced in Chapter 6."""
+    :func:`unveiled.decoding.early_exit_generate`) to draw an actual case. Introduced in Chapter 7."""
     if active_neurons is None:
         active_neurons = [True, False, False, True, False, True, False, False, True, False, False, False]
     w, hgt = 880, 330
@@ -295,7 +295,7 @@ def figure13_svg(draft: Sequence[str] = ("With", "my", "kids", "and"), accepted:
     in one pass; (c) Jacobi iteration — every position of a block is refined in parallel until a fixed point
     (``jacobi``: the iterates, one row each); (d) non-autoregressive decoding — all positions at once.
     Pass a real round (e.g. from :func:`unveiled.decoding.speculative_generate`) to draw it.
-    Introduced in Chapter 6."""
+    Introduced in Chapter 7."""
     if jacobi is None:
         jacobi = [["the", "the", "the", "the"], ["cat", "the", "on", "mat"], ["cat", "sat", "on", "the"],
                   ["cat", "sat", "on", "the"]]

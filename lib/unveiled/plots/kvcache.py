@@ -1,4 +1,4 @@
-"""Charts of the KV cache (Chapter 5): the memory wall, what a decode step reads, key outlier channels,
+"""Charts of the KV cache (Chapter 6): the memory wall, what a decode step reads, key outlier channels,
 perplexity versus KV bits, block size versus sequences served, eviction policies, and the static trade-off
 explorer.
 
@@ -55,7 +55,7 @@ def memory_wall_chart(wall: pd.DataFrame, capacities: dict[str, float], *, title
 
     ``wall`` comes from :func:`~unveiled.kvcache.memory_wall` (possibly several batches: a dropdown, working
     in the static page, picks one); ``capacities`` maps a device label to its memory in bytes. Log–log.
-    Introduced in Chapter 5.
+    Introduced in Chapter 6.
     """
     df = wall.assign(total_GB=wall.total_bytes / 1e9, kv_GB=wall.kv_bytes / 1e9, weights_GB=wall.weights_bytes / 1e9)
     df = _round(df[["model", "attention", "seq_len", "batch", "total_GB", "kv_GB", "weights_GB"]],
@@ -86,7 +86,7 @@ def decode_traffic_chart(traffic: pd.DataFrame, *, title: str = "", width: int =
     """Share of a decode step's bytes that are KV cache, and the step's time, versus context length.
 
     ``traffic`` comes from :func:`~unveiled.kvcache.decode_traffic` with a ``label`` column naming each
-    line (attention design and KV bits). Introduced in Chapter 5.
+    line (attention design and KV bits). Introduced in Chapter 6.
     """
     df = traffic.assign(kv_pct=100 * traffic.kv_share, time_ms=1e3 * traffic.time_s)
     df = _round(df[["label", "seq_len", "kv_pct", "time_ms"]], ["kv_pct", "time_ms"])
@@ -108,7 +108,7 @@ def key_outliers_chart(stats: pd.DataFrame, layer: int, *, title: str = "", widt
                        height: int = 130) -> alt.FacetChart:
     """Mean |key| and |value| per channel of one layer, one panel per key/value head and tensor.
 
-    ``stats`` comes from :func:`~unveiled.kvcache.key_channel_stats`. Introduced in Chapter 5.
+    ``stats`` comes from :func:`~unveiled.kvcache.key_channel_stats`. Introduced in Chapter 6.
     """
     df = stats[stats.layer == layer]
     long = pd.concat([
@@ -130,7 +130,7 @@ def key_outliers_chart(stats: pd.DataFrame, layer: int, *, title: str = "", widt
 def kv_quant_chart(sweep: pd.DataFrame, *, title: str = "", width: int = 420, height: int = 240) -> alt.LayerChart:
     """Perplexity versus KV bits, one line per quantization layout, the full-precision cache as a rule.
 
-    ``sweep`` is the cached table ``kvcache.experiments.smollm2_kv_quant``. Log y. Introduced in Chapter 5.
+    ``sweep`` is the cached table ``kvcache.experiments.smollm2_kv_quant``. Log y. Introduced in Chapter 6.
     """
     q = sweep[sweep.scheme != "full precision"]
     base_ppl = float(sweep.loc[sweep.scheme == "full precision", "perplexity"].iloc[0])
@@ -151,7 +151,7 @@ def kv_quant_chart(sweep: pd.DataFrame, *, title: str = "", width: int = 420, he
 def block_size_chart(sweep: pd.DataFrame, *, title: str = "", width: int = 380, height: int = 220) -> alt.LayerChart:
     """Sequences that fit versus paged block size, with the two contiguous layouts as labelled rules.
 
-    ``sweep`` comes from :func:`~unveiled.kvcache.block_size_sweep`. Introduced in Chapter 5.
+    ``sweep`` comes from :func:`~unveiled.kvcache.block_size_sweep`. Introduced in Chapter 6.
     """
     paged = sweep[sweep.layout == "paged"].assign(waste_pct=lambda d: 100 * d.waste_fraction)
     paged = _round(paged[["block_size", "sequences", "waste_pct"]], ["waste_pct"], 3)
@@ -173,7 +173,7 @@ def eviction_chart(curves: pd.DataFrame, *, title: str = "", width: int = 520, h
     """Smoothed per-token loss versus position, one line per cache policy (long text, fixed budget).
 
     ``curves`` has columns ``policy``, ``position`` and ``nll`` (already smoothed and thinned); ``limit``
-    draws a rule at the model's training context. Introduced in Chapter 5.
+    draws a rule at the model's training context. Introduced in Chapter 6.
     """
     df = _round(curves[["policy", "position", "nll"]], ["nll"], 3)
     order = list(dict.fromkeys(df.policy))
@@ -197,7 +197,7 @@ def explorer_chart(grid: pd.DataFrame, *, width: int = 265, height: int = 220) -
 
     ``grid`` comes from :func:`unveiled.explorers.kvcache.explorer_grid`; it is stored in the page with
     integer codes for model and device (names are restored in the browser) to keep the page light.
-    Introduced in Chapter 5.
+    Introduced in Chapter 6.
     """
     models = list(dict.fromkeys(grid.model))
     devices = list(dict.fromkeys(grid.device))

@@ -24,6 +24,7 @@ from torch import nn
 
 from .._validate import check_choice, check_int
 from ..models import Decoder, replace_linears
+from ..timing import Budget, time_repeats
 from .layers import _check_model
 from .uniform import QuantSpec, quantize
 
@@ -51,6 +52,16 @@ def int4_kernel_available() -> bool:
     )
 
 
+def _activation_name(kind: str) -> str:
+    return "fp32" if kind == "fp32" else "bf16"
+
+
+def _activation_dtype(activation: str) -> torch.dtype:
+    """The activation type a low-bit kernel computes with: "bf16" (the kernels' fast path) or "fp32"."""
+    check_choice("activation", activation, ("bf16", "fp32"))
+    return torch.bfloat16 if activation == "bf16" else torch.float32
+
+
 def _flat(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     return x.reshape(-1, x.shape[-1]).contiguous(), tuple(x.shape[:-1])
 
@@ -62,8 +73,9 @@ class Int8WeightOnlyLinear(nn.Module):
     Introduced in Chapter 3.
     """
 
-    def __init__(self, linear: nn.Linear, use_kernel: bool = True):
+    def __init__(self, linear: nn.Linear, use_kernel: bool = True, activation: str = "bf16"):
         super().__init__()
+        self.act_dtype = _activation_dtype(activation)
         qt = quantize(linear.weight.detach().float(), QuantSpec(8, symmetric=True, granularity="channel"))
         self.register_buffer("codes", qt.codes.to(torch.int8).contiguous())
         self.register_buffer("scales", qt.scale.reshape(-1).to(torch.bfloat16))
@@ -74,11 +86,11 @@ class Int8WeightOnlyLinear(nn.Module):
         return self.codes.to(dtype) * self.scales.to(dtype)[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2, lead = _flat(x.to(torch.bfloat16))
+        x2, lead = _flat(x.to(self.act_dtype))
         if self.use_kernel:
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.codes, self.scales)
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.codes, self.scales.to(self.act_dtype))
         else:
-            y = F.linear(x2, self.dequantized())
+            y = F.linear(x2, self.dequantized(self.act_dtype))
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
     @property
@@ -93,8 +105,9 @@ class Int4WeightOnlyLinear(nn.Module):
     convention ``x̂ = (q − 8)·s + offset`` with ``offset = (8 − z)·s``. Introduced in Chapter 3.
     """
 
-    def __init__(self, linear: nn.Linear, group_size: int = 64, use_kernel: bool = True):
+    def __init__(self, linear: nn.Linear, group_size: int = 64, use_kernel: bool = True, activation: str = "bf16"):
         super().__init__()
+        self.act_dtype = _activation_dtype(activation)
         group_size = check_choice("group_size", group_size, (32, 64, 128, 256))
         w = linear.weight.detach().float()
         n, k = w.shape
@@ -121,11 +134,12 @@ class Int4WeightOnlyLinear(nn.Module):
         return (self.codes.to(dtype) - 8) * s + o
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2, lead = _flat(x.to(torch.bfloat16))
+        x2, lead = _flat(x.to(self.act_dtype))
         if self.use_kernel:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scales_and_zeros)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size,
+                                                           self.scales_and_zeros.to(self.act_dtype))
         else:
-            y = F.linear(x2, self.dequantized())
+            y = F.linear(x2, self.dequantized(self.act_dtype))
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
     @property
@@ -156,16 +170,19 @@ def lowbit_model(model: Decoder, kind: str = "int8", *, group_size: int = 64, in
 
 @torch.inference_mode()
 def decode_speed(model: Decoder, prompt: Sequence[int] | torch.Tensor, new_tokens: int = 16, warmup: int = 2,
-                 batch: int = 1) -> dict[str, float]:
+                 batch: int = 1, budget_s: float | None = 20.0) -> dict[str, float]:
     """Greedy decoding with a KV cache, timed per step: median seconds per token and tokens/s.
 
     The prompt is prefilled once (not timed); each timed step runs one token per sequence through the model,
-    which is the memory-bound decode stage the roofline describes. Introduced in Chapter 3.
+    which is the memory-bound decode stage the roofline describes. Steps stop early when ``budget_s`` seconds
+    are spent (at least three are timed), so a format without a fast kernel on this CPU cannot stall a
+    chapter. ``steps`` says how many were timed. Introduced in Chapter 3.
     """
     model = _check_model(model)
     new_tokens = check_int("new_tokens", new_tokens)
     warmup = check_int("warmup", warmup, minimum=0)
     batch = check_int("batch", batch)
+    budget = Budget(budget_s)
     ids = prompt if isinstance(prompt, torch.Tensor) else torch.tensor(list(prompt), dtype=torch.long)
     ids = ids.reshape(1, -1).expand(batch, -1).contiguous()
     cache = model.new_cache()
@@ -178,18 +195,25 @@ def decode_speed(model: Decoder, prompt: Sequence[int] | torch.Tensor, new_token
         nxt = logits[:, -1].argmax(-1, keepdim=True)
         if step >= warmup:
             times.append(time.perf_counter() - t0)
+            if len(times) >= min(3, new_tokens) and budget.remaining() <= 0:
+                break
     med = statistics.median(times)
-    return {"time_per_token_s": med, "tokens_per_s": batch / med, "batch": batch, "context": ids.shape[1]}
+    return {"time_per_token_s": med, "tokens_per_s": batch / med, "batch": batch, "context": ids.shape[1],
+            "steps": len(times)}
 
 
 @torch.inference_mode()
 def gemv_benchmark(out_features: int = 4096, in_features: int = 4096, repeats: int = 20,
                    kinds: Sequence[str] = ("fp32", "bf16", "int8", "int4"), group_size: int = 128,
-                   seed: int = 0) -> pd.DataFrame:
+                   seed: int = 0, budget_s: float | None = 10.0,
+                   activations: Sequence[str] = ("bf16",)) -> pd.DataFrame:
     """Time one decode-time matrix–vector product ``[1, in] × [in, out]`` per weight format (median of repeats).
 
-    Columns: ``kind``, ``weight_bytes`` (what the kernel must read), ``time_s``, ``effective_GB_s``
-    (weight bytes / time) and ``speedup_vs_fp32``. Introduced in Chapter 3.
+    Each format gets an even share of ``budget_s`` (at most ``repeats`` repeats, at least three). The low-bit
+    kernels run once per activation type in ``activations`` ("bf16", their fast path, and/or "fp32"); the
+    ``activation`` column says which type the input is converted to. Columns: ``kind``, ``activation``, ``weight_bytes`` (what the kernel must read),
+    ``time_s``, ``repeats``, ``effective_GB_s`` (weight bytes / time) and ``speedup_vs_fp32``.
+    Introduced in Chapter 3.
     """
     out_features = check_int("out_features", out_features)
     in_features = check_int("in_features", in_features)
@@ -199,28 +223,33 @@ def gemv_benchmark(out_features: int = 4096, in_features: int = 4096, repeats: i
     with torch.no_grad():
         lin.weight.copy_(torch.randn(out_features, in_features, generator=gen) * 0.02)
     x = torch.randn(1, in_features, generator=gen)
-    rows = []
+    budget = Budget(budget_s)
+    runs = []  # (kind, activation)
     for kind in kinds:
         check_choice("kind", kind, ("fp32", "bf16", "int8", "int4"))
+        acts = [_activation_name(kind)] if kind in ("fp32", "bf16") else [check_choice("activation", a, ("bf16", "fp32"))
+                                                                          for a in activations]
+        runs += [(kind, a) for a in acts]
+    rows = []
+    for i, (kind, act) in enumerate(runs):
         if kind == "fp32":
-            mod, xin, nbytes = lin, x, 4 * lin.weight.numel()
+            mod, nbytes = lin, 4 * lin.weight.numel()
         elif kind == "bf16":
-            mod, xin, nbytes = copy.deepcopy(lin).to(torch.bfloat16), x.bfloat16(), 2 * lin.weight.numel()
+            mod, nbytes = copy.deepcopy(lin).to(torch.bfloat16), 2 * lin.weight.numel()
         elif kind == "int8":
-            mod, xin = Int8WeightOnlyLinear(lin), x.bfloat16()
+            mod = Int8WeightOnlyLinear(lin, activation=act)
             nbytes = mod.nbytes
         else:
-            mod, xin = Int4WeightOnlyLinear(lin, group_size), x.bfloat16()
+            mod = Int4WeightOnlyLinear(lin, group_size, activation=act)
             nbytes = mod.nbytes
-        for _ in range(3):
-            mod(xin)
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            mod(xin)
-            ts.append(time.perf_counter() - t0)
+        xin = x.to(_activation_dtype(act))
+        mod(xin)  # first call: kernel selection, packing caches
+        share = budget.share(len(runs) - i)
+        ts = time_repeats(lambda mod=mod, xin=xin: mod(xin), repeats, min_repeats=min(3, repeats),
+                          budget_s=None if share == float("inf") else max(share, 1e-9))
         t = statistics.median(ts)
-        rows.append({"kind": kind, "weight_bytes": nbytes, "time_s": t, "effective_GB_s": nbytes / t / 1e9})
+        rows.append({"kind": kind, "activation": act, "weight_bytes": nbytes, "time_s": t, "repeats": len(ts),
+                     "effective_GB_s": nbytes / t / 1e9})
     df = pd.DataFrame(rows)
     if "fp32" in set(df["kind"]):
         df["speedup_vs_fp32"] = float(df.loc[df["kind"] == "fp32", "time_s"].iloc[0]) / df["time_s"]
@@ -229,15 +258,16 @@ def gemv_benchmark(out_features: int = 4096, in_features: int = 4096, repeats: i
 
 def decode_speed_vs_roofline(model: Decoder, analyzer_model: str, device, prompt: Sequence[int] | torch.Tensor, *,
                              kinds: Sequence[str] = ("fp32", "bf16", "int8", "int4"), new_tokens: int = 12,
-                             group_size: int = 64, progress: bool = True) -> pd.DataFrame:
+                             group_size: int = 64, progress: bool = False,
+                             budget_s: float | None = 40.0) -> pd.DataFrame:
     """Measure greedy decode speed of ``model`` in each weight format and put the roofline's prediction beside it.
 
     ``"fp32"`` runs the model as is; ``"bf16"``, ``"int8"`` and ``"int4"`` run :func:`lowbit_model` copies
     (head included). The prediction is :func:`unveiled.analyze` for one decode step of ``analyzer_model`` on
     ``device`` (e.g. the measured ``uv.measure_machine().device``) with the same weight, head and activation
-    widths and a KV cache as long as the context. Columns: ``kind``, ``w_bits``, ``measured_s`` (median per
-    token), ``predicted_s``, ``measured_over_predicted``, ``speedup_vs_fp32`` (measured), ``predicted_speedup``.
-    Introduced in Chapter 3.
+    widths and a KV cache as long as the context. Each format's decode gets an even share of ``budget_s``.
+    Columns: ``kind``, ``w_bits``, ``measured_s`` (median per token), ``predicted_s``,
+    ``measured_over_predicted``, ``speedup_vs_fp32`` (measured), ``predicted_speedup``. Introduced in Chapter 3.
     """
     from ..analyzer import analyze
 
@@ -249,10 +279,12 @@ def decode_speed_vs_roofline(model: Decoder, analyzer_model: str, device, prompt
 
         it = tqdm(it, desc="decode speed", leave=False)
     context = len(prompt) + new_tokens // 2
-    for kind in it:
+    budget = Budget(budget_s)
+    for i, kind in enumerate(it):
         check_choice("kind", kind, tuple(bits))
         m = model if kind == "fp32" else lowbit_model(model, kind, group_size=group_size)
-        speed = decode_speed(m, prompt, new_tokens=new_tokens)
+        share = budget.share(len(kinds) - i)
+        speed = decode_speed(m, prompt, new_tokens=new_tokens, budget_s=None if share == float("inf") else max(share, 1e-9))
         w, a, g = bits[kind]
         pred = analyze(analyzer_model, device, stage="decode", batch=1, seq_len=context, w_bits=w, a_bits=a,
                        kv_bits=a, head_bits=w, group_size=g).time_s

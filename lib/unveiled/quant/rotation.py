@@ -154,7 +154,7 @@ def rotate_model(
     readers ``W Q``, writers ``Qᵀ W``, head ``W Q``) and, with ``online``, wraps ``o_proj`` and ``down_proj``
     in :class:`OnlineRotation` with their own Hadamard. Quantize the result with ``quantize_model`` (W4A4:
     4-bit weights and per-token 4-bit activations); the attention products and KV cache stay in floating
-    point here (Chapter 5 quantizes the cache). Introduced in Chapter 3.
+    point here (Chapter 6 quantizes the cache). Introduced in Chapter 3.
     """
     model = _check_model(model)
     out = model if inplace else copy.deepcopy(model)
