@@ -39,23 +39,27 @@ def test_correct_solutions_pass():
 @pytest.mark.parametrize(("wrong", "message"), [
     (lambda v: v.free_blocks >= v.blocks_needed and v.running < v.max_batch
      and (v.tokens_left > 0 if v.chunked else v.admitted_this_step == 0 or v.prompt_tokens <= v.tokens_left),
-     "keep reserve_blocks free"),
+     "the prompt fits only by using the reserve"),
     (lambda v: v.free_blocks - v.blocks_needed >= v.reserve_blocks
      and (v.tokens_left > 0 if v.chunked else v.admitted_this_step == 0 or v.prompt_tokens <= v.tokens_left),
-     "at most max_batch sequences"),
+     "the batch is full"),
     (lambda v: admit_ok(v) and (v.chunked or v.prompt_tokens <= v.tokens_left),
-     "admitted even if longer than the budget"),
+     "a lone prompt longer than the budget"),
     (lambda v: v.running < v.max_batch and v.free_blocks - v.blocks_needed >= v.reserve_blocks,
-     "must fit the tokens left in the step"),
-    (lambda v: admit_ok(v) and not v.chunked, "takes whatever budget is left"),
+     "whole prompt overflows the budget"),
+    (lambda v: admit_ok(v) and not v.chunked, "chunked: some budget left"),
 ])
 def test_admission_mistakes_fail_with_a_hint(wrong, message):
     report = lab.check_can_admit(wrong, raise_on_fail=False, show=False)
     assert not report.passed
-    assert message in str(report)
-    # the failing scheduler cases say which request differs, what was expected and what was obtained
-    text = str(report)
-    assert "FAIL" in text and "expected" in text
+    failing = {r.name for r in report.results if not r.passed}
+    assert any(name.startswith(message) for name in failing), failing
+    if message in ("the prompt fits only by using the reserve", "the batch is full", "whole prompt overflows the budget"):
+        assert any(name.startswith("scheduler with your rule") for name in failing), failing  # it shows at scale
+    # the failing cases say the input, what was expected, what was obtained and where to look
+    for r in report.results:
+        if not r.passed:
+            assert r.expected and r.got and r.input and "Re-read" in r.pointer()
 
 
 def test_admission_that_overfills_the_pool_is_reported():

@@ -24,7 +24,7 @@ from ..serving.metrics import request_metrics, summarize
 from ..serving.scheduler import AdmissionView, can_admit
 from ..serving.simulator import simulate
 from ..serving.workload import exponential_lengths, poisson_workload, uniform_lengths
-from . import Case, LabReport, run_cases
+from . import Case, LabReport, describe, run_cases
 
 __all__ = ["CHECKS", "check_can_admit", "check_request_metrics"]
 
@@ -46,30 +46,35 @@ def _bool_judge(want: bool) -> Callable:
     return judge
 
 
+_BATCH = "Static versus continuous batching"
+_CHUNK = "Prefill–decode interference and chunked prefill"
+_MEMORY = "Memory is the admission limit: paging, preemption, prefix sharing"
+
+#: (name, fields that differ from the base view, the right answer, hint, section).
 _UNIT_CASES = [
-    ("room everywhere: admit", dict(), True, ""),
+    ("room everywhere", dict(), True, "which limit would stop this request? None of them.", _BATCH),
     ("the batch is full (running == max_batch)", dict(running=8), False,
-     "a step carries at most max_batch sequences (§9.2)."),
+     "how many sequences may one step carry?", _BATCH),
     ("the prompt fits only by using the reserve", dict(free_blocks=14, blocks_needed=13, reserve_blocks=2), False,
-     "keep reserve_blocks free after the prompt's blocks, for running requests to grow into (§9.4)."),
+     "what must still be free after the prompt's blocks are taken, and why?", _MEMORY),
     ("the prompt fits with the reserve kept", dict(free_blocks=15, blocks_needed=13, reserve_blocks=2), True,
-     "free_blocks - blocks_needed may equal reserve_blocks (§9.4)."),
+     "is keeping exactly reserve_blocks free enough?", _MEMORY),
     ("whole prompt overflows the budget, others admitted", dict(tokens_left=150, admitted_this_step=1), False,
-     "without chunking a prompt is prefilled whole: it must fit the tokens left in the step (§9.3)."),
+     "without chunks, how much of a prompt runs in the step it is admitted in?", _CHUNK),
     ("a lone prompt longer than the budget", dict(tokens_left=150, admitted_this_step=0), True,
-     "the first prompt of a step is admitted even if longer than the budget, or it would never run (§9.3)."),
+     "if the first prompt of a step were refused for its length, when would it ever run?", _CHUNK),
     ("chunked: some budget left", dict(tokens_left=40, admitted_this_step=2, chunked=True), True,
-     "with chunked prefill a prompt takes whatever budget is left and continues in later steps (§9.3)."),
+     "with chunked prefill, how much of the prompt must fit in this step?", _CHUNK),
     ("chunked: no budget left", dict(tokens_left=0, admitted_this_step=2, chunked=True), False,
-     "a chunk needs at least one token of budget (§9.3)."),
+     "how many tokens would this request's first chunk get?", _CHUNK),
     ("chunked: but no memory", dict(tokens_left=100, chunked=True, free_blocks=5), False,
-     "chunked prefill still allocates the whole prompt's blocks at admission (§9.4)."),
+     "when does a chunked request take its KV blocks: per chunk or at admission?", _MEMORY),
 ]
 
 
 def _run(admission, policy: str, workload, num_blocks: int | None, budget: int | None):
     return simulate(_MODEL, _DEVICE, workload, policy, cost=_cost(), num_blocks=num_blocks,
-                    max_batched_tokens=budget, max_batch=32, admission=admission).requests
+                    max_batched_tokens=budget, max_batch=12, admission=admission).requests
 
 
 _COST: list = []
@@ -94,6 +99,8 @@ def _same_schedule(ref: pd.DataFrame) -> Callable:
     def judge(got) -> str | None:
         if isinstance(got, str):
             return got
+        if not isinstance(got, pd.DataFrame):
+            return f"the run did not produce a request table (got {type(got).__name__})"
         for col in ("admitted_s", "finish_s"):
             a, b = got[col].to_numpy(), ref[col].to_numpy()
             bad = np.flatnonzero(~np.isclose(a, b, rtol=1e-12, atol=0))
@@ -106,10 +113,20 @@ def _same_schedule(ref: pd.DataFrame) -> Callable:
     return judge
 
 
+def _schedule_summary(r) -> str:
+    if isinstance(r, pd.DataFrame):
+        return (f"{len(r)} requests, first admission of the last one at {r.admitted_s.iloc[-1]:.6g} s, "
+                f"last finish at {r.finish_s.max():.6g} s")
+    return describe(r)
+
+
 def check_can_admit(fn: Callable[[AdmissionView], bool], raise_on_fail: bool = True, show: bool = True) -> LabReport:
     """Lab 9.1: check an admission rule ``fn(view) -> bool`` on hand-made situations, then inside the scheduler on
     seeded workloads against :func:`unveiled.serving.can_admit`. Introduced in Chapter 9."""
-    cases = [Case(name, (_view(**kw),), judge=_bool_judge(want), hint=hint) for name, kw, want, hint in _UNIT_CASES]
+    if not callable(fn):
+        raise TypeError(f"pass your function itself (check_can_admit(can_admit)), got {type(fn).__name__}")
+    cases = [Case(name, (_view(**kw),), judge=_bool_judge(want), expected=want, hint=hint, section=section)
+             for name, kw, want, hint, section in _UNIT_CASES]
 
     def served(policy, workload, num_blocks, budget):
         try:
@@ -120,15 +137,18 @@ def check_can_admit(fn: Callable[[AdmissionView], bool], raise_on_fail: bool = T
     for name, policy, wl, blocks, budget in _scenarios():
         ref = _run(can_admit, policy, wl, blocks, budget)
         cases.append(Case(f"scheduler with your rule: {name}", (policy, wl, blocks, budget), judge=_same_schedule(ref),
-                          hint="the hand-made cases above say which rule differs (§9.2–9.4)."))
+                          expected=_schedule_summary(ref), show_result=_schedule_summary,
+                          input=f"{len(wl)} seeded requests, {policy} batching, "
+                                f"{'the default pool' if blocks is None else f'{blocks} KV blocks'}, "
+                                f"{'no token budget' if budget is None else f'a budget of {budget} tokens'}",
+                          hint="the hand-made cases above say which rule differs; fix those first.",
+                          section=_CHUNK if policy == "chunked" else (_MEMORY if blocks else _BATCH)))
 
     def call(*args):
         if len(args) == 1:
             return fn(*args)
         return served(*args)
 
-    if not callable(fn):
-        raise TypeError(f"pass your function itself (check_can_admit(can_admit)), got {type(fn).__name__}")
     return run_cases(call, cases, "Lab 9.1: the admission step", raise_on_fail=raise_on_fail, show=show)
 
 
@@ -200,9 +220,13 @@ def check_request_metrics(fn: Callable, raise_on_fail: bool = True, show: bool =
                     return f"{key}: expected {float(want[key]):.6g}, got {value:.6g}"
             return None
 
+        expected = {k: float(want[k]) for k in ("ttft_p50_s", "tpot_p50_s", "goodput_rps")}
         cases.append(Case(f"{name} (TTFT target {ttft_slo_s:.3g} s, TPOT target {1e3 * tpot_slo_s:.3g} ms)",
-                          (raw.copy(), ttft_slo_s, tpot_slo_s), judge=judge,
-                          hint="see the definitions in §9.2 (TTFT, TPOT, goodput)."))
+                          (raw.copy(), ttft_slo_s, tpot_slo_s), judge=judge, expected=expected,
+                          input=f"a request table of {len(raw)} requests, ttft_slo_s={ttft_slo_s:.4g}, "
+                                f"tpot_slo_s={tpot_slo_s:.4g}",
+                          hint="which event starts each clock, and how many gaps does an answer of n tokens have?",
+                          section=_BATCH))
     return run_cases(fn, cases, "Lab 9.2: TTFT, TPOT and goodput", raise_on_fail=raise_on_fail, show=show)
 
 
