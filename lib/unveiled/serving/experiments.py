@@ -296,7 +296,8 @@ def rate_point(m: str, device: str, policy: str, rate: float, n: int = SWEEP_REQ
     s = res.summary(SWEEP_TTFT_SLO_S, SWEEP_TPOT_SLO_S)
     return {"model": m, "device": device, "policy": policy, "rate_rps": rate, "requests": n,
             "output_tokens_per_s": s.output_tokens_per_s, "ttft_p50_s": s.ttft_p50_s, "ttft_p99_s": s.ttft_p99_s,
-            "tpot_p50_s": s.tpot_p50_s, "tpot_p99_s": s.tpot_p99_s, "latency_p50_s": s.latency_p50_s,
+            "tpot_p50_s": s.tpot_p50_s, "tpot_p99_s": s.tpot_p99_s, "stall_p99_s": s.stall_p99_s,
+            "latency_p50_s": s.latency_p50_s,
             "goodput_rps": s.goodput_rps, "slo_attainment": s.slo_attainment, "kv_peak_fraction": s.kv_peak_fraction,
             "kv_mean_fraction": s.kv_mean_fraction, "preemptions": int(s.preemptions), "batch_mean": s.batch_mean,
             "step_max_s": s.step_max_s, "kv_blocks": res.config.num_blocks}

@@ -43,7 +43,8 @@ def memory_timeline(steps: pd.DataFrame, num_blocks: int, block_bytes: float) ->
 def summarize(requests: pd.DataFrame, steps: pd.DataFrame, ttft_slo_s: float | None = None,
               tpot_slo_s: float | None = None, num_blocks: int | None = None,
               block_bytes: float | None = None) -> pd.Series:
-    """One run's numbers: TTFT/TPOT/latency percentiles (p50, p90, p99), output and request throughput over the
+    """One run's numbers: TTFT/TPOT/latency percentiles (p50, p90, p99) and those of each request's worst gap
+    between two tokens (``stall_*``, when the table has ``max_gap_s``), output and request throughput over the
     run (first arrival to last finish), goodput (requests per second meeting ``ttft_slo_s`` and
     ``tpot_slo_s``; all requests when no target is given) and SLO attainment, preemptions, step statistics and
     KV memory (peak and time-weighted mean share of the pool). Introduced in Chapter 9."""
@@ -53,7 +54,11 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame, ttft_slo_s: float | N
     out["request_throughput"] = len(r) / span
     out["output_tokens_per_s"] = float(r["output_len"].sum()) / span
     out["total_tokens_per_s"] = float((r["output_len"] + r["prompt_len"]).sum()) / span
-    for col in ("ttft", "tpot", "latency"):
+    if "max_gap_s" in r:
+        r = r.assign(stall_s=r["max_gap_s"].where(r["output_len"] > 1))
+    for col in ("ttft", "tpot", "latency", "stall"):
+        if f"{col}_s" not in r:
+            continue
         values = r[f"{col}_s"].dropna().to_numpy()
         for p in _PCTS:
             out[f"{col}_p{p}_s"] = float(np.percentile(values, p)) if len(values) else float("nan")

@@ -109,6 +109,8 @@ class Request:
         "finish_s",
         "first_token_s",
         "generated",
+        "last_token_s",
+        "max_gap_s",
         "mlen",
         "order",
         "output",
@@ -130,7 +132,8 @@ class Request:
         self.generated = self.ctx = self.mlen = self.cap = 0
         self.target = prompt
         self.state = "new"
-        self.admitted_s = self.first_token_s = self.finish_s = math.nan
+        self.admitted_s = self.first_token_s = self.finish_s = self.last_token_s = math.nan
+        self.max_gap_s = 0.0
         self.preemptions = self.swaps = self.cached_tokens = self.recomputed_tokens = 0
         self.order = -1
 
@@ -436,11 +439,18 @@ class Scheduler:
                 r.generated += 1
                 if r.generated == 1:
                     r.first_token_s = end
+                elif end - r.last_token_s > r.max_gap_s:  # a recomputed request resumes its stream
+                    r.max_gap_s = end - r.last_token_s
+                r.last_token_s = end
                 if r.generated >= r.output:
                     self._finish(r, end, finished)
         for r in step.decode:
             r.ctx += 1
             g = r.generated = r.generated + 1
+            gap = end - r.last_token_s
+            if gap > r.max_gap_s:
+                r.max_gap_s = gap
+            r.last_token_s = end
             if g >= r.output:
                 self._finish(r, end, finished)
         if finished:
@@ -464,7 +474,7 @@ STEP_COLUMNS = ("step", "start_s", "time_s", "end_s", "decode_seqs", "prefill_se
                 "kv_blocks_used", "host_blocks_used", "waiting",
                 "running", "swapped", "preempted", "swapped_blocks", "finished")
 REQUEST_COLUMNS = ("request_id", "arrival_s", "admitted_s", "first_token_s", "finish_s", "prompt_len", "output_len",
-                   "preemptions", "swaps", "cached_tokens", "recomputed_tokens")
+                   "max_gap_s", "preemptions", "swaps", "cached_tokens", "recomputed_tokens")
 
 
 def drive(scheduler: Scheduler, workload, execute) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -473,7 +483,8 @@ def drive(scheduler: Scheduler, workload, execute) -> tuple[pd.DataFrame, pd.Dat
     Requests join the queue when the clock passes their arrival; each step is planned by the scheduler and
     run by ``execute(step, now) -> seconds`` (a cost model in the simulator, the model itself in the real
     engine); when nothing can run the clock jumps to the next arrival. Returns the per-request and per-step
-    tables (columns :data:`REQUEST_COLUMNS` and :data:`STEP_COLUMNS`). Introduced in Chapter 9.
+    tables (columns :data:`REQUEST_COLUMNS` and :data:`STEP_COLUMNS`; ``max_gap_s`` is a request's longest wait
+    between two consecutive output tokens, its worst stall). Introduced in Chapter 9.
     """
     arrival = workload["arrival_s"].to_numpy(dtype=float)
     reqs = [Request(int(i), float(a), int(p), int(o), int(pi), int(pl)) for i, a, p, o, pi, pl in zip(
@@ -512,6 +523,6 @@ def drive(scheduler: Scheduler, workload, execute) -> tuple[pd.DataFrame, pd.Dat
         now += dt
     steps = pd.DataFrame(rows, columns=list(STEP_COLUMNS))
     requests = pd.DataFrame([(r.rid, r.arrival, r.admitted_s, r.first_token_s, r.finish_s, r.prompt, r.output,
-                              r.preemptions, r.swaps, r.cached_tokens, r.recomputed_tokens) for r in reqs],
+                              r.max_gap_s, r.preemptions, r.swaps, r.cached_tokens, r.recomputed_tokens) for r in reqs],
                             columns=list(REQUEST_COLUMNS))
     return requests, steps
