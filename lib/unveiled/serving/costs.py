@@ -4,8 +4,8 @@ A continuous-batching engine runs *iterations*: each step pushes some sequences'
 prompts' chunks (prefill) through the model at once [Yu et al. 2022; Agrawal et al. 2024]. Its cost has three
 parts. Every *token* in the step goes through the same linear layers, norms and activations, so those costs
 depend on the step's token count ``N`` (weights are read once per step, whatever ``N``). *Attention* depends on
-each sequence's own query tokens and context. The *head* (final norm and ``lm_head``) runs only on the rows that
-sample a token. :class:`RooflineStepCost` takes the first and last from :func:`unveiled.analyze` (per operator,
+each sequence's own query tokens and context. The *head* (``lm_head``) runs only on the rows that sample a token
+(the analyzer applies the final norm to every token, so it counts with the first part). :class:`RooflineStepCost` takes the first and last from :func:`unveiled.analyze` (per operator,
 at ``N`` tokens) and attention from the analyzer's :func:`~unveiled.analyzer.attention_cost`, with decode and
 prefill attention as two kernels (as engines run them); each operator's time is the roofline's
 ``max(flops / peak, bytes / bandwidth)``. For a uniform batch it equals :func:`unveiled.analyze` exactly; the
