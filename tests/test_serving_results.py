@@ -83,11 +83,11 @@ def test_rate_sweep_shapes(grid):
     """What Section 9.6 reads off the curves: with iteration-level scheduling throughput grows with the rate and
     saturates (the last rate adds under 10 %); static batching's capacity under the targets is never above
     continuous batching's, and continuous batching meets them at some rate on every device."""
-    top = max(sx.SWEEP_RATES)
+    rates = sorted(sx.SWEEP_RATES)
     saturated = 0
     for (m, d, p), g in grid.groupby(["model", "device", "policy"]):
-        if p == "static" or sx.slo_capacity(grid, m).loc[d, p] >= top:
-            continue  # static batching's throughput falls past its knee; some devices are not saturated at all
+        if p == "static" or sx.slo_capacity(grid, m).loc[d, p] >= rates[-3]:
+            continue  # static batching's throughput falls past its knee; the knee must lie well inside the sweep
         tput = g.sort_values("rate_rps").output_tokens_per_s.to_numpy()
         assert tput[-1] >= 0.97 * tput.max() and tput[-1] < 1.1 * tput[-2], (m, d, p)
         saturated += 1
