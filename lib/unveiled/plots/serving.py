@@ -2,8 +2,9 @@
 throughput against the arrival rate (a static explorer), the simulator against the real engine, and tensor
 parallelism.
 
-Every number drawn comes from :mod:`unveiled.serving`. Each chart has a title; panels are at most 340 px wide
-and stacked, so that they fit a phone as well as the page column. Policies keep one colour across the chapter.
+Every number drawn comes from :mod:`unveiled.serving`. Each chart has a title; panels are 280 px wide and
+stacked, legends below, so that they fit a phone as well as the page column. Policies keep one colour across
+the chapter.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ __all__ = [
 _SVG = {"embedOptions": {"renderer": "svg"}}
 #: One colour per scheduling policy.
 POLICY_COLORS: dict[str, str] = {"static": "#7f7f7f", "continuous": "#1f77b4", "chunked": "#ff7f0e"}
-_W = 330  # panel width: fits a 358 px phone column and two side by side fit the 720 px page
+_W = 280  # panel width: with its axis labels a panel fits a 358 px phone column
 
 
 def _round(df: pd.DataFrame, cols, digits: int = 4) -> pd.DataFrame:
@@ -131,7 +132,8 @@ def rate_explorer_chart(grid: pd.DataFrame, *, title: str = "") -> alt.VConcatCh
     base = alt.Chart(df).transform_filter(
         (alt.datum.m == p_model) & (alt.datum.d == p_device)
         & ((p_policy == "all") | (alt.datum.policy == p_policy)))
-    x = alt.X("rate:Q", title="arrival rate (requests/s)", scale=alt.Scale(type="log", domain=[rates[0], rates[-1]]))
+    x = alt.X("rate:Q", title="arrival rate (requests/s)",
+              scale=alt.Scale(type="log", domain=[rates[0], rates[-1]], nice=False))
     color = alt.Color("policy:N", scale=color_scale(POLICY_COLORS, policies), title="policy",
                       legend=alt.Legend(orient="bottom", direction="horizontal"))
     tip = ["policy:N", alt.Tooltip("rate:Q", title="rate (req/s)"),
@@ -161,7 +163,7 @@ def engine_comparison_chart(table: pd.DataFrame, *, title: str = "", tolerance: 
     Introduced in Chapter 9."""
     rows = []
     for r in table.itertuples(index=False):
-        run = f"{r.model}, {r.policy}" + ("" if r.setting == "default" else f" ({r.setting})")
+        run = f"{r.model} {r.policy}" + ("" if r.setting == "default" else f", {r.num_blocks} blocks")
         for metric, err in (("throughput", r.throughput_err), ("TPOT p50", r.tpot_err), ("TTFT p50", r.ttft_err)):
             rows.append({"run": run, "metric": metric, "ratio": round(1 + err, 4)})
     df = pd.DataFrame(rows)
@@ -170,10 +172,10 @@ def engine_comparison_chart(table: pd.DataFrame, *, title: str = "", tolerance: 
     one = alt.Chart(pd.DataFrame({"x": [1.0]})).mark_rule(color="#333").encode(x="x:Q")
     dots = alt.Chart(df).mark_point(filled=True, size=70).encode(
         x=alt.X("ratio:Q", title="simulated ÷ measured", scale=alt.Scale(zero=False)),
-        y=alt.Y("run:N", title=None),
+        y=alt.Y("run:N", title=None, sort=None, axis=alt.Axis(labelLimit=150)),
         color=alt.Color("metric:N", title=None, legend=alt.Legend(orient="bottom", direction="horizontal")),
         shape=alt.Shape("metric:N", title=None), tooltip=["run:N", "metric:N", "ratio:Q"])
-    return alt.layer(band, one, dots).properties(width=_W, height=alt.Step(26), title=title, usermeta=_SVG)
+    return alt.layer(band, one, dots).properties(width=180, height=alt.Step(26), title=title, usermeta=_SVG)
 
 
 def step_fit_chart(profile: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
@@ -195,19 +197,22 @@ def step_fit_chart(profile: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
 
 
 def tensor_parallel_chart(tp: pd.DataFrame, *, title: str = "") -> alt.Chart:
-    """Decode-step time against the number of GPUs, split into the shard's compute and the all-reduces, one
-    panel per link. ``tp`` is :func:`unveiled.serving.tensor_parallel_decode`'s table (a ``latency_us`` column,
-    if present, picks one line style per per-hop latency). Introduced in Chapter 9."""
+    """Decode-step time against the number of GPUs, one colour per assumed latency per all-reduce hop (a
+    ``latency_us`` column; 0 when absent), solid over the peer link (NVLink) and dashed over the host link (PCIe).
+    ``tp`` is :func:`unveiled.serving.tensor_parallel_decode`'s table. Introduced in Chapter 9."""
     df = tp.copy()
+    if "latency_us" not in df:
+        df["latency_us"] = 0
     df["link"] = df.interconnect
-    df = _round(df[["gpus", "link", "compute_ms", "allreduce_ms", "step_ms", "speedup"]
-                   + (["latency_us"] if "latency_us" in df else [])], ["compute_ms", "allreduce_ms", "step_ms", "speedup"])
-    enc = dict(x=alt.X("gpus:O", title="GPUs (tensor parallel)"),
-               y=alt.Y("step_ms:Q", title="decode step (ms)", scale=alt.Scale(type="log")),
-               color=alt.Color("link:N", title=None, legend=alt.Legend(orient="bottom", direction="vertical")),
-               tooltip=["link:N", "gpus:O", "compute_ms:Q", "allreduce_ms:Q", "step_ms:Q", "speedup:Q"])
-    if "latency_us" in df:
-        enc["strokeDash"] = alt.StrokeDash("latency_us:O", title="latency per hop (µs)")
-        enc["tooltip"] = [*enc["tooltip"], "latency_us:O"]
-    return alt.Chart(df).mark_line(point=True).encode(**enc).properties(
-        width=_W, height=220, title=title, usermeta=_SVG)
+    df["latency"] = df.latency_us.map(lambda v: f"{v:g} µs per hop")
+    df = _round(df[["gpus", "link", "latency", "compute_ms", "allreduce_ms", "step_ms", "speedup"]],
+                ["compute_ms", "allreduce_ms", "step_ms", "speedup"])
+    bottom = alt.Legend(orient="bottom", direction="vertical")
+    return alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("gpus:O", title="GPUs (tensor parallel)"),
+        y=alt.Y("step_ms:Q", title="decode step (ms)", scale=alt.Scale(type="log")),
+        color=alt.Color("latency:N", title="all-reduce latency", legend=bottom),
+        strokeDash=alt.StrokeDash("link:N", title="link (solid, dashed)",
+                                  legend=alt.Legend(orient="bottom", direction="vertical", symbolType="stroke")),
+        tooltip=["link:N", "latency:N", "gpus:O", "compute_ms:Q", "allreduce_ms:Q", "step_ms:Q", "speedup:Q"],
+    ).properties(width=_W, height=220, title=title, usermeta=_SVG)
