@@ -77,12 +77,12 @@ def main() -> None:
     print("generate (closed form, no per-token loop), llama-2-7b on the A6000, prompt 100 tokens:")
     times = {}
     for g in (1, 2, 128, 4096 - 100):
-        times[g] = median_time(lambda g=g: uv.generate("llama-2-7b", "a6000", prompt_len=100, gen_len=g))
+        times[g] = median_time(lambda g=g: uv.estimate_generation("llama-2-7b", "a6000", prompt_len=100, gen_len=g))
         print(f"  gen_len {g:5d}: {times[g] * 1e3:6.2f} ms")
     t0 = time.perf_counter()
     loop = sum(uv.analyze("llama-2-7b", "a6000", stage="decode", seq_len=L).time_s for L in range(101, 4096))
     t_tok = time.perf_counter() - t0
-    closed = uv.generate("llama-2-7b", "a6000", prompt_len=100, gen_len=4096 - 100).decode_s
+    closed = uv.estimate_generation("llama-2-7b", "a6000", prompt_len=100, gen_len=4096 - 100).decode_s
     print(f"  ratio gen_len 3996 / gen_len 2: {times[4096 - 100] / times[2]:.2f}")
     print(f"  a per-token loop of analyze (as LLM-Viewer does) for the same 3,995 decode steps: {t_tok:.2f} s, "
           f"{t_tok / times[4096 - 100]:.0f}x slower; same total decode time to {abs(loop / closed - 1):.1e}")

@@ -28,9 +28,14 @@ def exec_table() -> list[tuple[str, float, str]]:
     """(document, run time in s, status) for every executed notebook, read from the status page."""
     html = (SITE / "appendix" / "status.html").read_text()
     table = html[html.find("<tbody>"):html.find("</tbody>")]
-    rows = re.findall(r'<span class="doc">([^<]+)</span>.*?<td><p>[^<]*</p></td>\s*<td><p>[^<]*</p></td>\s*'
-                      r"<td><p>([0-9.]+)</p></td>\s*<td><p>([^<]*)</p></td>", table, flags=re.S)
-    return [(doc, float(t), status) for doc, t, status in rows]
+    rows = []
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, flags=re.S):
+        doc = re.search(r'<span class="doc">([^<]+)</span>', row)
+        cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td>(.*?)</td>", row, flags=re.S)]
+        times = [c for c in cells if re.fullmatch(r"[0-9.]+", c)]
+        if doc and times:  # columns: document, [modified, method,] run time, status
+            rows.append((doc.group(1), float(times[-1]), cells[-1]))
+    return rows
 
 
 def main() -> int:

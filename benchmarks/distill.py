@@ -24,29 +24,28 @@ def main() -> int:
     parser.add_argument("--no-live", action="store_true", help="skip timing the chapter's live rerun")
     args = parser.parse_args()
 
-    import torch
-
     from unveiled import distill, zoo
     from unveiled.environment import machine_description
+    from unveiled.threads import torch_threads
 
-    torch.set_num_threads(2)
-    teacher = zoo.load("M")
-    windows, _ = distill.tiny_data()
-    settings = replace(distill.TINY_BASE, batch_size=args.batch)
-    print(f"machine: {machine_description()}")
-    print(f"student S ({zoo.load('S').num_parameters():,} parameters) from teacher M "
-          f"({teacher.num_parameters():,}), batch {args.batch} × 128 characters, 2 threads")
-    costs = distill.step_costs(teacher, windows, settings, steps=args.steps, rounds=args.rounds)
-    print(costs.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    r = costs.set_index("mode").ratio_to_plain
-    print(f"cached / plain step: {r['cached top-k']:.2f} (goal: close to 1); live teacher / plain: "
-          f"{r['live teacher']:.2f}; cache build per batch / plain step: {r['teacher pass (cache build)']:.2f}")
-    if not args.no_live:
-        t0 = time.perf_counter()
-        live = distill.live_runs(progress=False)
-        print(f"chapter's live rerun (cache + two 60-step runs + evaluation): {time.perf_counter() - t0:.1f} s")
-        print(live.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    return 0
+    with torch_threads(2):
+        teacher = zoo.load("M")
+        windows, _ = distill.tiny_data()
+        settings = replace(distill.TINY_BASE, batch_size=args.batch)
+        print(f"machine: {machine_description()}")
+        print(f"student S ({zoo.load('S').num_parameters():,} parameters) from teacher M "
+              f"({teacher.num_parameters():,}), batch {args.batch} × 128 characters, 2 threads")
+        costs = distill.step_costs(teacher, windows, settings, steps=args.steps, rounds=args.rounds)
+        print(costs.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        r = costs.set_index("mode").ratio_to_plain
+        print(f"cached / plain step: {r['cached top-k']:.2f} (goal: close to 1); live teacher / plain: "
+              f"{r['live teacher']:.2f}; cache build per batch / plain step: {r['teacher pass (cache build)']:.2f}")
+        if not args.no_live:
+            t0 = time.perf_counter()
+            live = distill.live_runs(progress=False)
+            print(f"chapter's live rerun (cache + two 60-step runs + evaluation): {time.perf_counter() - t0:.1f} s")
+            print(live.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        return 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch
 from unveiled import kvcache
 from unveiled.environment import machine_description
 from unveiled.models import Decoder
+from unveiled.threads import torch_threads
 
 TARGET_RATIO = 1.5
 
@@ -57,34 +58,34 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = load(args.model)
-    prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(0))
-    caches = {
-        "contiguous": model.new_cache,
-        "paged (block 16)": lambda: kvcache.PagedKVCache(16),
-        "paged (block 1)": lambda: kvcache.PagedKVCache(1),
-        "KIVI 4-bit": lambda: kvcache.kivi_cache(4, group_size=32, residual=32),
-        "sinks + window (64)": lambda: kvcache.SinkWindowCache(64, num_sinks=4),
-        "H2O (64)": lambda: kvcache.HeavyHitterCache(64),
-    }
-    times: dict[str, list[float]] = {name: [] for name in caches}
-    decode_time(model, caches["contiguous"], prompt, 4)  # warm-up
-    for _ in range(args.repeats):
-        for name, make in caches.items():
-            times[name].append(decode_time(model, make, prompt, args.steps))
-    print(f"machine: {machine_description()}")
-    print(f"model {args.model} ({model.num_parameters():,} parameters), prompt {args.prompt} tokens, "
-          f"{args.steps} decode steps, median of {args.repeats} round-robin repeats, {args.threads} threads\n")
-    base = statistics.median(times["contiguous"])
-    print(f"{'cache':22s} {'ms/step':>9s} {'vs contiguous':>14s}")
-    for name, ts in times.items():
-        t = statistics.median(ts)
-        print(f"{name:22s} {t * 1e3:9.3f} {t / base:13.2f}x")
-    ratio = statistics.median(times["paged (block 16)"]) / base
-    ok = ratio <= TARGET_RATIO
-    print(f"\npaged (block 16) / contiguous = {ratio:.2f}x (target <= {TARGET_RATIO}x) -> {'OK' if ok else 'OVER'}")
-    return 0 if ok else 1
+    with torch_threads(args.threads):
+        model = load(args.model)
+        prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(0))
+        caches = {
+            "contiguous": model.new_cache,
+            "paged (block 16)": lambda: kvcache.PagedKVCache(16),
+            "paged (block 1)": lambda: kvcache.PagedKVCache(1),
+            "KIVI 4-bit": lambda: kvcache.kivi_cache(4, group_size=32, residual=32),
+            "sinks + window (64)": lambda: kvcache.SinkWindowCache(64, num_sinks=4),
+            "H2O (64)": lambda: kvcache.HeavyHitterCache(64),
+        }
+        times: dict[str, list[float]] = {name: [] for name in caches}
+        decode_time(model, caches["contiguous"], prompt, 4)  # warm-up
+        for _ in range(args.repeats):
+            for name, make in caches.items():
+                times[name].append(decode_time(model, make, prompt, args.steps))
+        print(f"machine: {machine_description()}")
+        print(f"model {args.model} ({model.num_parameters():,} parameters), prompt {args.prompt} tokens, "
+              f"{args.steps} decode steps, median of {args.repeats} round-robin repeats, {args.threads} threads\n")
+        base = statistics.median(times["contiguous"])
+        print(f"{'cache':22s} {'ms/step':>9s} {'vs contiguous':>14s}")
+        for name, ts in times.items():
+            t = statistics.median(ts)
+            print(f"{name:22s} {t * 1e3:9.3f} {t / base:13.2f}x")
+        ratio = statistics.median(times["paged (block 16)"]) / base
+        ok = ratio <= TARGET_RATIO
+        print(f"\npaged (block 16) / contiguous = {ratio:.2f}x (target <= {TARGET_RATIO}x) -> {'OK' if ok else 'OVER'}")
+        return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def main() -> None:
           + "; ".join(f"{d} peak {dev.peak(d) / 1e9:,.0f} GFLOP/s (ridge {dev.ridge_point(d):.1f} ops/byte)"
                       for d in dev.dtypes))
     for name, dtype in (("i9-13900k", "fp32"), ("a6000", "fp16"), ("h100-sxm", "bf16")):
-        ref = uv.hardware(name)
+        ref = uv.get_device(name)
         print(f"  vs {ref.display_name:<24} {dtype}: {ref.bandwidth / 1e9:7.1f} GB/s, "
               f"{ref.peak(dtype) / 1e12:8.1f} TFLOP/s, ridge {ref.ridge_point(dtype):6.1f}; "
               f"bandwidth ratio {ref.bandwidth / dev.bandwidth:6.1f}x")

@@ -30,40 +30,39 @@ def main() -> int:
                         help="torch threads (default 1, as the chapter: steadier on a shared machine)")
     args = parser.parse_args()
 
-    import torch
-
     from unveiled.decoding import compare_decoding, transpose_linears
     from unveiled.decoding.experiments import chat_prompt_ids, shakespeare_prompt_ids, smollm2_drafts
     from unveiled.environment import machine_description
     from unveiled.smollm2 import load_smollm2, smollm2_tokenizer
+    from unveiled.threads import torch_threads
 
-    torch.set_num_threads(args.threads)
-    target = load_smollm2(progress=False)
-    if args.layout == "transposed":
-        transpose_linears(target)  # same numbers; the CPU's thin-GEMM kernel streams [in, out] weights better
-    tok = smollm2_tokenizer()
-    prompt = shakespeare_prompt_ids(tok) if args.prompt == "shakespeare" else chat_prompt_ids(tok)
-    every = smollm2_drafts(target)
-    names = [n.strip() for n in args.drafts.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(every))
-    if unknown:
-        parser.error(f"unknown drafts {unknown}; choose from {sorted(every)}")
-    ks = tuple(int(k) for k in args.k.split(","))
-    print(f"machine: {machine_description()}")
-    print(f"target SmolLM2-135M (fp32, {args.layout} weights, {args.threads} thread(s)), prompt: {args.prompt} ({len(prompt)} tokens), "
-          f"{args.tokens} new tokens, greedy, best of {args.repeats} alternating runs")
-    df = compare_decoding(target, {n: every[n] for n in names}, prompt, max_new_tokens=args.tokens, ks=ks,
-                          repeats=args.repeats)
-    plain = df.plain_tokens_per_s.iloc[0]
-    print(f"plain decoding: {plain:.2f} tokens/s")
-    cols = ["draft", "k", "tokens_per_s", "speedup", "predicted_speedup", "identical", "acceptance_rate",
-            "tokens_per_pass", "cost_ratio", "verify_ratio"]
-    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    best = df.loc[df.speedup.idxmax()]
-    print(f"best: {best.draft}, k={best.k}: {best.tokens_per_s:.2f} vs {plain:.2f} tokens/s = {best.speedup:.2f}x "
-          f"(goal >= 1.5x; analytic model {best.predicted_speedup:.2f}x); identical greedy output: "
-          f"{bool(df.identical.all())}")
-    return 0 if bool(df.identical.all()) else 1
+    with torch_threads(args.threads):
+        target = load_smollm2(progress=False)
+        if args.layout == "transposed":
+            transpose_linears(target)  # same numbers; the CPU's thin-GEMM kernel streams [in, out] weights better
+        tok = smollm2_tokenizer()
+        prompt = shakespeare_prompt_ids(tok) if args.prompt == "shakespeare" else chat_prompt_ids(tok)
+        every = smollm2_drafts(target)
+        names = [n.strip() for n in args.drafts.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(every))
+        if unknown:
+            parser.error(f"unknown drafts {unknown}; choose from {sorted(every)}")
+        ks = tuple(int(k) for k in args.k.split(","))
+        print(f"machine: {machine_description()}")
+        print(f"target SmolLM2-135M (fp32, {args.layout} weights, {args.threads} thread(s)), prompt: {args.prompt} ({len(prompt)} tokens), "
+              f"{args.tokens} new tokens, greedy, best of {args.repeats} alternating runs")
+        df = compare_decoding(target, {n: every[n] for n in names}, prompt, max_new_tokens=args.tokens, ks=ks,
+                              repeats=args.repeats)
+        plain = df.plain_tokens_per_s.iloc[0]
+        print(f"plain decoding: {plain:.2f} tokens/s")
+        cols = ["draft", "k", "tokens_per_s", "speedup", "predicted_speedup", "identical", "acceptance_rate",
+                "tokens_per_pass", "cost_ratio", "verify_ratio"]
+        print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        best = df.loc[df.speedup.idxmax()]
+        print(f"best: {best.draft}, k={best.k}: {best.tokens_per_s:.2f} vs {plain:.2f} tokens/s = {best.speedup:.2f}x "
+              f"(goal >= 1.5x; analytic model {best.predicted_speedup:.2f}x); identical greedy output: "
+              f"{bool(df.identical.all())}")
+        return 0 if bool(df.identical.all()) else 1
 
 
 if __name__ == "__main__":

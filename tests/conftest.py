@@ -89,9 +89,7 @@ def built_site() -> pathlib.Path:
 def one_torch_thread():
     """Run a module's tests on one torch thread, as the cached experiments and tiny-model cards did: tiny models
     are fastest there, and on a shared 2-core machine two spinning OpenMP threads mostly wait on each other."""
-    import torch
+    from unveiled.threads import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield

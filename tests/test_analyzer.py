@@ -142,22 +142,22 @@ PUBLISHED_PARAMS = {  # totals published with the models (Hugging Face model car
 
 @pytest.mark.parametrize(("name", "params"), PUBLISHED_PARAMS.items())
 def test_param_count_matches_published_totals(name, params):
-    assert uv.model(name).param_count() == params
+    assert uv.model_spec(name).param_count() == params
 
 
 def test_active_params_of_moe_models():
-    assert uv.model("mixtral-8x7b").active_param_count() == pytest.approx(12.9e9, rel=0.01)
-    assert uv.model("deepseek-v3").active_param_count() == pytest.approx(37e9, rel=0.03)
-    assert uv.model("llama-2-7b").active_param_count() == uv.model("llama-2-7b").param_count()
+    assert uv.model_spec("mixtral-8x7b").active_param_count() == pytest.approx(12.9e9, rel=0.01)
+    assert uv.model_spec("deepseek-v3").active_param_count() == pytest.approx(37e9, rel=0.03)
+    assert uv.model_spec("llama-2-7b").active_param_count() == uv.model_spec("llama-2-7b").param_count()
 
 
 def test_kv_cache_sizes():
-    assert uv.model("llama-2-7b").kv_cache_bytes(1) == 524_288  # 2 · 32 layers · 4096 · 2 bytes
-    assert uv.model("llama-3-8b").kv_cache_bytes(1) == 131_072  # GQA: 8 KV heads
-    assert uv.model("deepseek-v3").kv_elements_per_token == 512 + 64  # MLA: latent + rotary key
-    m = uv.model("mistral-7b")
+    assert uv.model_spec("llama-2-7b").kv_cache_bytes(1) == 524_288  # 2 · 32 layers · 4096 · 2 bytes
+    assert uv.model_spec("llama-3-8b").kv_cache_bytes(1) == 131_072  # GQA: 8 KV heads
+    assert uv.model_spec("deepseek-v3").kv_elements_per_token == 512 + 64  # MLA: latent + rotary key
+    m = uv.model_spec("mistral-7b")
     assert m.kv_cache_bytes(10_000) == m.kv_cache_bytes(4096)  # sliding window of 4,096 tokens
-    assert uv.model("llama-2-7b").kv_cache_bytes(2048, batch=4, kv_bits=4) == 2048 * 4 * 524_288 / 4
+    assert uv.model_spec("llama-2-7b").kv_cache_bytes(2048, batch=4, kv_bits=4) == 2048 * 4 * 524_288 / 4
 
 
 # ---- exact convention: first principles --------------------------------------------------------------------
@@ -208,17 +208,36 @@ def test_causal_tiles_closed_form_matches_a_direct_count():
 
 
 def test_flash_tile_follows_shared_memory():
-    a6000 = uv.hardware("a6000")
+    a6000 = uv.get_device("a6000")
     assert flash_tile(a6000, 128) == 128
     assert flash_tile(a6000, 256) == 64
     assert flash_tile(None, 128) == 128
 
 
-def test_attention_cost_helper_matches_the_analyzer():
-    ops = uv.analyze("llama-3-8b", "a6000", stage="decode", seq_len=777, batch=3).ops.set_index("op")
-    got = attention_cost(3, 1, 777, 32, 8, 128)
+def test_attention_costs_from_first_principles_and_flop_counter():
+    # one decode step of Llama-3-8B attention (GQA: 32 query heads share 8 K/V heads), batch 3, 777 cached tokens
+    B, L, H, K, d, b = 3, 777, 32, 8, 128, 2
+    got = attention_cost(B, 1, L, H, K, d)
+    scores = B * H * L
+    assert got["qk_matmul"] == (2 * scores * d, b * (B * H * d + scores + B * K * L * d))  # Q, scores, K once
+    assert got["softmax"] == (5 * scores, b * 2 * scores)  # read and write the scores
+    assert got["sv_matmul"] == (2 * scores * d, b * (scores + B * K * L * d + B * H * d))  # scores, V, out
+    flash = attention_cost(B, 1, L, H, K, d, flash=True)["fused_attention"]
+    assert flash == (scores * (4 * d + 5), b * (2 * B * H * d + 2 * B * K * L * d))  # the scores never leave
+    # the matmul FLOPs match what PyTorch counts for the eager computation (repeat_kv does no arithmetic)
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q, k, v = torch.randn(B, H, 1, d), torch.randn(B, K, L, d), torch.randn(B, K, L, d)
+    with FlopCounterMode(display=False) as counter:
+        k_rep, v_rep = k.repeat_interleave(H // K, 1), v.repeat_interleave(H // K, 1)
+        (q @ k_rep.transpose(-1, -2)).softmax(-1) @ v_rep
+    assert counter.get_total_flops() == got["qk_matmul"][0] + got["sv_matmul"][0]
+    # and the analyzer charges exactly these per layer
+    ops = uv.analyze("llama-3-8b", "a6000", stage="decode", seq_len=L, batch=B).ops.set_index("op")
     for name in ("qk_matmul", "softmax", "sv_matmul"):
-        assert got[name] == (ops.loc[name, "flops"], ops.loc[name, "bytes"])
+        assert (ops.loc[name, "flops"], ops.loc[name, "bytes"]) == got[name]
+        assert ops.loc[name, "count"] == 32
 
 
 def test_moe_distinct_experts_formula_matches_simulation():
@@ -260,7 +279,7 @@ bits = st.sampled_from([1, 2, 4, 8, 16])
 def test_decode_reads_at_least_the_weights_and_the_kv_cache(name, batch, seq, w, kv, fa):
     a = uv.analyze(name, "a6000", stage="decode", batch=batch, seq_len=seq, w_bits=w, kv_bits=kv, flash_attention=fa,
                    check_context=False)
-    m = uv.model(name)
+    m = uv.model_spec(name)
     ops = a.ops
     weights = (ops["count"] * ops.weight_bytes).sum()
     kv_read = (ops["count"] * ops.kv_load_bytes).sum()
@@ -274,7 +293,7 @@ def test_decode_reads_at_least_the_weights_and_the_kv_cache(name, batch, seq, w,
 @given(name=st.sampled_from(ALL), stage=st.sampled_from(["prefill", "decode"]), batch=st.integers(1, 32),
        seq=st.integers(1, 1500), fa=st.booleans(), conv=st.sampled_from(["exact", "paper"]))
 def test_time_is_monotone_in_batch_and_sequence(name, stage, batch, seq, fa, conv):
-    if conv == "paper" and uv.model(name).is_mla:
+    if conv == "paper" and uv.model_spec(name).is_mla:
         return
     kw = dict(stage=stage, flash_attention=fa, conventions=conv, check_context=False)
     t = uv.analyze(name, "a6000", batch=batch, seq_len=seq, **kw).time_s
@@ -310,14 +329,14 @@ def test_totals_are_count_weighted_sums_of_the_table():
     assert a.bytes == pytest.approx((ops["count"] * ops.bytes).sum())
     assert a.time_s == pytest.approx(ops.total_time_s.sum())
     peak = np.where(ops.bound == "compute", ops.attainable_flop_s, np.inf)
-    assert np.allclose(ops.time_s, np.maximum(ops.flops / peak, ops.bytes / uv.hardware("a6000").bandwidth))
+    assert np.allclose(ops.time_s, np.maximum(ops.flops / peak, ops.bytes / uv.get_device("a6000").bandwidth))
     assert ops.time_share.sum() == pytest.approx(1.0)
 
 
 # ---- memory ------------------------------------------------------------------------------------------------
 def test_memory_footprint_exact():
     a = uv.analyze("llama-2-7b", "a6000", stage="decode", batch=4, seq_len=1000)
-    m = uv.model("llama-2-7b")
+    m = uv.model_spec("llama-2-7b")
     assert a.memory.weights == m.param_count() * 2
     assert a.memory.kv_cache == m.kv_cache_bytes(1000, 4)
     assert 0 < a.memory.activations < a.memory.kv_cache
@@ -350,7 +369,7 @@ def test_largest_batch_and_context_that_fit():
                                                   ("deepseek-v2-lite", False, "exact"), ("llama-2-13b", True, "paper")])
 def test_generate_closed_form_equals_the_per_token_sum(name, fa, conv):
     p, g = 3000, 1500
-    gen = uv.generate(name, "a6000", batch=3, prompt_len=p, gen_len=g, flash_attention=fa, conventions=conv,
+    gen = uv.estimate_generation(name, "a6000", batch=3, prompt_len=p, gen_len=g, flash_attention=fa, conventions=conv,
                       check_context=False)
     steps = range(p + 1, p + g) if conv == "exact" else range(p, p + g)
     loop = sum(uv.analyze(name, "a6000", stage="decode", batch=3, seq_len=L, flash_attention=fa, conventions=conv,
@@ -365,7 +384,7 @@ def test_generate_closed_form_equals_the_per_token_sum(name, fa, conv):
 
 
 def test_generate_single_token_is_the_prefill():
-    g = uv.generate("llama-2-7b", "a6000", prompt_len=100, gen_len=1)
+    g = uv.estimate_generation("llama-2-7b", "a6000", prompt_len=100, gen_len=1)
     assert g.decode_steps == 0 and g.decode_s == 0 and math.isnan(g.tpot_s)
     assert g.total_s == g.ttft_s
 
@@ -394,7 +413,7 @@ def test_sweep_paper_convention_matches_analyze():
 
 
 def test_compute_bound_batch_is_near_the_ridge_point():
-    hw = uv.hardware("a6000")
+    hw = uv.get_device("a6000")
     b = sv.compute_bound_batch("llama-2-7b", hw)
     assert hw.ridge_point("fp16") < b < 1.2 * hw.ridge_point("fp16")
     ops = uv.analyze("llama-2-7b", hw, stage="decode", batch=b, seq_len=1024).ops.set_index("op")
@@ -430,13 +449,13 @@ def test_tiny_llama_config_with_tied_embeddings(tmp_path):
 def test_every_shipped_config_analyzes():
     assert len(uv.model_names()) >= 20
     for name in uv.model_names():
-        m = uv.model(name)
+        m = uv.model_spec(name)
         a = uv.analyze(m, "h100-sxm", stage="decode", batch=2, seq_len=min(512, m.max_context))
         assert a.time_s > 0 and np.isfinite(a.ops[["flops", "bytes", "time_s"]].to_numpy()).all()
 
 
 def test_explicit_head_dim():
-    g = uv.model("gemma-7b")  # 16 heads of 256 = 4096, not the hidden size 3072
+    g = uv.model_spec("gemma-7b")  # 16 heads of 256 = 4096, not the hidden size 3072
     assert g.head_dim == 256 and g.attention_width == 4096
     ops = uv.analyze(g, "a6000", stage="prefill", seq_len=10).ops.set_index("op")
     assert ops.loc["q_proj", "flops"] == 2 * 10 * 3072 * 4096
@@ -445,7 +464,7 @@ def test_explicit_head_dim():
 # ---- bad input -------------------------------------------------------------------------------------------
 def test_unknown_names_suggest_close_matches():
     with pytest.raises(ValueError, match="llama-2-7b"):
-        uv.model("lama-2-7b")
+        uv.model_spec("lama-2-7b")
     with pytest.raises(ValueError, match="a6000"):
         uv.analyze("llama-2-7b", "a600")
     with pytest.raises(ValueError, match="llama"):
@@ -469,7 +488,7 @@ def test_bad_config_inputs():
     with pytest.raises(ValueError, match="num_key_value_heads"):
         uv.model_from_hf_config({**TINY, "num_key_value_heads": 3})
     with pytest.raises(TypeError):
-        uv.model(3.5)
+        uv.model_spec(3.5)
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
@@ -495,9 +514,9 @@ def test_bad_analyze_arguments(kwargs, error, match):
 
 def test_bad_generate_and_sweep_arguments():
     with pytest.raises(ValueError, match="context"):
-        uv.generate("llama-2-7b", "a6000", prompt_len=4000, gen_len=200)
+        uv.estimate_generation("llama-2-7b", "a6000", prompt_len=4000, gen_len=200)
     with pytest.raises(ValueError, match="gen_len"):
-        uv.generate("llama-2-7b", "a6000", gen_len=0)
+        uv.estimate_generation("llama-2-7b", "a6000", gen_len=0)
     with pytest.raises(ValueError, match="w_bits"):
         uv.sweep("llama-2-7b", "a6000", w_bits=[16, 7])
     with pytest.raises(ValueError, match="batch"):

@@ -59,7 +59,7 @@ def reference_op_flops(model, counts: dict[str, int], op: str, tokens_per_linear
 def check_matmul_flops(name: str, stage: str, batch: int, seq_len: int, logits: str = "all"):
     cfg = raw_config(name)
     model = RefDecoder(cfg)
-    spec = uv.model(name)
+    spec = uv.model_spec(name)
     if stage == "prefill":
         tokens = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
         counts = module_flops(model, tokens, logits=logits)
@@ -121,4 +121,4 @@ def test_decode_beyond_the_sliding_window_attends_to_the_window_only():
 @pytest.mark.parametrize("name", uv.model_names())
 def test_param_count_equals_reference_module_sizes(name):
     model = RefDecoder(raw_config(name))
-    assert uv.model(name).param_count() == sum(p.numel() for p in model.parameters())
+    assert uv.model_spec(name).param_count() == sum(p.numel() for p in model.parameters())

@@ -20,7 +20,7 @@ def test_operator_classes():
 
 
 def test_prediction_split_adds_up_to_the_analyzer_time():
-    dev = uv.hardware("i9-13900k")
+    dev = uv.get_device("i9-13900k")
     df = pd.DataFrame([{"model": "S", "stage": "decode", "batch": 1, "seq_len": 64},
                        {"model": "SmolLM2", "stage": "prefill", "batch": 2, "seq_len": 128}])
     out = cal.predict_scenarios(df, dev)
@@ -112,21 +112,16 @@ def test_shipped_campaign_has_provenance_and_a_useful_fit():
 
 
 def test_thread_clock_needs_one_thread():
-    import torch
+    from unveiled.threads import torch_threads
 
     m = Decoder(DecoderConfig(vocab_size=9, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
                               intermediate_size=16)).eval()
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        with pytest.raises(ValueError, match="set_num_threads"):
-            cal.measure_pass(m, "decode", 1, 8, clock="thread")
-        torch.set_num_threads(1)
+    with torch_threads(2), pytest.raises(ValueError, match="torch_threads"):
+        cal.measure_pass(m, "decode", 1, 8, clock="thread")
+    with torch_threads(1):
         assert cal.measure_pass(m, "decode", 1, 8, repeats=2, clock="thread")["measured_s"] > 0
         with pytest.raises(ValueError, match="clock must be one of"):
             cal.measure_pass(m, "decode", 1, 8, clock="cpu")
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_charts_of_the_appendix_build():

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import unveiled as uv
 from unveiled.decoding import (
     LayerSkipDraft,
     ModelDraft,
@@ -250,11 +251,57 @@ def test_verification_is_nearly_free_while_memory_bound():
     rel = df.set_index("tokens").relative_time
     assert rel[1] == 1.0 and rel[5] < 1.01 and rel[17] < 1.05
     assert rel[1024] > 3  # far past the ridge point the pass is compute-bound
-    # token-wise operators equal the analyzer's decode pass at batch 1 when T = 1 (attention for one query)
-    import unveiled as uv
 
-    a = uv.analyze("llama-2-7b", "a6000", stage="decode", batch=1, seq_len=1025)
-    assert df.time_s.iloc[0] == pytest.approx(a.time_s, rel=1e-9)
+
+@pytest.mark.parametrize("name", uv.model_names())
+def test_one_token_verification_is_the_analyzers_decode_step(name):
+    # the same pass, so the same numbers: MLA, sliding windows (Mistral past its 4k window) and MoE included
+    for context_len in (255, 8191):
+        for fa in (False, True):
+            v = verification_cost(name, "a6000", tokens=(1,), context_len=context_len, flash_attention=fa).iloc[0]
+            a = uv.analyze(name, "a6000", stage="decode", batch=1, seq_len=context_len + 1, flash_attention=fa,
+                           check_context=False)
+            assert (v.flops, v.bytes, v.time_s) == (a.flops, a.bytes, a.time_s), (name, context_len, fa)
+
+
+def test_verification_attention_follows_windows_and_causality():
+    # Mistral's window W = 4096: T new tokens at the end of a long cache read the last W + T - 1 keys
+    spec = uv.model_spec("mistral-7b")
+    W, T, L = spec.sliding_window, 8, 8192
+    a = uv.analyze(spec, "a6000", stage="decode", seq_len=L, new_tokens=T, flash_attention=True)
+    att = a.ops.set_index("op").loc["fused_attention"]
+    assert att.kv_load_bytes == spec.num_kv_heads * (W + T - 1) * 2 * spec.head_dim * 2
+    # without FlashAttention the score matrix of T queries × (W + T - 1) keys is materialised
+    eager = uv.analyze(spec, "a6000", stage="decode", seq_len=L, new_tokens=T).ops.set_index("op")
+    assert eager.loc["softmax", "flops"] == 5 * spec.num_heads * T * (W + T - 1)
+    # MLA: the absorbed decode attends over the latent cache with one shared "head" of width r + d_rope
+    ds = uv.model_spec("deepseek-v2-lite")
+    m = uv.analyze(ds, "a6000", stage="decode", seq_len=1000, new_tokens=T, flash_attention=True)
+    kv = m.ops.set_index("op").loc["fused_attention", "kv_load_bytes"]
+    assert kv == 1000 * (ds.kv_lora_rank + ds.qk_rope_head_dim) * 2
+    with pytest.raises(ValueError, match="needs stage='decode'"):
+        uv.analyze("llama-2-7b", "a6000", stage="prefill", new_tokens=2)
+    with pytest.raises(ValueError, match="only in conventions='exact'"):
+        uv.analyze("llama-2-7b", "a6000", stage="decode", new_tokens=2, conventions="paper")
+
+
+def test_suffix_tiles_match_a_direct_count():
+    from unveiled.analyzer.costs import _suffix_tiles
+
+    for q in (1, 2, 7, 64, 300):
+        for k in (q, q + 1, q + 1000):
+            for tile in (16, 128):
+                for window in (None, 5, 512):
+                    cols = elements = 0
+                    for start in range(0, q, tile):
+                        rows = range(k - q + start, k - q + min(start + tile, q))  # query positions
+                        keys = set()
+                        for p in rows:
+                            keys |= set(range(0 if window is None else max(0, p - window + 1), p + 1))
+                        cols += len(keys)
+                        elements += len(rows) * len(keys)
+                    c, e = _suffix_tiles(q, k, tile, window)
+                    assert (float(c), float(e)) == (cols, elements), (q, k, tile, window)
 
 
 def test_distinct_experts_formula_matches_monte_carlo():

@@ -18,6 +18,7 @@ from unveiled.decoding.smol_draft import (
     smol_draft_card,
 )
 from unveiled.models import Decoder, DecoderConfig
+from unveiled.threads import torch_threads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the cached experiments ran (conftest)
 
@@ -88,12 +89,12 @@ def test_smollm2_with_every_draft_gives_plain_greedy_output():
     from unveiled.decoding.experiments import shakespeare_prompt_ids, smollm2_drafts
     from unveiled.smollm2 import load_smollm2, smollm2_tokenizer
 
-    torch.set_num_threads(2)
-    target = load_smollm2(progress=False)
-    prompt = shakespeare_prompt_ids(smollm2_tokenizer())[:120]
-    plain = plain_generate(target, prompt, 24).new_tokens
-    for name, draft in smollm2_drafts(target).items():
-        assert speculative_generate(target, draft, prompt, 24, k=3).new_tokens == plain, name
+    with torch_threads(2):
+        target = load_smollm2(progress=False)
+        prompt = shakespeare_prompt_ids(smollm2_tokenizer())[:120]
+        plain = plain_generate(target, prompt, 24).new_tokens
+        for name, draft in smollm2_drafts(target).items():
+            assert speculative_generate(target, draft, prompt, 24, k=3).new_tokens == plain, name
 
 
 # ---- cached experiments: deterministic rows rerun live -----------------------------------------------------

@@ -272,3 +272,16 @@ def test_forward_kl_covers_both_modes_and_reverse_kl_picks_one():
     assert fits.loc["reverse_kl", "std"] == pytest.approx(1.0, abs=1e-2)
     teacher = df[df.model == "teacher"]
     assert teacher.density.sum() == pytest.approx(1.0)
+
+
+def test_scaled_jsd_keeps_its_precision_for_subnormal_beta():
+    """beta = 5e-324 (the smallest float64) once gave negative values: dividing a log1p of beta·z by beta kept one
+    significant bit. The scaled JSD must reach the forward KL at beta -> 0 and the reverse KL at beta -> 1."""
+    s, t = logits_pair(0, scale=2.0)
+    fkl = d.distillation_loss("forward_kl", s, t, temperature=3.0, reduction="none")
+    rkl = d.distillation_loss("reverse_kl", s, t, temperature=3.0, reduction="none")
+    for beta in (5e-324, 1e-310, 1e-200, 1e-17):
+        jsd = d.distillation_loss("jsd", s, t, temperature=3.0, beta=beta, reduction="none")
+        assert torch.allclose(jsd, fkl, rtol=0, atol=1e-12), beta
+    jsd = d.distillation_loss("jsd", s, t, temperature=3.0, beta=1 - 2**-53, reduction="none")
+    assert torch.allclose(jsd, rkl, rtol=0, atol=1e-12)

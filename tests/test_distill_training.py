@@ -156,14 +156,14 @@ def test_acceptance_rate_of_a_model_with_itself_is_one(teacher, windows):
     assert 0 < a < 1
 
 
-def test_expected_tokens_per_call():
-    assert d.expected_tokens_per_call(0.0, 4) == 1.0
-    assert d.expected_tokens_per_call(1.0, 4) == 5.0
-    assert d.expected_tokens_per_call(0.5, 2) == pytest.approx(1.75)
-    got = d.expected_tokens_per_call(np.array([0.0, 0.5, 1.0]), 2)
+def test_expected_tokens_per_pass():
+    assert d.expected_tokens_per_pass(0.0, 4) == 1.0
+    assert d.expected_tokens_per_pass(1.0, 4) == 5.0
+    assert d.expected_tokens_per_pass(0.5, 2) == pytest.approx(1.75)
+    got = d.expected_tokens_per_pass(np.array([0.0, 0.5, 1.0]), 2)
     assert np.allclose(got, [1.0, 1.75, 3.0])
-    with pytest.raises(ValueError, match="alpha must be in"):
-        d.expected_tokens_per_call(1.5, 2)
+    with pytest.raises(ValueError, match=r"alpha \(acceptance rate\) must be in"):
+        d.expected_tokens_per_pass(1.5, 2)
 
 
 def test_measure_decode_reports_positive_times(teacher):

@@ -30,7 +30,7 @@ def spec_size(chart) -> int:
 
 def test_teacher_student_costs_equal_the_analyzer(costs):
     row = costs.query("model == 'llama-2-7b' and device == 'a6000' and batch == 8 and seq_len == 2048").iloc[0]
-    gen = uv.generate("llama-2-7b", "a6000", batch=8, prompt_len=2048, gen_len=2)
+    gen = uv.estimate_generation("llama-2-7b", "a6000", batch=8, prompt_len=2048, gen_len=2)
     dec = uv.analyze("llama-2-7b", "a6000", stage="decode", batch=8, seq_len=2048)
     assert row.tpot_s == pytest.approx(dec.time_s, rel=1e-12)
     assert row.ttft_s == pytest.approx(gen.ttft_s, rel=1e-12)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import unveiled as uv
 
-hw = importlib.import_module("unveiled.hardware")  # the module (uv.hardware is the look-up function)
+hw = importlib.import_module("unveiled.hardware")  # the registry module (uv.get_device looks a device up)
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_no_duplicate_rows_and_aliases_resolve_to_their_row():
         assert key not in seen, f"duplicate row {key}"
         seen.add(key)
         for alias in filter(None, row["aliases"].split(";")):
-            assert uv.hardware(alias, row["preset"]).name == row["name"], alias
+            assert uv.get_device(alias, row["preset"]).name == row["name"], alias
 
 
 REQUIRED_DATASHEET = ["a6000", "v100", "a100-40gb", "a100-80gb", "a40", "h100-sxm", "h100-pcie", "l40", "i9-13900k",
@@ -81,7 +81,7 @@ LLM_VIEWER = {
 def test_llm_viewer_preset_matches_its_source_exactly():
     assert set(uv.device_names("llm-viewer")) == set(LLM_VIEWER)
     for name, (bw, fp16, int8, onchip) in LLM_VIEWER.items():
-        dev = uv.hardware(name, preset="llm-viewer")
+        dev = uv.get_device(name, preset="llm-viewer")
         assert dev.bandwidth == pytest.approx(bw, rel=1e-12), name
         assert dev.peak("fp16") == pytest.approx(fp16, rel=1e-6), name
         if int8 is None:
@@ -94,7 +94,7 @@ def test_llm_viewer_preset_matches_its_source_exactly():
 
 def test_the_survey_a6000():
     for preset in hw.PRESETS:
-        dev = uv.hardware("a6000", preset)
+        dev = uv.get_device("a6000", preset)
         assert dev.bandwidth == 768e9
         assert dev.peak("fp16") == pytest.approx(154.8e12, rel=1e-3)
         assert dev.peak("int8") == pytest.approx(309.7e12, rel=1e-9)
@@ -103,10 +103,10 @@ def test_the_survey_a6000():
 
 def test_peaks_are_dense_not_sparse():
     # Vendors print 2:4-sparsity figures at twice the dense rate; these are the dense ones.
-    assert uv.hardware("h100-sxm").peak("fp16") == pytest.approx(989.4e12)
-    assert uv.hardware("a100-80gb").peak("bf16") == pytest.approx(312e12)
-    assert uv.hardware("l4").peak("fp8") == pytest.approx(242.5e12)
-    assert uv.hardware("b200").peak("fp4") == pytest.approx(9000e12)
+    assert uv.get_device("h100-sxm").peak("fp16") == pytest.approx(989.4e12)
+    assert uv.get_device("a100-80gb").peak("bf16") == pytest.approx(312e12)
+    assert uv.get_device("l4").peak("fp8") == pytest.approx(242.5e12)
+    assert uv.get_device("b200").peak("fp4") == pytest.approx(9000e12)
     for row in csv_rows():
         if row["preset"] == "datasheet" and row["vendor"] in ("NVIDIA", "AMD") and row["peak_fp16_t"]:
             assert "sparsity" in row["notes"].lower() or "sparse" in row["notes"].lower() \
@@ -115,27 +115,27 @@ def test_peaks_are_dense_not_sparse():
 
 def test_missing_units_are_missing_not_guessed():
     for name in ("h100-sxm", "h100-pcie", "h200"):
-        assert not uv.hardware(name).has("int4"), "Hopper has no INT4 tensor cores (survey §3.1.1)"
-    assert not uv.hardware("a6000").has("fp8")
-    assert not uv.hardware("v100").has("bf16")
+        assert not uv.get_device(name).has("int4"), "Hopper has no INT4 tensor cores (survey §3.1.1)"
+    assert not uv.get_device("a6000").has("fp8")
+    assert not uv.get_device("v100").has("bf16")
     with pytest.raises(ValueError, match=r"no int4 peak.*available"):
-        uv.hardware("h100").peak("int4")
+        uv.get_device("h100").peak("int4")
 
 
 def test_nvidia_gpus_have_sm_count_and_shared_memory():
-    for dev in (uv.hardware(n) for n in uv.device_names()):
+    for dev in (uv.get_device(n) for n in uv.device_names()):
         if dev.vendor == "NVIDIA":
             assert dev.sm_count and dev.sm_count >= 16, dev.name
             assert 48e3 <= dev.smem_per_sm_bytes <= 256e3, dev.name
-    assert uv.hardware("h100-sxm").sm_count == 132
-    assert uv.hardware("h100-sxm").smem_per_sm_bytes == 228e3
-    assert uv.hardware("a100-40gb").smem_per_sm_bytes == 164e3
+    assert uv.get_device("h100-sxm").sm_count == 132
+    assert uv.get_device("h100-sxm").smem_per_sm_bytes == 228e3
+    assert uv.get_device("a100-40gb").smem_per_sm_bytes == 164e3
 
 
 def test_memory_capacity_is_read_in_the_vendors_unit():
     # An "80 GB" A100 has 80 GiB of HBM; the table says so and the bytes are exact.
-    assert uv.hardware("a100-80gb").memory_bytes == 80 * 2**30
-    assert uv.hardware("h200").memory_bytes == 141 * 2**30
+    assert uv.get_device("a100-80gb").memory_bytes == 80 * 2**30
+    assert uv.get_device("h200").memory_bytes == 141 * 2**30
     table = uv.hardware_table()
     row = table[table["name"] == "a100-80gb"].iloc[0]
     assert row["memory_GiB"] == 80 and row["memory_GB"] == pytest.approx(85.9, abs=0.1)
@@ -160,37 +160,37 @@ def test_hardware_table_units_and_ridge():
 @pytest.mark.parametrize("spelling", ["h100", "H100", "h100-sxm", "H100_SXM", "h100 sxm", "NVIDIA H100 SXM",
                                       " nvidia-h100 "])
 def test_lookup_is_case_insensitive_with_aliases(spelling):
-    assert uv.hardware(spelling).name == "h100-sxm"
+    assert uv.get_device(spelling).name == "h100-sxm"
 
 
 def test_lookup_returns_a_device_unchanged():
-    dev = uv.hardware("a6000")
-    assert uv.hardware(dev) is dev
+    dev = uv.get_device("a6000")
+    assert uv.get_device(dev) is dev
 
 
 @pytest.mark.parametrize(("typo", "suggestion"), [("a600", "a6000"), ("h10", "h100-sxm"), ("rtx4900", "rtx-4090"),
                                                   ("mi300", "mi300x"), ("tpuv5e", "tpu-v5e")])
 def test_typos_get_close_matches(typo, suggestion):
     with pytest.raises(ValueError, match="unknown device") as err:
-        uv.hardware(typo)
+        uv.get_device(typo)
     assert suggestion in str(err.value)
     assert "Known devices" in str(err.value)
 
 
 def test_a_device_in_the_other_preset_is_pointed_to():
     with pytest.raises(ValueError, match="preset='llm-viewer'"):
-        uv.hardware("a800")
+        uv.get_device("a800")
 
 
 @pytest.mark.parametrize("bad", [123, None, 4.5, ["a6000"]])
 def test_non_string_names_are_type_errors(bad):
     with pytest.raises(TypeError, match="device name must be a str"):
-        uv.hardware(bad)
+        uv.get_device(bad)
 
 
 def test_unknown_preset():
     with pytest.raises(ValueError, match="preset must be one of"):
-        uv.hardware("a6000", preset="marketing")
+        uv.get_device("a6000", preset="marketing")
     with pytest.raises(ValueError, match="preset must be one of"):
         uv.device_names("nope")
 
@@ -207,14 +207,14 @@ def test_dtype_spellings(given, want):
 def test_torch_dtypes_are_accepted():
     torch = pytest.importorskip("torch")
     assert uv.canonical_dtype(torch.bfloat16) == "bf16"
-    assert uv.hardware("h100").peak(torch.float16) == uv.hardware("h100").peak("fp16")
+    assert uv.get_device("h100").peak(torch.float16) == uv.get_device("h100").peak("fp16")
 
 
 def test_bad_dtypes():
     with pytest.raises(ValueError, match=r"unknown data type 'fp12'.*Accepted"):
-        uv.hardware("a6000").peak("fp12")
+        uv.get_device("a6000").peak("fp12")
     with pytest.raises(TypeError, match="dtype must be a str"):
-        uv.hardware("a6000").peak(16)
+        uv.get_device("a6000").peak(16)
 
 
 # --- user devices ---------------------------------------------------------------------------------------
@@ -225,18 +225,18 @@ def test_define_device_in_one_call(clean_registry):
                            memory_gb=64, vendor="Acme")
     assert dev.bandwidth == 2e12 and dev.peak("int8") == 8e14 and dev.memory_bytes == 64e9
     assert dev.ridge_point("fp16") == pytest.approx(200.0)
-    assert uv.hardware("my accelerator") is dev
-    assert uv.hardware("MY_ACCELERATOR") is dev
+    assert uv.get_device("my accelerator") is dev
+    assert uv.get_device("MY_ACCELERATOR") is dev
     with pytest.raises(ValueError, match="already exists"):
         uv.define_device("my-accelerator", bandwidth_gb_s=1, peaks_tflops={"fp16": 1})
     again = uv.define_device("my-accelerator", bandwidth_gb_s=1, peaks_tflops={"fp16": 1}, overwrite=True)
-    assert uv.hardware("my-accelerator") is again
+    assert uv.get_device("my-accelerator") is again
 
 
 def test_define_device_without_registering(clean_registry):
     uv.define_device("scratch", bandwidth_gb_s=10, peaks_tflops={"fp32": 1}, register=False)
     with pytest.raises(ValueError, match="unknown device"):
-        uv.hardware("scratch")
+        uv.get_device("scratch")
 
 
 def test_a_new_device_cannot_take_an_alias(clean_registry):
@@ -271,7 +271,7 @@ def test_define_device_name_must_be_a_string():
 
 
 def test_with_makes_what_if_variants():
-    dev = uv.hardware("a6000")
+    dev = uv.get_device("a6000")
     fast = dev.with_(bandwidth=3 * dev.bandwidth)
     assert fast.ridge_point("fp16") == pytest.approx(dev.ridge_point("fp16") / 3)
     assert dev.bandwidth == 768e9  # the original is unchanged (frozen)

@@ -25,7 +25,7 @@ def test_known_bytes_per_token(name, per_token):
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("kv_bits", [16, 8, 4, 2])
 def test_sizes_match_the_analyzer_memory_accounting(name, kv_bits):
-    spec = uv.model(name)
+    spec = uv.model_spec(name)
     for seq_len, batch in ((1, 1), (4096, 8), (32_000, 3)):
         ours = kvs.kv_cache_bytes(name, seq_len, batch, kv_bits)
         assert ours == pytest.approx(spec.kv_cache_bytes(seq_len, batch, kv_bits), rel=1e-12)

@@ -55,20 +55,66 @@ def test_summary_says_when_it_does_not_fit():
     assert "does NOT fit" in html
 
 
-def test_chapter_charts_build():
+def _datasets(chart) -> tuple[dict, list[pd.DataFrame]]:
+    spec = chart.to_dict()
+    return spec, [pd.DataFrame(rows) for rows in spec.get("datasets", {}).values()]
+
+
+def _frame_with(frames: list[pd.DataFrame], *cols: str) -> pd.DataFrame:
+    hits = [f for f in frames if set(cols) <= set(f.columns)]
+    assert len(hits) == 1, f"expected one dataset with {cols}, got {[list(f.columns) for f in frames]}"
+    return hits[0]
+
+
+def test_memory_wall_and_traffic_charts_draw_the_librarys_numbers():
     wall = kv.memory_wall(["llama-2-7b", "llama-3-8b"], [1024, 8192], batch=1)
-    caps = {"H100": uv.hardware("h100-sxm").memory_bytes}
-    kvplots.memory_wall_chart(pd.concat([wall, wall.assign(batch=8)]), caps).to_dict()
+    caps = {"H100": uv.get_device("h100-sxm").memory_bytes}
+    spec, frames = _datasets(kvplots.memory_wall_chart(pd.concat([wall, wall.assign(batch=8)]), caps, title="wall"))
+    assert spec["title"] == "wall"
+    lines = _frame_with(frames, "total_GB", "kv_GB").query("batch == 1").set_index(["model", "seq_len"])
+    for row in wall.itertuples():
+        assert lines.total_GB[(row.model, row.seq_len)] == pytest.approx(row.total_bytes / 1e9, rel=1e-3)
+        assert lines.kv_GB[(row.model, row.seq_len)] == pytest.approx(row.kv_bytes / 1e9, rel=1e-3)
+    assert (lines.total_GB > 0).all()  # a log axis: no zero
+    assert _frame_with(frames, "device", "GB").GB.tolist() == pytest.approx([caps["H100"] / 1e9])
+
     traffic = kv.decode_traffic("llama-2-7b", seq_lens=[1024, 4096]).assign(label="MHA")
-    kvplots.decode_traffic_chart(traffic).to_dict()
+    _, frames = _datasets(kvplots.decode_traffic_chart(traffic))
+    drawn = _frame_with(frames, "kv_pct", "time_ms").set_index("seq_len")
+    for row in traffic.itertuples():
+        assert drawn.kv_pct[row.seq_len] == pytest.approx(100 * row.kv_share, rel=1e-3)
+        assert drawn.time_ms[row.seq_len] == pytest.approx(1e3 * row.time_s, rel=1e-3)
+    assert drawn.kv_pct.is_monotonic_increasing  # a longer context reads more cache
+
+
+def test_block_size_chart_draws_the_sweep():
     sweep = kv.block_size_sweep(kv.request_stream(50), 20_000, block_sizes=(4, 16))
-    kvplots.block_size_chart(sweep).to_dict()
+    _, frames = _datasets(kvplots.block_size_chart(sweep, title="blocks"))
+    bars = _frame_with(frames, "block_size", "sequences").set_index("block_size")
+    paged = sweep[sweep.layout == "paged"].set_index("block_size")
+    assert bars.sequences.to_dict() == {int(b): int(n) for b, n in paged.sequences.items()}
+    assert bars.waste_pct.tolist() == pytest.approx((100 * paged.waste_fraction).tolist(), rel=2e-3)  # 4 digits
+    rules = _frame_with(frames, "layout", "sequences").set_index("layout").sequences
+    contiguous = sweep[sweep.layout != "paged"].set_index("layout").sequences
+    assert rules.to_dict() == contiguous.to_dict()
+
+
+def test_small_charts_keep_their_data_and_titles():
     curves = pd.DataFrame({"policy": ["a", "a", "b", "b"], "position": [1, 2, 1, 2], "nll": [1.0, 1.1, 1.2, 1.3]})
-    kvplots.eviction_chart(curves, limit=2).to_dict()
+    spec = kvplots.eviction_chart(curves, limit=2, title="eviction").to_dict()
+    assert spec["title"] == "eviction"
+    layers = spec["layer"]
+    assert any(layer.get("mark", {}).get("type") == "rule" for layer in layers)  # the limit is drawn
     stats = pd.DataFrame({"layer": 0, "head": [0, 0], "channel": [0, 1], "key_mean_abs": [1.0, 9.0],
                           "value_mean_abs": [1.0, 1.1], "key_outlier_ratio": [1.0, 9.0],
                           "value_outlier_ratio": [1.0, 1.1]})
-    kvplots.key_outliers_chart(stats, 0).to_dict()
+    _, frames = _datasets(kvplots.key_outliers_chart(stats, 0))
+    drawn = _frame_with(frames, "mean_abs")
+    assert sorted(drawn.mean_abs.tolist()) == sorted([1.0, 9.0, 1.0, 1.1])
     quant = pd.DataFrame({"scheme": ["full precision", "x", "x"], "kv_bits": [16, 4, 2],
                           "perplexity": [10.0, 10.5, 14.0]})
-    kvplots.kv_quant_chart(quant).to_dict()
+    spec, frames = _datasets(kvplots.kv_quant_chart(quant))
+    y = spec["layer"][0]["encoding"]["y"]["scale"]
+    assert y["type"] == "log" and y["domain"][0] > 0  # a log axis never includes zero
+    assert y["domain"][0] <= 10.0 and y["domain"][1] >= 14.0
+    assert set(_frame_with(frames, "perplexity", "kv_bits").perplexity) >= {10.5, 14.0}

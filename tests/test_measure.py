@@ -67,7 +67,7 @@ def test_measure_machine_returns_a_cpu_device(clean_registry):
     assert all(1e5 <= p <= 1e15 for p in dev.peaks.values())
     assert dev.bandwidth == m.summary.loc[m.summary["benchmark"] == "triad", "bytes_s_best"].iloc[0]
     assert dev.peak("fp32") == m.raw.loc[(m.raw["kind"] == "matmul") & (m.raw["dtype"] == "fp32"), "flop_s"].max()
-    assert uv.hardware("this-machine") is dev  # registered
+    assert uv.get_device("this-machine") is dev  # registered
     assert dev.memory_bytes is None or dev.memory_bytes > 2**28
     assert m.description and "measured" in dev.display_name
     device, raw = m  # unpacks

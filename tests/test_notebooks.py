@@ -33,4 +33,4 @@ def test_status_page_reports_every_notebook_ok(built_site):
     for path in notebook_paths():
         name = str(path.relative_to(ROOT).with_suffix(""))
         assert name in html, f"the status page does not list {name}"
-    assert "❌" not in html, "the status page reports a failed notebook"
+    assert "❌" not in html and "<p>failed</p>" not in html, "the status page reports a failed notebook"

@@ -55,7 +55,7 @@ def test_w4a16_speedup_decays_to_one_as_the_batch_grows():
 
 
 def test_weights_of_a_70b_model_at_w4_g128_match_the_quantizers_storage():
-    m = uv.model("llama-2-70b")
+    m = uv.model_spec("llama-2-70b")
     w4 = uv.analyze(m, "a6000", stage="decode", seq_len=1, w_bits=4, group_size=128).memory.weights
     spec = uq.QuantSpec(4, granularity="group", group_size=128, zero_point="float")  # fp16 scale and zero
     parts = m.param_breakdown()
@@ -252,9 +252,16 @@ def test_live_explorer_recomputes():
     box = quant_explorer("llama-2-7b", "a6000", w_bits=4)
     controls = box.children[0]
     table = box.children[1]
-    first = table.value
+
+    def decode_speedup(w_bits: int) -> str:
+        fp16 = uv.analyze("llama-2-7b", "a6000", stage="decode", seq_len=1024)
+        low = uv.analyze("llama-2-7b", "a6000", stage="decode", seq_len=1024, w_bits=w_bits)
+        return f"<b>{fp16.time_s / low.time_s:.2f}×</b>"
+
+    assert decode_speedup(4) in table.value
     controls.children[1].children[1].value = 8  # weight bits
-    assert table.value != first and "speedup" in table.value
+    assert decode_speedup(8) in table.value and decode_speedup(4) not in table.value
+    assert "speedup" in table.value
 
 
 # ---------------------------------------------------------------------------------------------------

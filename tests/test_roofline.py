@@ -15,7 +15,7 @@ import unveiled as uv
 from unveiled.plots import roofline as rplots
 
 DEVICES = ["a6000", "h100-sxm", "l4", "b200", "mi300x", "tpu-v6e", "i9-13900k", "jetson-agx-orin"]
-PAIRS = [(d, dt) for d in DEVICES for dt in uv.hardware(d).dtypes]
+PAIRS = [(d, dt) for d in DEVICES for dt in uv.get_device(d).dtypes]
 intensities = st.floats(min_value=1e-4, max_value=1e6, allow_nan=False, allow_infinity=False)
 pairs = st.sampled_from(PAIRS)
 positive = st.floats(min_value=1e-3, max_value=1e15, allow_nan=False, allow_infinity=False)
@@ -34,7 +34,7 @@ def test_attainable_is_monotone_non_decreasing(pair, a, b):
 @settings(max_examples=200, deadline=None)
 @given(pair=pairs, i=intensities)
 def test_attainable_never_exceeds_the_peak_and_follows_the_memory_roof(pair, i):
-    dev, dtype = uv.hardware(pair[0]), pair[1]
+    dev, dtype = uv.get_device(pair[0]), pair[1]
     perf = uv.attainable_performance(i, dev, dtype)
     assert 0 < perf <= dev.peak(dtype)
     assert perf <= dev.bandwidth * i * (1 + 1e-12)
@@ -48,7 +48,7 @@ def test_attainable_never_exceeds_the_peak_and_follows_the_memory_roof(pair, i):
 
 @pytest.mark.parametrize("pair", PAIRS)
 def test_continuous_at_the_ridge(pair):
-    dev, dtype = uv.hardware(pair[0]), pair[1]
+    dev, dtype = uv.get_device(pair[0]), pair[1]
     r = dev.ridge_point(dtype)
     for eps in (1e-6, 1e-9):
         left = uv.attainable_performance(r * (1 - eps), dev, dtype)
@@ -62,7 +62,7 @@ def test_continuous_at_the_ridge(pair):
 @settings(max_examples=200, deadline=None)
 @given(pair=pairs, flops=positive, nbytes=positive)
 def test_time_is_the_max_and_agrees_with_attainable(pair, flops, nbytes):
-    dev, dtype = uv.hardware(pair[0]), pair[1]
+    dev, dtype = uv.get_device(pair[0]), pair[1]
     t = uv.roofline_time(flops, nbytes, dev, dtype)
     assert t == pytest.approx(max(flops / dev.peak(dtype), nbytes / dev.bandwidth), rel=1e-12)
     assert t == pytest.approx(flops / uv.attainable_performance(flops / nbytes, dev, dtype), rel=1e-9)
@@ -76,7 +76,7 @@ def test_time_is_the_max_and_agrees_with_attainable(pair, flops, nbytes):
 @settings(max_examples=100, deadline=None)
 @given(pair=pairs, flops=positive, nbytes=positive, scale=st.floats(1.01, 100))
 def test_more_bandwidth_never_slows_an_operation(pair, flops, nbytes, scale):
-    dev, dtype = uv.hardware(pair[0]), pair[1]
+    dev, dtype = uv.get_device(pair[0]), pair[1]
     faster = dev.with_(bandwidth=dev.bandwidth * scale)
     assert uv.roofline_time(flops, nbytes, faster, dtype) <= uv.roofline_time(flops, nbytes, dev, dtype)
 
@@ -96,12 +96,12 @@ def test_arrays_in_arrays_out():
 
 
 def test_survey_turning_points():
-    lv = uv.hardware("a6000", preset="llm-viewer")
+    lv = uv.get_device("a6000", preset="llm-viewer")
     assert uv.ridge_point(lv, "fp16") == pytest.approx(201.6, abs=0.05)  # Fig. 5
     assert uv.ridge_point(lv, "int8") == pytest.approx(403, abs=0.5)  # Fig. 6
     ddr = lv.with_(name="a6000-ddr", bandwidth=89.6e9)  # Fig. 18: weights in DDR, GPU compute
     assert uv.ridge_point(ddr, "fp16") == pytest.approx(1728, abs=0.5)
-    cpu = uv.hardware("i9-13900k", preset="llm-viewer")
+    cpu = uv.get_device("i9-13900k", preset="llm-viewer")
     assert cpu.peak("fp16") == pytest.approx(1.3824e12)
     assert uv.ridge_point(cpu, "fp16") == pytest.approx(15.43, abs=0.01)
     assert uv.attainable_performance(50, lv) == pytest.approx(38.4e12)  # Fig. 15: AI 50 -> 38.4 T
@@ -112,7 +112,7 @@ def test_table1_decode_projection():
     # Table 1 of the survey (decode, Llama-2-7b, A6000): q_proj moves 34M bytes for 34M ops, AI ≈ 1, 768 G.
     flops, nbytes = uv.matmul_cost(1, 4096, 4096, "fp16")
     assert flops == pytest.approx(33.55e6, rel=1e-3) and nbytes == pytest.approx(33.57e6, rel=1e-3)
-    p = uv.place(flops, nbytes, uv.hardware("a6000", "llm-viewer"))
+    p = uv.place(flops, nbytes, uv.get_device("a6000", "llm-viewer"))
     assert p.bound == "memory" and p.attainable_flop_s == pytest.approx(768e9, rel=1e-3)
 
 
@@ -161,7 +161,7 @@ def test_fusion_removes_exactly_the_intermediate_traffic(m, k, n):
 
 
 def test_fusion_in_the_memory_and_compute_bound_cases():
-    dev = uv.hardware("a6000", "llm-viewer")
+    dev = uv.get_device("a6000", "llm-viewer")
     chain = [uv.Operation.matmul(2000, 1000, 2000, name="linear"), uv.Operation.elementwise(2000 * 2000, 4)]
     g = uv.fusion_gain(chain, dev)  # the survey's compute-bound case: AI 250 -> 500
     assert g["intensity_before"] == pytest.approx(250.5) and g["intensity_after"] == pytest.approx(501.0)
@@ -208,7 +208,7 @@ def test_load_compute_store_schedules():
     df = uv.load_compute_store(op, "a6000")
     serial = df[df["schedule"] == "serial"]
     overlapped = df[df["schedule"] == "overlapped"]
-    dev = uv.hardware("a6000")
+    dev = uv.get_device("a6000")
     assert serial["end_s"].max() == pytest.approx(op.load_bytes / dev.bandwidth + op.flops / dev.peak("fp16")
                                                   + op.store_bytes / dev.bandwidth)
     assert overlapped["end_s"].max() == pytest.approx(op.time("a6000"))  # the roofline's assumption
@@ -224,7 +224,7 @@ def test_load_compute_store_schedules():
 @given(pair=st.sampled_from([p for p in PAIRS if p[1] in ("fp16", "bf16", "fp32", "int8")]),
        k=st.integers(64, 32768), n=st.integers(64, 32768))
 def test_critical_batch_size_is_the_first_compute_bound_size(pair, k, n):
-    dev, dtype = uv.hardware(pair[0]), pair[1]
+    dev, dtype = uv.get_device(pair[0]), pair[1]
     m = uv.critical_batch_size(dev, dtype, k, n)
     ridge = dev.ridge_point(dtype)
     ceiling = 2 * k * n / ((k + n) * uv.DTYPES[dtype])  # intensity as m -> infinity
@@ -239,7 +239,7 @@ def test_critical_batch_size_is_the_first_compute_bound_size(pair, k, n):
 
 
 def test_critical_batch_size_examples():
-    h100 = uv.hardware("h100-sxm")
+    h100 = uv.get_device("h100-sxm")
     m = uv.critical_batch_size(h100, "bf16", 8192, 8192)
     assert h100.ridge_point("bf16") < m < 1.2 * h100.ridge_point("bf16")  # ≈ the ridge for 16-bit weights
     w4 = uv.critical_batch_size(h100, "bf16", 8192, 8192, weight_dtype="int4")
@@ -296,7 +296,7 @@ def test_roofline_curve():
     df = uv.roofline_curve("a6000", "fp16", n=2)
     r = uv.ridge_point("a6000")
     assert r in set(df["intensity"]) and len(df) == 3
-    assert df["flop_s"].max() == uv.hardware("a6000").peak("fp16")
+    assert df["flop_s"].max() == uv.get_device("a6000").peak("fp16")
     with pytest.raises(ValueError, match="n must be >= 2"):
         uv.roofline_curve("a6000", n=1)
 
@@ -309,7 +309,7 @@ def spec(chart) -> dict:
 
 
 def test_charts_build_and_render_as_svg():
-    lv = uv.hardware("a6000", "llm-viewer")
+    lv = uv.get_device("a6000", "llm-viewer")
     charts = [
         rplots.roofline_chart([(lv, "fp16")], log=False, shade=True),
         rplots.roofline_chart([(lv, "fp16"), (lv, "int8")], color="dtype",

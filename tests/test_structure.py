@@ -63,6 +63,36 @@ def test_first_code_cell_is_the_setup_cell(path):
     assert code[0]["metadata"].get("tags") == setup_cell.TAGS
 
 
+def _is_shown(cell: dict) -> bool:
+    tags = cell.get("metadata", {}).get("tags", [])
+    return "remove-cell" not in tags
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_a_page_opens_with_its_title(path):
+    """The reader sees the `# ` title first: no visible cell (imports included) above it."""
+    cells = load_nb(path)["cells"]
+    title = next((i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+                  and re.search(r"^# ", cell_source(c), flags=re.M)), None)
+    assert title is not None, f"{path.name} has no `# ` title"
+    shown = [i for i, c in enumerate(cells[:title]) if _is_shown(c)]
+    assert not shown, f"{path.name}: cells {shown} are shown above the title (move them below the objectives)"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=ids(CHAPTERS))
+def test_chapter_imports_follow_the_objectives(path):
+    """Title, learning objectives and expected background come first; the imports cell follows them."""
+    cells = load_nb(path)["cells"]
+    objectives = next((i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+                       and re.search(r"^## +Learning objectives", cell_source(c), flags=re.M)), None)
+    assert objectives is not None, f"{path.name}: missing '## Learning objectives'"
+    early = [i for i, c in enumerate(cells[:objectives]) if c["cell_type"] == "code" and _is_shown(c)]
+    assert not early, f"{path.name}: code cells {early} come before the learning objectives"
+    first_code = next(c for c in cells[objectives:] if c["cell_type"] == "code")
+    assert "import unveiled as uv" in cell_source(first_code), (
+        f"{path.name}: the first code cell after the objectives imports the library (`import unveiled as uv`)")
+
+
 def test_setup_cell_reads_the_single_repository_setting():
     import yaml
 
@@ -306,3 +336,174 @@ def test_notebook_is_valid_nbformat_with_cell_ids(path):
     nbformat.validate(nb)
     cell_ids = [c.get("id") for c in nb.cells]
     assert all(cell_ids) and len(set(cell_ids)) == len(cell_ids), f"{path.name}: every cell needs a unique id"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cross-references: every "Chapter N", "§N.M", "section N.M", "Figure N.M", "Table N.M" and "Lab N.M" points at
+# something in the table of contents. The survey's sections are written "survey §5.1" (or "survey's §5.1",
+# "§5.1 of the survey", "§5.1 of {cite}`yuan2024llm`"); a bare "§N.M" or "section N.M" is the book's own.
+
+import booktext  # noqa: E402  (after the fixtures above; tests/ is on sys.path)
+
+# Chapters that other pages may mention before they are in the table of contents, each landing together with
+# its mentions. Remove a number when its chapter is in _toc.yml (a test below says when).
+PENDING_CHAPTERS: dict[int, str] = {}
+
+CHAPTER_MENTION = re.compile(r"\bChapters?\s+(\d+)((?:\s*(?:,|and|or|to|–|-)\s*\d+\b)*)")
+SECTION_MENTION = re.compile(
+    r"(?P<kind>§§?|\b[Ss]ections?)\s?(?P<first>\d+(?:\.\d+)*)(?P<more>(?:\s?(?:–|-|,|and|or|to)\s?\d+(?:\.\d+)+)*)")
+SURVEY_BEFORE = re.compile(r"\bsurvey(?:'s)?\s*$", re.I)
+SURVEY_AFTER = re.compile(r"^\s*of\s+(?:the survey|\{cite\}`yuan2024llm`)")
+FIGURE_MENTION = re.compile(r"\b(Figures?|Figs?\.?|Tables?)\s+(\d+\.\d+)((?:\s*(?:,|and|–|-)\s*\d+\.\d+)*)")
+LAB_MENTION = re.compile(r"\bLab\s+(\d+\.\d+)")
+
+
+def _numbers(first: str, more: str) -> list[str]:
+    """'3.4' + '–3.6' -> ['3.4', '3.5', '3.6']; lists ('3.4, 3.6 and 3.7') expand to their items."""
+    out = [first]
+    for sep, num in re.findall(r"(–|-|,|and|or|to)\s?(\d+(?:\.\d+)*)", more):
+        if sep in ("–", "-", "to") and "." in num and "." in out[-1] and num.split(".")[0] == out[-1].split(".")[0]:
+            a, b = int(out[-1].split(".")[-1]), int(num.split(".")[-1])
+            prefix = out[-1].rsplit(".", 1)[0]
+            out.extend(f"{prefix}.{k}" for k in range(a + 1, b + 1))
+        elif sep in ("–", "-", "to") and "." not in num and "." not in out[-1]:
+            out.extend(str(k) for k in range(int(out[-1]) + 1, int(num) + 1))
+        else:
+            out.append(num)
+    return out
+
+
+def _lib_texts():
+    for folder in ("lib", "tools", "benchmarks"):
+        for f in sorted((ROOT / folder).rglob("*.py")):
+            yield str(f.relative_to(ROOT)), f.read_text()
+
+
+def test_chapter_numbers_follow_the_table_of_contents():
+    chapters = booktext.chapters()
+    numbers = [c.number for c in chapters]
+    assert numbers == sorted(set(numbers)), f"chapter titles must number the chapters in _toc.yml order: {numbers}"
+    for c in chapters:
+        if c.path.parent.name == "chapters":
+            assert int(c.path.name[:2]) == c.number, f"{c.path.name}: its title says Chapter {c.number}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=ids(CHAPTERS))
+def test_sections_figures_and_labs_carry_their_chapter_number(path):
+    chapter = next(c for c in booktext.chapters() if c.path == path)
+    n, numbered = chapter.number, []
+    for h in chapter.headings:
+        if h.lower() in SPECIAL_SECTIONS:
+            continue
+        m = booktext.SECTION_HEADING.match(h)
+        assert m, f"section '{h}' of Chapter {n}: content sections are numbered '## {n}.k Title'"
+        numbered.append((int(m.group(1)), int(m.group(2))))
+    assert numbered == [(n, k) for k in range(1, len(numbered) + 1)], (
+        f"Chapter {n}'s sections must be numbered {n}.1, {n}.2, ... in order: {numbered}")
+    for kind, items in (("Figure", chapter.figures), ("Table", chapter.tables), ("Lab", chapter.labs)):
+        wrong = sorted(x for x in items if x.split(".")[0] != str(n))
+        assert not wrong, f"Chapter {n} numbers its {kind.lower()}s {n}.k, not {wrong}"
+
+
+def _book_reference_errors(chapters, where, text, own: int | None) -> list[str]:
+    """Errors of the book references in one text of chapter `own` (None: a page that is no chapter)."""
+    by_number = {c.number: c for c in chapters}
+    errors = []
+    for m in SECTION_MENTION.finditer(text):
+        if SURVEY_BEFORE.search(text[:m.start()]) or SURVEY_AFTER.match(text[m.end():]):
+            continue
+        for num in _numbers(m.group("first"), m.group("more")):
+            head = num.split(".")
+            if len(head) != 2 or int(head[0]) not in by_number or num not in by_number[int(head[0])].sections:
+                errors.append(f"{where}: '{m.group(0)}' is not a section of the book (the survey's sections are "
+                              f"written 'survey §{num}' or '§{num} of the survey')")
+            elif int(head[0]) != own and not re.search(rf"\bChapters? {head[0]}\b", text[max(0, m.start() - 80):m.start()]):
+                errors.append(f"{where}: '{m.group(0)}' is a section of another chapter: write 'Chapter {head[0]}' "
+                              f"before it, or 'survey §{num}' if the survey's section is meant")
+    for m in FIGURE_MENTION.finditer(text):
+        kind = "tables" if m.group(1).startswith("Table") else "figures"
+        for num in _numbers(m.group(2), m.group(3)):
+            ch = by_number.get(int(num.split(".")[0]))
+            if ch is None or num not in getattr(ch, kind):
+                errors.append(f"{where}: '{m.group(0)}' names no {kind[:-1]} of the book")
+    for m in LAB_MENTION.finditer(text):
+        ch = by_number.get(int(m.group(1).split(".")[0]))
+        if ch is None or m.group(1) not in ch.labs:
+            errors.append(f"{where}: 'Lab {m.group(1)}' is not a lab of the book")
+    return errors
+
+
+def test_every_cross_reference_resolves():
+    chapters = booktext.chapters()
+    known = {c.number for c in chapters}
+    errors = []
+    texts = [(f"{booktext.rel(p)} {w}", t) for p in booktext.toc_pages() for w, t in booktext.page_prose(p)]
+    for where, text in [*texts, *_lib_texts()]:
+        for m in CHAPTER_MENTION.finditer(text):
+            for num in _numbers(m.group(1), m.group(2)):
+                if int(num) not in known and int(num) not in PENDING_CHAPTERS:
+                    errors.append(f"{where}: '{m.group(0)}' names no chapter of _toc.yml (chapters {sorted(known)})")
+    owner = {c.path: c.number for c in chapters}
+    for p in booktext.toc_pages():
+        for w, text in booktext.page_prose(p):
+            errors += _book_reference_errors(chapters, f"{booktext.rel(p)} {w}", text, owner.get(p))
+    assert not errors, "cross-references that point at nothing:\n" + "\n".join(errors)
+
+
+def test_pending_chapters_are_still_pending():
+    known = {c.number for c in booktext.chapters()}
+    for n, what in PENDING_CHAPTERS.items():
+        assert n not in known, f"Chapter {n} is in _toc.yml now: remove it from PENDING_CHAPTERS ({what})"
+    texts = [t for p in booktext.toc_pages() for _, t in booktext.page_prose(p)]
+    mentioned = {int(num) for t in texts for m in CHAPTER_MENTION.finditer(t) for num in _numbers(m.group(1), m.group(2))}
+    stale = sorted(set(PENDING_CHAPTERS) - mentioned)
+    assert not stale, f"no page mentions chapters {stale} any more: remove them from PENDING_CHAPTERS"
+
+
+def test_survey_references_name_real_figures_tables_and_sections():
+    """The survey (v6) has Figures 1-20, Tables 1-4 and Sections 1-8."""
+    for p in booktext.toc_pages():
+        for where, text in booktext.page_prose(p):
+            for m in re.finditer(r"\bsurvey(?:'s)? (Fig\.|Figure|Table|§)\s?(\d+)", text):
+                limit = {"Fig.": 20, "Figure": 20, "Table": 4, "§": 8}[m.group(1)]
+                assert 1 <= int(m.group(2)) <= limit, f"{booktext.rel(p)} {where}: '{m.group(0)}'"
+
+
+def display_math_problems(markdown: str) -> list[str]:
+    """Lines where `$$` display maths is glued to a paragraph (MyST then reads it as inline maths and swallows the
+    following prose): a `$$` block must start after a blank line and be followed by one."""
+    lines = markdown.split("\n")
+    problems, inside = [], False
+    for j, line in enumerate(lines):
+        s = line.strip()
+        n = s.count("$$")
+        if not n:
+            continue
+        opens = not inside and s.startswith("$$")
+        if not inside and not opens:
+            problems.append(f"line {j + 1}: `$$` inside a paragraph: {s[:60]!r}")
+            continue
+        if opens and j > 0 and lines[j - 1].strip():
+            problems.append(f"line {j + 1}: no blank line before `$$`: {s[:60]!r}")
+        closes = (opens and n >= 2) or (inside and n >= 1)
+        inside = opens and n == 1
+        if closes and not s.endswith("$$"):
+            problems.append(f"line {j + 1}: text after the closing `$$`: {s[-60:]!r}")
+        if closes and j + 1 < len(lines) and lines[j + 1].strip():
+            problems.append(f"line {j + 2}: no blank line after `$$`: {lines[j + 1].strip()[:60]!r}")
+    return problems
+
+
+def test_display_math_problems_are_found():
+    assert display_math_problems("a\n\n$$x$$\n\nb") == []
+    assert display_math_problems("a\n\n$$\nx\n$$\n\nb") == []
+    assert len(display_math_problems("a so\n$$x$$\nb")) == 2
+    assert display_math_problems("see $$x$$ here")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_display_math_stands_in_its_own_paragraph(path):
+    for i, cell in enumerate(load_nb(path)["cells"]):
+        if cell["cell_type"] == "markdown":
+            problems = display_math_problems(cell_source(cell))
+            assert not problems, f"{path.name} cell {i}: {problems}"

@@ -32,3 +32,27 @@ def test_none_leaves_the_count_alone_and_bad_counts_are_explained():
     with pytest.raises(TypeError, match="threads must be an int"), torch_threads(1.5):
         pass
     assert torch.get_num_threads() == before
+
+
+# Where a bare torch.set_num_threads may still appear: the context manager itself, and code another engineer
+# is refactoring (quant/gptq.py restores the count in a try/finally; it moves to torch_threads with the shared
+# Hessian machinery). Process entry points need no exception: their main() uses torch_threads too.
+_ALLOWED = {"lib/unveiled/threads.py", "lib/unveiled/quant/gptq.py"}
+
+
+def test_no_bare_set_num_threads_in_the_library_tests_or_benchmarks():
+    import ast
+
+    from conftest import ROOT
+
+    hits = []
+    for folder in ("lib/unveiled", "tests", "benchmarks", "tools"):
+        for f in sorted((ROOT / folder).rglob("*.py")):
+            rel = str(f.relative_to(ROOT))
+            if rel in _ALLOWED:
+                continue
+            for node in ast.walk(ast.parse(f.read_text())):  # calls only: messages may name the function
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr == "set_num_threads"):
+                    hits.append(f"{rel}:{node.lineno}: {ast.unparse(node)}")
+    assert not hits, "use `with unveiled.threads.torch_threads(n):` (it restores the count):\n" + "\n".join(hits)

@@ -12,15 +12,14 @@ import torch
 from unveiled import data_file, zoo
 from unveiled.models import Decoder, DecoderConfig
 from unveiled.text import shakespeare_tokenizer
+from unveiled.threads import torch_threads
 
 
 @pytest.fixture
 def card_threads():
     """Run with the thread count the shipped card was trained with, so float reductions are comparable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(zoo.card("S")["machine"]["torch_threads"])
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(zoo.card("S")["machine"]["torch_threads"]):
+        yield
 
 
 def test_registry_shapes():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -60,7 +61,10 @@ def build(clean: bool = True) -> int:
     start = time.perf_counter()
     cmd = ["jupyter-book", "build", str(ROOT), "-W", "-n", "--keep-going"]
     print("==> jupyter-book build . -W -n --keep-going", flush=True)
-    rc = subprocess.run(cmd, cwd=ROOT).returncode
+    # The kernels that execute the notebooks know they run for the book (no progress bars, explorer stills);
+    # tools/book_assets.py sets the same flag for a bare `jupyter-book build`.
+    env = {**os.environ, "UNVEILED_BOOK_BUILD": "1"}
+    rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
     took = time.perf_counter() - start
     (BUILD / "build-time.json").write_text(json.dumps({"seconds": round(took, 1), "returncode": rc}) + "\n")
     if rc == 0:

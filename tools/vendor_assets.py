@@ -1,14 +1,20 @@
 """Regenerate the JavaScript the built book serves itself, so the site renders with no network at all.
 
 Writes (and the result is committed):
-  _static/offline/vega-offline.js         Vega, Vega-Lite and vega-embed, from vl-convert-python's bundle
-  _static/offline/html-manager/embed.js   the ipywidgets HTML manager (npm @jupyter-widgets/html-manager)
-  _extra/mathjax/tex-svg-full.js          MathJax 3 (npm mathjax), served from the site root
+  _extra/offline/vega-offline.js          Vega, Vega-Lite and vega-embed, from vl-convert-python's bundle
+  _extra/offline/html-manager/embed.js    the ipywidgets HTML manager (npm @jupyter-widgets/html-manager)
+  _extra/mathjax/                         MathJax 3 components (npm mathjax): the loader, TeX input, CommonHTML
+                                          output with its fonts, assistive MathML; no context menu
 
-Why this layout: Jupyter Book 1 injects every .js file under _static/ into every page, which is what we want
-for Vega and the widget manager; MathJax is multi-file, so it goes to _extra/ (Sphinx html_extra_path) and is
-referenced once through ``mathjax_path``. Altair's own templates load Vega from a CDN unless the versions in
-``window.VEGA_DEBUG`` match what is already loaded, so the bundle sets them.
+Why this layout: Jupyter Book 1 injects every .js file under _static/ into every page; these go to _extra/
+(Sphinx html_extra_path, copied to the site root) so that the book's Sphinx extension (tools/book_assets.py)
+loads each only on the pages that need it: Vega where there is a chart, MathJax where there is maths
+(``mathjax_path`` points at ``startup.js``, the loader, which fetches the components listed in
+``book_assets.MATHJAX_COMPONENTS``; the CommonHTML fonts and rarely used TeX extensions load on demand).
+The components weigh about 0.8 MB where the all-in-one tex-svg-full.js weighed 2.3 MB. Altair's own
+templates load Vega from a CDN unless the versions in ``window.VEGA_DEBUG`` match what is already loaded,
+so the bundle sets them. _extra/offline/vega-fit.js and mathjax2-shim.js are written for this book, not
+generated.
 
 Run after upgrading altair, vl-convert-python or the npm packages below:  python tools/vendor_assets.py
 Needs npm (the npm registry) and the pinned Python environment.
@@ -32,7 +38,7 @@ def vega() -> None:
     from altair.utils._importers import vl_version_for_vl_convert
     from altair.vegalite.v6.display import VEGA_VERSION, VEGAEMBED_VERSION, VEGALITE_VERSION
 
-    out = ROOT / "_static" / "offline" / "vega-offline.js"
+    out = ROOT / "_extra" / "offline" / "vega-offline.js"
     out.parent.mkdir(parents=True, exist_ok=True)
     bundle = vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
     # The IIFE keeps the bundle's top-level `const _` from clashing with Sphinx's global `_`.
@@ -60,7 +66,7 @@ def _npm_unpack(spec: str, tmp: pathlib.Path) -> pathlib.Path:
 
 def html_manager(tmp: pathlib.Path) -> None:
     pkg = _npm_unpack(HTML_MANAGER, tmp)
-    out = ROOT / "_static" / "offline" / "html-manager"
+    out = ROOT / "_extra" / "offline" / "html-manager"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     # embed.js is the build that needs no require.js; its fonts are loaded relative to the script.
@@ -73,12 +79,19 @@ def html_manager(tmp: pathlib.Path) -> None:
 
 def mathjax(tmp: pathlib.Path) -> None:
     pkg = _npm_unpack(MATHJAX, tmp)
+    es5 = pkg / "es5"
     out = ROOT / "_extra" / "mathjax"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    shutil.copy(pkg / "es5" / "tex-svg-full.js", out / "tex-svg-full.js")
+    files = ["startup.js", "core.js", "input/tex.js", "output/chtml.js", "output/chtml/fonts/tex.js",
+             "a11y/assistive-mml.js"]
+    files += [str(p.relative_to(es5)) for p in (es5 / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff")]
+    files += [str(p.relative_to(es5)) for p in (es5 / "input" / "tex" / "extensions").rglob("*.js")]
+    for name in files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(es5 / name, out / name)
     shutil.copy(pkg / "LICENSE", out / "LICENSE")
-    print(f"wrote {out.relative_to(ROOT)}/ from {MATHJAX}")
+    print(f"wrote {out.relative_to(ROOT)}/ from {MATHJAX} ({len(files)} files)")
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import importlib
 
 from .datafiles import data_file, list_data_files
 from .environment import environment_report, machine_description
-from .hardware import DTYPES, Device, canonical_dtype, define_device, device_names, hardware, hardware_table
+from .hardware import DTYPES, Device, canonical_dtype, define_device, device_names, get_device, hardware_table
 from .roofline import (
     Operation,
     RooflinePoint,
@@ -36,15 +36,20 @@ __version__ = "0.1.0"
 # Maps a public name to the module that defines it.
 _LAZY: dict[str, str] = {
     # LLM analyzer (Chapter 2)
-    "model": "analyzer",
+    "model_spec": "analyzer",
+    "ModelSpec": "analyzer",
     "model_from_hf_config": "analyzer",
     "model_names": "analyzer",
     "analyze": "analyzer",
-    "generate": "analyzer",
+    "Precision": "analyzer",
+    "estimate_generation": "analyzer",
+    "GenerationEstimate": "analyzer",
     "sweep": "analyzer",
     "max_batch": "analyzer",
     "max_seq_len": "analyzer",
     "analyzer_explorer": "explorers.analyzer",
+    # Kernels (Chapter 8)
+    "flash_explorer": "explorers.kernels",
     # Decoding algorithms (Chapter 7)
     "decoding_explorer": "explorers.decoding",
     # Serving (Chapter 9)
@@ -69,7 +74,9 @@ _LAZY: dict[str, str] = {
 }
 # Sub-packages reachable as attributes (``uv.labs.roofline.check_attainable``) without an explicit import.
 _SUBMODULES = ("labs", "plots", "explorers", "text", "models", "generation", "evaluation", "zoo", "smollm2",
-               "calibration", "kvcache", "decoding", "quant", "results", "serving")
+               "calibration", "kvcache", "decoding", "quant", "results", "analyzer", "distill", "measure", "threads",
+               "training", "timing", "matmul_probe", "tables", "session", "kernels", "survey_map",
+               "serving")
 
 __all__ = [
     "DTYPES",
@@ -87,7 +94,7 @@ __all__ = [
     "elementwise_cost",
     "fuse",
     "fusion_gain",
-    "hardware",
+    "get_device",
     "hardware_table",
     "list_data_files",
     "load_compute_store",
@@ -102,7 +109,20 @@ __all__ = [
 ]
 
 
+# Deprecated spellings, kept (silently) so that older notebooks run; the book itself uses the new names.
+# ``uv.hardware`` is the registry module; calling it (deprecated: ``uv.hardware("a6000")``) still looks a device up.
+_DEPRECATED: dict[str, str] = {
+    "model": "model_spec",  # read like the `unveiled.models` module
+    "generate": "estimate_generation",  # read like text generation (`unveiled.generation.generate`)
+}
+
+# In the book build, DataFrames display as reader tables (a dash for missing values, no 0, 1, 2... index).
+_tables_installed = importlib.import_module(".tables", __name__).install_book_tables()
+
+
 def __getattr__(name: str):
+    if name in _DEPRECATED:
+        return __getattr__(_DEPRECATED[name])
     if name in _LAZY:
         module = importlib.import_module(f".{_LAZY[name]}", __name__)
         return getattr(module, name)

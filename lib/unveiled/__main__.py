@@ -56,11 +56,11 @@ def _add_setting_args(p: argparse.ArgumentParser) -> None:
 def _model_arg(text: str):
     import os
 
-    from .analyzer import model, model_from_hf_config
+    from .analyzer import model_from_hf_config, model_spec
 
     if text.endswith(".json") or os.path.isdir(text):
         return model_from_hf_config(text)
-    return model(text)
+    return model_spec(text)
 
 
 def _emit(df, args, title_lines: list[str]) -> None:
@@ -134,9 +134,9 @@ def _generate_cmd(p: argparse.ArgumentParser):
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def run(args):
-        from .analyzer import generate
+        from .analyzer import estimate_generation
 
-        g = generate(_model_arg(args.model), args.device, batch=args.batch, prompt_len=args.prompt_len,
+        g = estimate_generation(_model_arg(args.model), args.device, batch=args.batch, prompt_len=args.prompt_len,
                      gen_len=args.gen_len, w_bits=args.w_bits, a_bits=args.a_bits, kv_bits=args.kv_bits,
                      flash_attention=args.flash_attention, conventions=args.conventions,
                      check_context=False if args.no_context_check else None)
@@ -151,10 +151,10 @@ def _generate_cmd(p: argparse.ArgumentParser):
 @command("models", "list the model configs shipped with the book")
 def _models_cmd(p: argparse.ArgumentParser):
     def run(args):
-        from .analyzer import model, model_names
+        from .analyzer import model_names, model_spec
 
         for name in model_names():
-            print(repr(model(name)))
+            print(repr(model_spec(name)))
 
     return run
 
@@ -164,10 +164,10 @@ def _devices_cmd(p: argparse.ArgumentParser):
     p.add_argument("--preset", default="datasheet", choices=["datasheet", "llm-viewer"])
 
     def run(args):
-        from .hardware import device_names, hardware
+        from .hardware import device_names, get_device
 
         for name in device_names(args.preset):
-            print(repr(hardware(name, preset=args.preset)))
+            print(repr(get_device(name, preset=args.preset)))
 
     return run
 

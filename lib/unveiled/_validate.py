@@ -55,8 +55,10 @@ def _is_real(value: object) -> bool:
 
 
 def check_number(name: str, value: object, *, allow_array: bool = False) -> float | np.ndarray:
-    """Check that ``value`` is a finite real number (or, with ``allow_array``, an array of them)."""
-    if allow_array and isinstance(value, (np.ndarray, list, tuple)):
+    """Check that ``value`` is a finite real number (or, with ``allow_array``, an array of them: a list, a
+    NumPy array, or anything NumPy can read as one, such as a pandas Series)."""
+    if allow_array and (isinstance(value, (np.ndarray, list, tuple))
+                        or (hasattr(value, "__array__") and not np.isscalar(value))):
         arr = np.asarray(value)
         if arr.dtype.kind not in "iuf":
             raise TypeError(f"{name} must be numeric, got an array of dtype {arr.dtype}")

@@ -34,6 +34,7 @@ import pandas as pd
 from ._validate import check_choice, check_int
 from .datafiles import data_file
 from .hardware import Device
+from .session import progress_bar
 from .timing import CLOCKS, Budget, clock
 
 __all__ = [
@@ -185,9 +186,7 @@ def measure_scenarios(scenarios: Iterable[Scenario], models: Mapping | None = No
     models.update(_load_models(missing))
     it = scenarios
     if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(scenarios, desc="timing passes", leave=False)
+        it = progress_bar(scenarios, desc="timing passes")
     rows = []
     budget = Budget(budget_s)
     for i, s in enumerate(it):

@@ -10,15 +10,17 @@ log-likelihoods are summed in float64. Introduced in the appendix "The models in
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ._validate import check_int
+from .session import progress_bar
 
-__all__ = ["PerplexityResult", "perplexity", "text_perplexity", "window_nll"]
+__all__ = ["ROUNDING_EPS", "PerplexityResult", "perplexity", "rounding_perturbation", "text_perplexity", "window_nll"]
 
 
 @dataclass(frozen=True)
@@ -109,9 +111,7 @@ def window_nll(
     nll = torch.empty(len(data) - 1, dtype=torch.float64)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(spans), desc="perplexity windows", leave=False)
+        bar = progress_bar(total=len(spans), desc="perplexity windows")
     for group in groups:
         length = group[0][1]
         idx = torch.tensor([s for s, _ in group])[:, None] + torch.arange(length + 1)[None, :]
@@ -172,3 +172,45 @@ def text_perplexity(
         ids = ids[: max_tokens + 1]
     covered = len(tokenizer.decode(ids[1:]))  # the predicted tokens' characters
     return perplexity(model, ids, window=window, batch_size=batch_size, progress=progress, chars=covered)
+
+
+#: The relative size of a rounding-level perturbation: a few float32 ulps, the size of the differences between
+#: CPUs whose matrix kernels sum in another order (another vector width, another vendor's BLAS).
+ROUNDING_EPS = 1e-6
+
+
+@contextlib.contextmanager
+def rounding_perturbation(seed: int, eps: float = ROUNDING_EPS, model: torch.nn.Module | None = None) -> Iterator[None]:
+    """Multiply token embeddings by ``1 + eps·u`` (``u`` uniform in [−1, 1], seeded) inside the ``with`` block.
+
+    Why: a result computed in float32 on one CPU is not bit-identical on another, because matrix kernels add
+    in a different order (AVX-512 vs AVX2, Intel's vs AMD's code paths). Most results move by a few ulps; a
+    result that passes through a discontinuous step (rounding to a 2-bit grid, an argmax) or through many
+    training steps can move by much more. Re-running it under a few seeded perturbations of this size
+    measures how far it can move: the tolerance a cross-CPU comparison needs. With ``model`` only its
+    ``embed_tokens`` is perturbed; without, every :class:`torch.nn.Embedding` used in the block (a teacher's
+    and a student's alike). Introduced in Chapter 6.
+    """
+    gen = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
+
+    def perturb(out: torch.Tensor) -> torch.Tensor:
+        noise = torch.rand(out.shape, generator=gen, dtype=torch.float32).to(out.dtype) * 2 - 1
+        return out * (1 + eps * noise)
+
+    if model is not None:
+        embed = getattr(model, "embed_tokens", None)
+        if not isinstance(embed, torch.nn.Module):
+            raise TypeError(f"rounding_perturbation needs a model with an embed_tokens module, got "
+                            f"{type(model).__name__}")
+        handle = embed.register_forward_hook(lambda _m, _i, out: perturb(out))
+        try:
+            yield
+        finally:
+            handle.remove()
+        return
+    original = torch.nn.Embedding.forward
+    torch.nn.Embedding.forward = lambda self, x: perturb(original(self, x))
+    try:
+        yield
+    finally:
+        torch.nn.Embedding.forward = original

@@ -14,16 +14,22 @@ Chapter 7 builds on it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from ._validate import check_int, check_number
+from .session import progress_bar
 
-__all__ = ["generate", "generate_text", "sample_next", "sampling_probs", "warp_logits"]
+__all__ = ["check_sampling", "decode_stream", "draw", "generate", "generate_text", "sample_next", "sampling_probs",
+           "warp_logits"]
 
 
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> tuple[float, int, float]:
+def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> tuple[float, int, float]:
+    """Validate sampling settings; return ``(temperature, k, p)`` with ``k = 0`` (no top-k) and ``p = 1`` (no
+    nucleus) for None. Temperature 0 means greedy. Every decoder of the book (this module's and the
+    speculative ones of Chapter 7) checks its settings here. Introduced in the appendix "The models in this book".
+    """
     temperature = check_number("temperature", temperature)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
@@ -42,7 +48,7 @@ def warp_logits(
     ``logits`` is ``[..., V]``; ``temperature`` must be > 0 here (0 means greedy, see :func:`sampling_probs`).
     ``top_k`` of 0/None or >= V and ``top_p`` of 1/None are no-ops. Introduced in Chapter 7.
     """
-    temperature, k, p = _check_sampling(temperature, top_k, top_p)
+    temperature, k, p = check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         raise ValueError("warp_logits needs temperature > 0; temperature 0 is greedy (use sampling_probs)")
     out = logits.float() / temperature
@@ -66,11 +72,20 @@ def sampling_probs(
 ) -> torch.Tensor:
     """The distribution decoding draws from: a one-hot arg-max when ``temperature == 0``, else the softmax of
     :func:`warp_logits`. Rows sum to 1. Introduced in Chapter 7."""
-    temperature, _, _ = _check_sampling(temperature, top_k, top_p)
+    temperature, _, _ = check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         idx = logits.argmax(-1, keepdim=True)
         return torch.zeros_like(logits, dtype=torch.float32).scatter(-1, idx, 1.0)
     return warp_logits(logits, temperature, top_k, top_p).softmax(-1)
+
+
+def draw(probs: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row of ``probs`` ``[..., V]`` (a ``[...]`` tensor): the arg-max when ``temperature`` is
+    0 (no random number is drawn), else a draw from the row. Introduced in the appendix "The models in this book".
+    """
+    if temperature == 0:
+        return probs.argmax(-1)
+    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).reshape(probs.shape[:-1])
 
 
 def sample_next(
@@ -84,11 +99,44 @@ def sample_next(
 
     Introduced in the appendix "The models in this book".
     """
-    temperature, _, _ = _check_sampling(temperature, top_k, top_p)
+    temperature, _, _ = check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(-1)
-    probs = warp_logits(logits, temperature, top_k, top_p).softmax(-1)
-    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).reshape(probs.shape[:-1])
+    return draw(sampling_probs(logits, temperature, top_k, top_p), temperature, generator)
+
+
+@torch.inference_mode()
+def decode_stream(
+    model,
+    tokens: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    eos_token_id: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the new tokens of prompts ``tokens`` ``[B, T]`` one step at a time, each a ``[B]`` tensor.
+
+    The two phases of generation [Pope et al. 2023]: the first step runs the *prefill* (one pass over the
+    prompts fills a fresh KV cache), every later step one *decode* pass over the token just drawn. A row that
+    has produced ``eos_token_id`` keeps producing it; the stream ends after ``max_new_tokens`` tokens or when
+    every row is done. Timing one step is timing one iteration. Introduced in the appendix "The models in
+    this book"; Chapter 7 times plain decoding with it.
+    """
+    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
+    cache = model.new_cache()
+    logits = model(tokens, cache)[:, -1]
+    done = torch.zeros(tokens.shape[0], dtype=torch.bool)
+    for step in range(max_new_tokens):
+        nxt = sample_next(logits, temperature, top_k, top_p, generator=generator)
+        if eos_token_id is not None:
+            nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+            done |= nxt == eos_token_id
+        yield nxt
+        if step + 1 == max_new_tokens or (eos_token_id is not None and bool(done.all())):
+            return
+        logits = model(nxt[:, None], cache)[:, -1]
 
 
 @torch.inference_mode()
@@ -105,39 +153,28 @@ def generate(
 ) -> torch.Tensor:
     """Continue ``prompt`` (1-D ids, or ``[B, T]`` equal-length prompts) by ``max_new_tokens`` tokens.
 
-    Returns prompt + continuation, ``[B, T + n]`` (1-D in, 1-D out). Prefill fills a :class:`KVCache` in one
-    pass; each decode step appends one token. Sampling is reproducible through ``seed``; generation stops
-    early when every row has produced ``eos_token_id``. ``progress=None`` shows a tqdm bar for more than 100
-    tokens. Introduced in the appendix "The models in this book".
+    Returns prompt + continuation, ``[B, T + n]`` (1-D in, 1-D out), as :func:`decode_stream` produces it:
+    prefill fills a KV cache in one pass; each decode step appends one token. Sampling is reproducible
+    through ``seed``; generation stops early when every row has produced ``eos_token_id``.
+    ``progress=None`` shows a tqdm bar for more than 100 tokens. Introduced in the appendix "The models in
+    this book".
     """
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=0)
-    temperature, top_k, top_p = _check_sampling(temperature, top_k, top_p)
+    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
     tokens = prompt if isinstance(prompt, torch.Tensor) else torch.tensor(list(prompt), dtype=torch.long)
     one_d = tokens.dim() == 1
     tokens = tokens.long()[None] if one_d else tokens.long()
     if tokens.dim() != 2 or tokens.shape[1] == 0:
         raise ValueError("prompt must hold at least one token, as 1-D ids or a [batch, seq_len] tensor")
     gen = torch.Generator().manual_seed(int(seed))
-    cache = model.new_cache()
     out = [tokens]
-    done = torch.zeros(tokens.shape[0], dtype=torch.bool)
     bar = None
     if progress or (progress is None and max_new_tokens > 100):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_new_tokens, desc="generating", leave=False)
-    logits = model(tokens, cache)[:, -1]
-    for _ in range(max_new_tokens):
-        nxt = sample_next(logits, temperature, top_k, top_p, generator=gen)
-        if eos_token_id is not None:
-            nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
-            done |= nxt == eos_token_id
+        bar = progress_bar(total=max_new_tokens, desc="generating")
+    for nxt in decode_stream(model, tokens, max_new_tokens, temperature, top_k, top_p, gen, eos_token_id):
         out.append(nxt[:, None])
         if bar is not None:
             bar.update(1)
-        if eos_token_id is not None and bool(done.all()):
-            break
-        logits = model(nxt[:, None], cache)[:, -1]
     if bar is not None:
         bar.close()
     result = torch.cat(out, dim=1)

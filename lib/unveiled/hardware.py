@@ -27,8 +27,11 @@ Column conventions of ``data/hardware.csv``:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import numbers
+import sys
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
@@ -41,6 +44,7 @@ from .datafiles import data_file
 __all__ = [
     "DTYPES",
     "FEATURES",
+    "FEATURE_DTYPES",
     "KINDS",
     "PRESETS",
     "SUPPORT_LEVELS",
@@ -49,7 +53,8 @@ __all__ = [
     "define_device",
     "device_features",
     "device_names",
-    "hardware",
+    "feature_compute_dtype",
+    "get_device",
     "hardware_table",
     "supports",
 ]
@@ -66,8 +71,8 @@ DTYPES: dict[str, float] = {
     "int4": 0.5,
 }
 PRESETS = ("datasheet", "llm-viewer")
-#: Kinds of device in the registry.
-KINDS = ("gpu", "cpu", "tpu", "soc", "npu", "other")
+#: Kinds of device in the registry ("pim": processing in memory; "spatial": SRAM-heavy dataflow designs).
+KINDS = ("gpu", "cpu", "tpu", "soc", "npu", "pim", "spatial", "other")
 
 # Other spellings of the data types (NumPy/PyTorch names), accepted everywhere a dtype is.
 _DTYPE_ALIASES = {
@@ -123,7 +128,7 @@ class Device:
 
     Attributes use SI base units: ``bandwidth`` in bytes/s, ``memory_bytes`` and ``onchip_bytes`` in bytes,
     ``peaks`` maps a data type (see :data:`DTYPES`) to dense operations/s. Build one with
-    :func:`define_device`, look one up with :func:`hardware`, derive a what-if variant with :meth:`with_`.
+    :func:`define_device`, look one up with :func:`get_device`, derive a what-if variant with :meth:`with_`.
     Introduced in Chapter 1.
     """
 
@@ -201,16 +206,30 @@ class Device:
         return self.peak(dtype) / self.bandwidth
 
     def attainable(self, intensity, dtype: str = "fp16"):
-        """Attainable ops/s at ``intensity`` ops/byte (see :func:`unveiled.attainable_performance`)."""
-        from .roofline import attainable_performance
+        """Attainable ops/s at ``intensity`` ops/byte: ``min(peak, bandwidth × intensity)`` (the roofline).
 
-        return attainable_performance(intensity, self, dtype)
+        ``intensity`` is a number or an array (> 0); the result has its shape. The roofline module's
+        :func:`unveiled.attainable_performance` is the same, for a device given by name. Chapter 1.
+        """
+        peak = self.peak(dtype)
+        i = np.asarray(check_positive("intensity (ops/byte)", intensity, allow_array=True), dtype=float)
+        out = np.minimum(peak, self.bandwidth * i)
+        return float(out) if out.ndim == 0 else out
 
     def time(self, flops, bytes_, dtype: str = "fp16"):
-        """Roofline time in seconds of an operation (see :func:`unveiled.roofline_time`)."""
-        from .roofline import roofline_time
+        """Roofline time in seconds of an operation: ``max(flops / peak, bytes / bandwidth)``.
 
-        return roofline_time(flops, bytes_, self, dtype)
+        Loads, compute and stores overlap perfectly, as the roofline assumes. Either argument may be zero (a
+        pure copy has no operations), not both; arrays broadcast. The roofline module's
+        :func:`unveiled.roofline_time` is the same, for a device given by name. Chapter 1.
+        """
+        peak = self.peak(dtype)
+        f = np.asarray(check_positive("flops", flops, allow_array=True, allow_zero=True), dtype=float)
+        q = np.asarray(check_positive("bytes", bytes_, allow_array=True, allow_zero=True), dtype=float)
+        if np.any((f == 0) & (q == 0)):
+            raise ValueError("an operation needs flops > 0 or bytes > 0 (both are zero)")
+        t = np.maximum(f / peak, q / self.bandwidth)
+        return float(t) if t.ndim == 0 else t
 
     def with_(self, **changes) -> Device:
         """A modified copy, e.g. ``dev.with_(bandwidth=3 * dev.bandwidth)`` for a what-if study.
@@ -319,8 +338,8 @@ def device_names(preset: str = "datasheet") -> list[str]:
     return sorted(n for (n, p) in _REGISTRY if p == preset)
 
 
-def hardware(name: str | Device, preset: str = "datasheet") -> Device:
-    """Look up a device by name, e.g. ``hardware("a6000")`` or ``hardware("h100", preset="llm-viewer")``.
+def get_device(name: str | Device, preset: str = "datasheet") -> Device:
+    """Look up a device by name, e.g. ``get_device("a6000")`` or ``get_device("h100", preset="llm-viewer")``.
 
     Names are case-insensitive, ignore spaces, dashes and underscores, and accept the aliases listed in
     ``data/hardware.csv`` and the display names (``"NVIDIA H100 SXM"``). A misspelled name raises a
@@ -367,7 +386,7 @@ def define_device(
     """Define your own device in one call, e.g. a what-if accelerator or the machine you measured.
 
     ``peaks_tflops`` maps data types to dense TFLOP/s (TOP/s for integers), e.g. ``{"fp16": 200}``;
-    ``memory_gb`` is decimal GB. With ``register=True`` the device becomes available to :func:`hardware`
+    ``memory_gb`` is decimal GB. With ``register=True`` the device becomes available to :func:`get_device`
     under ``name`` (preset ``"datasheet"``). Other keyword arguments set :class:`Device` fields (``vendor``,
     ``notes``, ``onchip_bytes``, ``sm_count``...). Introduced in Chapter 1.
     """
@@ -453,8 +472,13 @@ def device_features(preset: str = "datasheet") -> pd.DataFrame:
     Device names are the registry's canonical names; every row needs a source. Introduced in Chapter 1.
     """
     _load()
-    df = pd.read_csv(io.StringIO(data_file("device_features.csv").read_text(encoding="utf-8")), dtype=str,
-                     keep_default_na=False)
+    return _parse_features(preset, data_file("device_features.csv").read_text(encoding="utf-8")).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_features(preset: str, text: str) -> pd.DataFrame:
+    """Parse and check the feature table (cached on its text: the analyzer asks for it for every format)."""
+    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     canonical = []
     for i, row in enumerate(df.itertuples(index=False), start=2):
         where = f"data/device_features.csv line {i}"
@@ -464,7 +488,7 @@ def device_features(preset: str = "datasheet") -> pd.DataFrame:
             raise ValueError(f"{where}: support must be one of {list(SUPPORT_LEVELS)}, got {row.support!r}")
         if not row.source_url:
             raise ValueError(f"{where}: every row needs a source_url")
-        canonical.append(hardware(row.device, preset).name)  # raises for an unknown device
+        canonical.append(get_device(row.device, preset).name)  # raises for an unknown device
     df["device"] = canonical
     return df.reset_index(drop=True)
 
@@ -479,7 +503,58 @@ def supports(device: str | Device, feature: str) -> str | None:
         close = suggest(str(feature), FEATURES)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(f"unknown feature {feature!r}.{hint} Accepted: {list(FEATURES)}")
-    dev = hardware(device) if not isinstance(device, Device) else device
+    dev = get_device(device)
     df = device_features(dev.preset)
     hit = df[(df["device"] == dev.name) & (df["feature"] == feature)]
     return None if hit.empty else str(hit["support"].iloc[0])
+
+
+#: The peak (a data type of the hardware table) that bounds a matmul in each number format where a device runs
+#: the format natively. FP6 runs at the FP8 rate (the B200 datasheet gives one "FP8/FP6" rate); MX and NVFP4
+#: run at the rate of their element type.
+FEATURE_DTYPES: dict[str, str] = {"fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "fp6_e3m2": "fp8", "fp6_e2m3": "fp8",
+                                  "mxfp8": "fp8", "mxfp6": "fp8", "fp4_e2m1": "fp4", "mxfp4": "fp4", "nvfp4": "fp4",
+                                  "int8": "int8", "int4": "int4"}
+
+
+def feature_compute_dtype(device: str | Device, feature: str) -> tuple[str, str | None]:
+    """The data type whose peak bounds a matmul in number format ``feature`` on ``device``, and the support.
+
+    Where the device runs the format natively (``supports`` says ``"native"``), the format's own peak
+    (:data:`FEATURE_DTYPES`); otherwise (``"storage"``, ``"none"`` or no source) the values are converted to the
+    device's 16-bit type before its matrix units, so FP16 (BF16 where it has no FP16 peak) bounds it: a storage
+    format saves bytes, not operations. ``("fp4", "native")`` for NVFP4 on a B200, ``("fp16", "storage")`` on an
+    H100. Introduced in Chapter 10.
+    """
+    if feature not in FEATURE_DTYPES:
+        close = suggest(str(feature), FEATURE_DTYPES)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"no compute data type for feature {feature!r}.{hint} Number formats: {list(FEATURE_DTYPES)}")
+    dev = get_device(device) if not isinstance(device, Device) else device
+    support = supports(dev, feature)
+    if support == "native":
+        dtype = FEATURE_DTYPES[feature]
+        if dtype not in dev.peaks:
+            raise ValueError(f"data/device_features.csv says {dev.display_name} runs {feature} natively, but the "
+                             f"hardware table has no {dtype} peak for it")
+        return dtype, support
+    for half in ("fp16", "bf16"):
+        if half in dev.peaks:
+            return half, support
+    return dev.dtypes[0], support
+
+
+# ---- deprecated spellings ------------------------------------------------------------------------------
+#: Deprecated alias of :func:`get_device`. As a function named like its module, ``unveiled.hardware`` used to
+#: shadow this module; it is kept so that older notebooks run, and new code writes :func:`get_device`.
+hardware = get_device
+
+
+class _RegistryModule(types.ModuleType):
+    """This module, callable: ``uv.hardware("a6000")`` is a deprecated alias of ``uv.get_device("a6000")``."""
+
+    def __call__(self, name: str | Device, preset: str = "datasheet") -> Device:
+        return get_device(name, preset)
+
+
+sys.modules[__name__].__class__ = _RegistryModule

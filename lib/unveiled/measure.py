@@ -43,7 +43,7 @@ import pandas as pd
 
 from ._validate import check_int, check_positive
 from .environment import cpu_capability, cpu_flags, cpu_name, isa_limits, machine_description
-from .hardware import Device, canonical_dtype, hardware
+from .hardware import Device, canonical_dtype, get_device
 from .matmul_probe import (
     EMULATED_BELOW,
     NATIVE_FLAGS,
@@ -53,6 +53,7 @@ from .matmul_probe import (
     plan_matmul_sizes,
 )
 from .roofline import bound, elementwise_cost, matmul_cost, roofline_time
+from .session import progress_bar
 from .timing import CLOCKS, Budget, clock, time_repeats
 
 __all__ = [
@@ -141,9 +142,7 @@ def _progress(total: int, enabled: bool, desc: str) -> Iterator[Callable[[str], 
     if not enabled:
         yield lambda label: None
         return
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, leave=True)
+    bar = progress_bar(total=total, desc=desc, leave=True)
 
     def step(label: str) -> None:
         bar.set_postfix_str(label)
@@ -389,7 +388,7 @@ def measure_machine(*, array_bytes: int | None = None, matmul_sizes: tuple[int, 
     each data type gets its own measured roof, even where it is far slower than fp32 (an emulated bf16 is
     a real roof of this machine). Everything runs within about ``budget_s`` seconds on any CPU (a third for
     the bandwidth, the rest for the matrix products; see :func:`measure_matmul`). With ``register=True`` it
-    becomes available as ``uv.hardware("this-machine")``. With ``cache=True`` a second call with the same
+    becomes available as ``uv.get_device("this-machine")``. With ``cache=True`` a second call with the same
     settings returns the first result instead of measuring again. Data are seeded, so only the timings vary
     between runs. ``clock="thread"`` times the CPU time of the measuring thread instead of elapsed time
     (with one PyTorch thread), for measurements on a busy shared machine. Introduced in Chapter 1.
@@ -470,7 +469,7 @@ def measure_kernels(device: str | Device = "this-machine", *, array_bytes: int |
     torch = _torch()
     if torch is None:
         raise RuntimeError("measure_kernels needs PyTorch (pip install torch)")
-    dev = hardware(device)
+    dev = get_device(device)
     repeats = check_int("repeats", repeats)
     array_bytes = default_array_bytes() if array_bytes is None else check_int("array_bytes", array_bytes,
                                                                               minimum=2**16)

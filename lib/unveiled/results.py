@@ -7,10 +7,11 @@ plus ``<name>.json`` with its provenance (command, machine, versions, date, dura
 with :func:`cached` and, where it can afford it, reruns one setting live next to the cached number.
 
 Experiment names are ``<module>.<name>``, where ``<module>`` is the ``unveiled`` sub-module that defines it
-(e.g. ``quant.smollm2_rtn_sweep`` lives in :mod:`unveiled.quant`). Introduced in Chapter 3.
+(e.g. ``kvcache.experiments.smollm2_kv_quant`` lives in :mod:`unveiled.kvcache.experiments`; the
+quant and distill packages register theirs under the package name, e.g. ``quant.smollm2_rtn``). Introduced in Chapter 3.
 
     python -m unveiled.results list
-    python -m unveiled.results run quant.smollm2_rtn_sweep
+    python -m unveiled.results run quant.smollm2_rtn
 """
 
 from __future__ import annotations
@@ -44,12 +45,16 @@ class Experiment:
 _REGISTRY: dict[str, Experiment] = {}
 
 
-def experiment(name: str, description: str) -> Callable:
-    """Decorator registering ``fn() -> DataFrame`` as the cached experiment ``<module>.<name>``."""
+def experiment(name: str, description: str, *, module: str | None = None) -> Callable:
+    """Decorator registering ``fn() -> DataFrame`` as the cached experiment ``<module>.<name>``.
+
+    ``module`` defaults to the sub-module of ``unveiled`` that defines ``fn`` (``kvcache.experiments``). A
+    package that keeps its experiments in a sub-module may register them under the package's name instead
+    (``module="quant"``), provided importing the package imports that sub-module.
+    """
 
     def wrap(fn: Callable[[], pd.DataFrame]) -> Callable[[], pd.DataFrame]:
-        module = fn.__module__.removeprefix("unveiled.")
-        full = f"{module}.{name}"
+        full = f"{module or fn.__module__.removeprefix('unveiled.')}.{name}"
         _REGISTRY[full] = Experiment(full, fn, description)
         return fn
 
@@ -82,7 +87,7 @@ def provenance(name: str) -> dict:
 def cached(name: str) -> pd.DataFrame:
     """The cached table of experiment ``name``; its provenance is in ``df.attrs["provenance"]``."""
     if not isinstance(name, str):
-        raise TypeError(f"name must be a str such as 'quant.smollm2_rtn_sweep', got {type(name).__name__}")
+        raise TypeError(f"name must be a str such as 'quant.smollm2_rtn', got {type(name).__name__}")
     files = [f[len("results/"):-len(".csv")] for f in list_data_files() if f.startswith("results/") and f.endswith(".csv")]
     if name not in files:
         raise unknown_name("cached result", name, files)

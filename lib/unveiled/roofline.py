@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ._validate import check_int, check_positive
-from .hardware import DTYPES, Device, canonical_dtype, hardware
+from .hardware import DTYPES, Device, canonical_dtype, get_device
 
 __all__ = [
     "Operation",
@@ -46,14 +46,8 @@ __all__ = [
 
 def _device(device: str | Device) -> Device:
     if isinstance(device, (str, Device)):
-        return hardware(device)
+        return get_device(device)
     raise TypeError(f"device must be a Device or a device name such as 'a6000', got {type(device).__name__}")
-
-
-def _array_or_number(name: str, value, *, allow_zero: bool = False):
-    if isinstance(value, (pd.Series, pd.Index)):
-        value = value.to_numpy()
-    return check_positive(name, value, allow_array=True, allow_zero=allow_zero)
 
 
 def ridge_point(device: str | Device, dtype: str = "fp16") -> float:
@@ -72,22 +66,18 @@ def attainable_performance(intensity, device: str | Device, dtype: str = "fp16")
     the compute units do. ``intensity`` may be a number or an array (> 0); the result has the same shape.
     Introduced in Chapter 1.
     """
-    dev = _device(device)
-    peak = dev.peak(dtype)
-    i = _array_or_number("intensity (ops/byte)", intensity)
-    out = np.minimum(peak, dev.bandwidth * np.asarray(i))
-    return float(out) if np.ndim(out) == 0 else out
+    return _device(device).attainable(intensity, dtype)
 
 
 def bound(intensity, device: str | Device, dtype: str = "fp16"):
     """``"memory"`` below the ridge point, ``"compute"`` at or above it (arrays give arrays).
 
-    The label tells which optimisation can help: less traffic (quantisation, fusion, batching) for a
+    The label tells which optimisation can help: less traffic (quantization, fusion, batching) for a
     memory-bound operation, more or cheaper compute for a compute-bound one (survey §2.2). Chapter 1.
     """
     dev = _device(device)
     ridge = dev.ridge_point(dtype)
-    i = _array_or_number("intensity (ops/byte)", intensity)
+    i = check_positive("intensity (ops/byte)", intensity, allow_array=True)
     out = np.where(np.asarray(i) < ridge, "memory", "compute")
     return str(out) if np.ndim(out) == 0 else out
 
@@ -99,14 +89,7 @@ def roofline_time(flops, bytes_, device: str | Device, dtype: str = "fp16"):
     the same as ``flops / attainable_performance(flops / bytes)``. Either argument may be zero (a pure copy
     has no operations), not both; arrays broadcast. Introduced in Chapter 1.
     """
-    dev = _device(device)
-    peak = dev.peak(dtype)
-    f = np.asarray(_array_or_number("flops", flops, allow_zero=True))
-    q = np.asarray(_array_or_number("bytes", bytes_, allow_zero=True))
-    if np.any((f == 0) & (q == 0)):
-        raise ValueError("an operation needs flops > 0 or bytes > 0 (both are zero)")
-    t = np.maximum(f / peak, q / dev.bandwidth)
-    return float(t) if t.ndim == 0 else t
+    return _device(device).time(flops, bytes_, dtype)
 
 
 @dataclass(frozen=True)
@@ -155,7 +138,7 @@ def roofline_curve(device: str | Device, dtype: str = "fp16", intensities=None, 
         n = check_int("n", n, minimum=2)
         r = dev.ridge_point(dtype)
         intensities = np.sort(np.append(np.geomspace(r / 100, r * 100, n), r))
-    i = np.asarray(_array_or_number("intensities", intensities), dtype=float).reshape(-1)
+    i = np.asarray(check_positive("intensities", intensities, allow_array=True), dtype=float).reshape(-1)
     return pd.DataFrame(
         {
             "intensity": i,
@@ -391,7 +374,7 @@ def critical_batch_size(device: str | Device, dtype: str = "fp16", k: int = 4096
     load) towards ``2kn / ((k + n)·a)``; it crosses the ridge point ``π/β`` at
     ``m* = ⌈ I*·k·n·w / (2kn − I*·(k + n)·a) ⌉``. For large ``k, n`` this is ``≈ I*·w/2``: about the ridge
     point itself for 16-bit weights. ``a`` and ``w`` are bytes per activation and weight (``weight_dtype``
-    for weight-only quantisation; the compute runs at ``dtype``'s peak). Returns None when no ``m`` gets
+    for weight-only quantization; the compute runs at ``dtype``'s peak). Returns None when no ``m`` gets
     there. Introduced in Chapter 1.
     """
     dev = _device(device)

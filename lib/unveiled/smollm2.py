@@ -38,6 +38,7 @@ import torch
 
 from ._validate import check_int
 from .models import Decoder, DecoderConfig, model_from_state
+from .session import progress_bar
 
 __all__ = [
     "GGUF_FILE",
@@ -348,9 +349,7 @@ def load_smollm2(path: str | os.PathLike | None = None, verify: bool = True, pro
     config = config_from_gguf(parsed)
     tensors = parsed.tensors
     if progress:
-        from tqdm.auto import tqdm
-
-        tensors = tqdm(tensors, desc="dequantizing SmolLM2", leave=False)
+        tensors = progress_bar(tensors, desc="dequantizing SmolLM2")
     state: dict[str, torch.Tensor] = {}
     for t in tensors:
         try:

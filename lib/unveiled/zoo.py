@@ -25,7 +25,6 @@ import pathlib
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
 
 import pandas as pd
 import torch
@@ -34,11 +33,13 @@ from ._validate import check_int, unknown_name
 from .datafiles import data_file
 from .evaluation import perplexity
 from .models import Decoder, DecoderConfig, load_model, save_model
+from .session import progress_bar
 from .text import corpus_split, shakespeare_tokenizer
+from .threads import torch_threads
+from .training import TrainingRecipe, lr_at, make_optimizer, optimizer_step
 
 __all__ = [
     "ZOO",
-    "ScheduleSettings",
     "TrainResult",
     "TrainSettings",
     "ZooEntry",
@@ -53,19 +54,12 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    """How a zoo model is trained: optimizer, schedule, batch shape, seed and a fixed number of steps."""
+class TrainSettings(TrainingRecipe):
+    """How a zoo model is trained: the book's recipe (:class:`~unveiled.training.TrainingRecipe`: steps,
+    AdamW, schedule, clipping, seed) plus the batch shape and when to evaluate."""
 
-    steps: int
-    lr: float
     batch_size: int = 16
     seq_len: int = 256
-    warmup_fraction: float = 0.03
-    min_lr_ratio: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
     eval_every: int = 100
     eval_chars: int = 16_384
     check_steps: tuple[int, ...] = (10, 20, 30)
@@ -125,29 +119,6 @@ def _entry(name: str | ZooEntry) -> ZooEntry:
     return ZOO[key]
 
 
-class ScheduleSettings(Protocol):
-    """What :func:`lr_at` reads from a training recipe (the zoo's, distillation's and the SmolLM2 draft's)."""
-
-    steps: int
-    lr: float
-    warmup_fraction: float
-    min_lr_ratio: float
-
-
-def lr_at(step: int, settings: ScheduleSettings) -> float:
-    """Learning rate at 0-based ``step``: linear warm-up over ``warmup_fraction`` of the steps (3 % in the zoo),
-    then cosine decay to ``min_lr_ratio`` of the peak (10 %). Every training loop of the book uses this schedule.
-
-    Introduced in the appendix "The models in this book".
-    """
-    warm = max(1, round(settings.warmup_fraction * settings.steps))
-    if step < warm:
-        return settings.lr * (step + 1) / warm
-    frac = (step - warm) / max(1, settings.steps - warm)
-    floor = settings.lr * settings.min_lr_ratio
-    return floor + 0.5 * (settings.lr - floor) * (1 + math.cos(math.pi * min(1.0, frac)))
-
-
 @dataclass
 class TrainResult:
     """A trained model, its per-step log (``step``, ``lr``, ``train_loss``, ``val_loss``) and the time taken."""
@@ -157,13 +128,6 @@ class TrainResult:
     time_s: float
     steps: int
     entry: ZooEntry
-
-
-def _optimizer(model: Decoder, s: TrainSettings) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, foreach=False)
 
 
 def val_loss(model: Decoder, max_chars: int | None = None, window: int = 256) -> float:
@@ -202,28 +166,20 @@ def train(
     data = torch.tensor(tok.encode(corpus_split("train")), dtype=torch.long)
     model = Decoder(entry.config, seed=s.seed)
     model.train()
-    opt = _optimizer(model, s)
+    opt = make_optimizer(model, s)
     gen = torch.Generator().manual_seed(s.seed)
     from .text import random_batch
 
     rows = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=f"training {entry.name}", leave=False)
+        bar = progress_bar(total=steps, desc=f"training {entry.name}")
     t0 = time.perf_counter()
     for step in range(steps):
-        lr = lr_at(step, s)
-        for group in opt.param_groups:
-            group["lr"] = lr
         x, y = random_batch(data, s.batch_size, s.seq_len, gen)
         logits = model(x)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        opt.step()
+        lr = optimizer_step(model, opt, loss, s, step)
         row = {"step": step + 1, "lr": lr, "train_loss": loss.item(), "val_loss": float("nan")}
         if evaluate and ((step + 1) % s.eval_every == 0 or step + 1 == steps):
             with torch.no_grad():
@@ -410,12 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="data/models", help="output folder (default data/models)")
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps (schedule unchanged)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    result = train(args.name, stop_after=args.steps)
-    info = _write_shipped(result, pathlib.Path(args.out))
-    print(f"{args.name}: {result.steps} steps in {result.time_s:.0f} s, val {info['val']['nats_per_char']:.4f} "
-          f"nats/char -> {args.out}/{info['file']}")
-    return 0
+    with torch_threads(args.threads):  # the whole command, restored when it returns
+        result = train(args.name, stop_after=args.steps)
+        info = _write_shipped(result, pathlib.Path(args.out))
+        print(f"{args.name}: {result.steps} steps in {result.time_s:.0f} s, val {info['val']['nats_per_char']:.4f} "
+              f"nats/char -> {args.out}/{info['file']}")
+        return 0
 
 
 if __name__ == "__main__":

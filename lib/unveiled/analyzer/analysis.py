@@ -8,18 +8,21 @@ data type it runs in, and sums. The memory footprint (weights, KV cache, peak ac
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from .._validate import check_choice, check_int
-from ..hardware import Device, hardware
+from ..hardware import Device, get_device
 from ..roofline import roofline_time
-from .configs import ModelSpec, model, param_classes
-from .costs import CONVENTIONS, LOGITS, STAGES, Op, Setting, build_ops, check_bits
+from .configs import ModelSpec, model_spec, param_classes
+from .costs import ATTENTION_KERNELS, CONVENTIONS, LOGITS, STAGES, Op, Setting, build_ops
+from .number_formats import FormatRoof, check_number_format, format_roof
+from .precision import Precision
 
-__all__ = ["Analysis", "MemoryFootprint", "analyze", "resolve_device"]
+__all__ = ["Analysis", "MemoryFootprint", "analyze", "resolve_device", "setting"]
 
 _DTYPE_ORDER = {  # candidates, narrowest first, for the widest operand of a matrix product
     4: ("int4", "int8", "fp8", "fp16", "bf16", "fp32"),
@@ -43,7 +46,7 @@ def resolve_device(device: str | Device, conventions: str = "exact") -> Device:
     if isinstance(device, Device):
         if conventions != "exact" and device.preset == "datasheet":
             try:
-                return hardware(device.name, preset="llm-viewer")
+                return get_device(device.name, preset="llm-viewer")
             except ValueError:
                 return device
         return device
@@ -51,10 +54,10 @@ def resolve_device(device: str | Device, conventions: str = "exact") -> Device:
         raise TypeError(f"device must be a name such as 'a6000' or a Device, got {type(device).__name__}")
     if conventions != "exact":
         try:
-            return hardware(device, preset="llm-viewer")
+            return get_device(device, preset="llm-viewer")
         except ValueError:
             pass
-    return hardware(device)
+    return get_device(device)
 
 
 @dataclass
@@ -237,8 +240,9 @@ class Analysis:
     ``ops`` is a DataFrame with one row per operator kind: ``op, count, flops, bytes, intensity, bound,
     time_s`` (FLOPs, bytes and time of ONE instance; ``count`` instances run per pass), then the compute data
     type, the attainable FLOP/s, the bytes split by tensor class and ``total_time_s = count × time_s``.
-    ``flops``, ``bytes`` and ``time_s`` are the totals for the pass; ``memory`` is a :class:`MemoryFootprint`.
-    Introduced in Chapter 2.
+    ``flops``, ``bytes`` and ``time_s`` are the totals for the pass; ``memory`` is a :class:`MemoryFootprint`;
+    ``precision`` is the :class:`Precision` it ran at (``w_bits``, ``a_bits`` and ``kv_bits`` repeat its bits,
+    ``kv_bits`` resolved). Introduced in Chapter 2.
     """
 
     model: ModelSpec
@@ -258,6 +262,20 @@ class Analysis:
     memory: MemoryFootprint
     _ev: _Evaluation = field(repr=False)
     _ops: pd.DataFrame | None = field(default=None, repr=False)
+    precision: Precision = field(default_factory=Precision)
+    new_tokens: int = 1
+    attention: str = ""  # the attention kernel convention ("fused", "unfused" or "eager")
+    format_roof: FormatRoof | None = None
+
+    @property
+    def number_format(self) -> str | None:
+        """The number format of the linear layers (``analyze(..., number_format=...)``), or None."""
+        return None if self.format_roof is None else self.format_roof.number_format
+
+    @property
+    def format_note(self) -> str:
+        """Whether the device executes the number format natively or only stores it (empty without a format)."""
+        return "" if self.format_roof is None else self.format_roof.note
 
     @property
     def ops(self) -> pd.DataFrame:
@@ -286,8 +304,8 @@ class Analysis:
 
     @property
     def tokens(self) -> int:
-        """Tokens processed by the pass: batch × prompt length in prefill, batch in decode."""
-        return self.batch * (self.seq_len if self.stage == "prefill" else 1)
+        """Tokens processed by the pass: batch × prompt length in prefill, batch × new tokens in decode."""
+        return self.batch * (self.seq_len if self.stage == "prefill" else self.new_tokens)
 
     @property
     def tokens_per_s(self) -> float:
@@ -311,39 +329,45 @@ class Analysis:
             "tokens_per_s": self.tokens_per_s, "memory_bound_share": self.memory_bound_share,
             "weights_bytes": self.memory.weights, "kv_cache_bytes": self.memory.kv_cache,
             "activation_bytes": self.memory.activations, "memory_bytes": self.memory.total,
-            "fits": self.memory.fits,
+            "fits": self.memory.fits, "number_format": self.number_format,
+            "format_support": None if self.format_roof is None else self.format_roof.support,
         })
 
     def __repr__(self) -> str:
         bits = f"W{self.w_bits}A{self.a_bits}KV{self.kv_bits}"
+        if self.format_roof is not None:
+            r = self.format_roof
+            bits += f", {r.number_format} ({r.support or 'unknown'}: {r.compute_dtype} roof)"
         return (f"Analysis({self.model.name} on {self.device.display_name}, {self.stage}, batch {self.batch}, "
                 f"seq_len {self.seq_len}, {bits}, {'FlashAttention, ' if self.flash_attention else ''}"
                 f"{self.conventions}: {self.flops / 1e12:.4g} TFLOP, {self.bytes / 1e9:.4g} GB, "
                 f"{self.time_s * 1e3:.4g} ms)")
 
 
-def check_setting(spec: ModelSpec, *, stage, batch, seq_len, w_bits, a_bits, kv_bits, flash_attention,
-                  conventions, logits, check_context, group_size, head_bits) -> tuple:
-    """Validate the arguments shared by analyze, generate and sweep (scalars). Returns the cleaned values."""
+def check_setting(spec: ModelSpec, *, stage, batch, seq_len, flash_attention, conventions, logits, check_context,
+                  new_tokens: int = 1) -> tuple:
+    """Validate the arguments shared by analyze, estimate_generation and sweep (scalars); the bit widths are
+    checked by :class:`Precision`. Returns the cleaned ``(batch, seq_len, flash_attention, new_tokens)``."""
     check_choice("stage", stage, STAGES)
     check_choice("conventions", conventions, CONVENTIONS)
     check_choice("logits", logits, LOGITS)
     batch = check_int("batch", batch)
     seq_len = check_int("seq_len", seq_len)
-    w_bits = check_bits("w_bits", w_bits)
-    a_bits = check_bits("a_bits", a_bits)
-    kv_bits = a_bits if kv_bits is None else check_bits("kv_bits", kv_bits)
+    new_tokens = check_int("new_tokens", new_tokens)
+    if new_tokens > 1:
+        if stage != "decode":
+            raise ValueError(f"new_tokens={new_tokens} needs stage='decode' (a prefill pass processes seq_len tokens)")
+        if conventions != "exact":
+            raise ValueError("new_tokens > 1 (a decode step scoring several tokens) exists only in conventions='exact'")
+        if new_tokens > np.min(seq_len):
+            raise ValueError(f"new_tokens={new_tokens} exceeds seq_len={seq_len}: the cache holds the new tokens too")
     if not isinstance(flash_attention, (bool, np.bool_)):
         raise TypeError(f"flash_attention must be True or False, got {flash_attention!r}")
-    if group_size is not None:
-        group_size = check_int("group_size", group_size)
-    if head_bits is not None:
-        head_bits = check_bits("head_bits", head_bits)
     if check_context is None:
         check_context = conventions == "exact"
     if check_context:
         _check_context(spec, stage, seq_len)
-    return batch, seq_len, w_bits, a_bits, kv_bits, bool(flash_attention), group_size, head_bits
+    return batch, seq_len, bool(flash_attention), new_tokens
 
 
 def _check_context(spec: ModelSpec, stage: str, seq_len) -> None:
@@ -356,37 +380,115 @@ def _check_context(spec: ModelSpec, stage: str, seq_len) -> None:
 
 
 def analyze(m: str | ModelSpec, hw: str | Device, *, stage: str = "prefill", batch: int = 1, seq_len: int = 2048,
-            w_bits: int = 16, a_bits: int = 16, kv_bits: int | None = None, flash_attention: bool = False,
-            conventions: str = "exact", logits: str = "last", check_context: bool | None = None,
-            group_size: int | None = None, head_bits: int | None = None) -> Analysis:
+            precision: Precision | str | None = None, w_bits: int | None = None, a_bits: int | None = None,
+            kv_bits: int | None = None, flash_attention: bool = False, conventions: str = "exact",
+            logits: str = "last", check_context: bool | None = None, group_size: int | None = None,
+            head_bits: int | None = None, new_tokens: int = 1, attention: str | None = None,
+            number_format: str | None = None) -> Analysis:
     """Analyse one prefill or decode pass of model ``m`` on device ``hw`` with the roofline model.
 
     ``stage="prefill"`` processes ``batch`` prompts of ``seq_len`` tokens; ``stage="decode"`` processes one
     new token per sequence with a KV cache of ``seq_len`` tokens (the new token's keys and values included:
-    it is the ``seq_len``-th token, and it attends to all of them). Weights, activations and the KV cache
-    have their own bit widths (``kv_bits`` defaults to ``a_bits``); ``group_size`` adds an fp16 scale and zero
-    point per group of quantized weights; embeddings and ``lm_head`` stay in 16 bits unless ``head_bits`` says
-    otherwise. ``logits="last"`` computes the logits of the last position (serving), ``"all"`` of every
-    position (a plain forward). ``conventions="paper"`` reproduces LLM-Viewer's accounting and the survey's
-    numbers [Yuan et al. 2024]; ``"exact"`` (default) counts from first principles. A prompt longer than
-    the model's context raises unless ``check_context=False`` (the paper convention does not check, as
-    LLM-Viewer did not). Introduced in Chapter 2.
+    it is the ``seq_len``-th token, and it attends to all of them). ``new_tokens`` > 1 makes a decode step
+    score several tokens per sequence, each attending causally to the cache and the new tokens before it
+    (the verification pass of speculative decoding, Chapter 7).
+
+    The precision is one :class:`Precision` or its name (``precision="W4A16KV8"``), or the same settings as
+    flat keywords: weights, activations and the KV cache have their own bit widths (``w_bits`` and ``a_bits``
+    default to 16, ``kv_bits`` to ``a_bits``); ``group_size`` adds an fp16 scale and zero point per group of
+    quantized weights; embeddings and ``lm_head`` stay in 16 bits unless ``head_bits`` says otherwise.
+    ``number_format`` (``"fp8_e4m3"``, ``"mxfp4"``, ``"nvfp4"``, ... see
+    :data:`~unveiled.analyzer.number_formats.NUMBER_FORMATS`) stores the linear layers' weights in that format,
+    block scales counted (the weight width becomes its element width), and runs their matrix products at the
+    format's peak where the device executes it natively, at the 16-bit peak where it only stores it
+    (Chapter 10); ``Analysis.format_note`` says which. ``logits="last"`` computes the logits of the last
+    position (serving), ``"all"`` of every position (a plain forward). ``conventions="paper"`` reproduces
+    LLM-Viewer's accounting and the survey's numbers [Yuan et al. 2024]; ``"exact"`` (default) counts from
+    first principles. A prompt longer than the model's context raises unless ``check_context=False`` (the
+    paper convention does not check, as LLM-Viewer did not). ``attention`` names the attention kernels
+    explicitly (see :data:`~unveiled.analyzer.costs.ATTENTION_KERNELS`): ``"fused"`` is
+    ``flash_attention=True``, ``"unfused"`` the default three GQA-aware kernels, ``"eager"`` what eager
+    PyTorch code moves (K/V repeated per query head, separate scale and mask passes; exact convention, not
+    for multi-head latent attention; Chapter 8). Introduced in Chapter 2.
     """
-    spec = model(m)
+    spec = model_spec(m)
     conventions = check_choice("conventions", conventions, CONVENTIONS)
+    if attention is not None:
+        check_choice("attention", attention, ATTENTION_KERNELS)
+        if flash_attention and attention != "fused":
+            raise ValueError(f"flash_attention=True contradicts attention={attention!r}; pass one of them")
+        if attention == "eager" and conventions != "exact":
+            raise ValueError("attention='eager' is a first-principles count: use conventions='exact'")
+        flash_attention = attention == "fused"
     device = resolve_device(hw, conventions)
-    batch, seq_len, w_bits, a_bits, kv_bits, flash_attention, group_size, head_bits = check_setting(
-        spec, stage=stage, batch=batch, seq_len=seq_len, w_bits=w_bits, a_bits=a_bits, kv_bits=kv_bits,
-        flash_attention=flash_attention, conventions=conventions, logits=logits, check_context=check_context,
-        group_size=group_size, head_bits=head_bits)
-    st = Setting(stage, float(batch), float(seq_len), float(w_bits), float(a_bits), float(kv_bits),
-                 flash_attention, conventions, logits, group_size, head_bits)
+    p = Precision.resolve(precision, w_bits=w_bits, a_bits=a_bits, kv_bits=kv_bits, head_bits=head_bits,
+                          group_size=group_size)
+    roof = None
+    if number_format is not None:
+        check_number_format(number_format)
+        if conventions != "exact":
+            raise ValueError("number_format needs conventions='exact' (LLM-Viewer has no notion of formats)")
+        roof = format_roof(device, number_format)
+        if p.w_bits not in (16, roof.element_bits):
+            raise ValueError(f"number_format={number_format!r} stores {roof.element_bits}-bit weights; "
+                             f"leave w_bits out (got w_bits={p.w_bits})")
+        p = dataclasses.replace(p, w_bits=roof.element_bits)
+    batch, seq_len, flash_attention, new_tokens = check_setting(
+        spec, stage=stage, batch=batch, seq_len=seq_len, flash_attention=flash_attention, conventions=conventions,
+        logits=logits, check_context=check_context, new_tokens=new_tokens)
+    st = setting(stage, batch, seq_len, p, flash_attention, conventions, logits, new_tokens,
+                 eager_attention=attention == "eager")
     ev = evaluate(spec, device, st)
     weights, kv, act = memory_arrays(spec, st, ev)
+    if roof is not None:
+        ev = _apply_format_roof(ev, device, roof)
+        weights = weights + param_classes(spec)["linear"] * (roof.stored_bits - roof.element_bits) / 8
     counts = ev.counts
     flops = float(counts @ ev.flops)
     total_bytes = float(counts @ ev.bytes)
     time_s = float(counts @ ev.time)
     mem = MemoryFootprint(float(weights), float(kv), float(act), device.memory_bytes)
-    return Analysis(spec, device, stage, batch, seq_len, w_bits, a_bits, kv_bits, flash_attention, conventions,
-                    logits, flops, total_bytes, time_s, mem, ev)
+    kernels = attention or ("fused" if flash_attention else "unfused")
+    return Analysis(spec, device, stage, batch, seq_len, p.w_bits, p.a_bits, p.kv, flash_attention, conventions,
+                    logits, flops, total_bytes, time_s, mem, ev, precision=p, new_tokens=new_tokens,
+                    attention=kernels, format_roof=roof)
+
+
+def setting(stage: str, batch, seq_len, precision: Precision, flash_attention: bool = False,
+            conventions: str = "exact", logits: str = "last", new_tokens: int = 1,
+            eager_attention: bool = False) -> Setting:
+    """The :class:`Setting` the cost formulas evaluate (batch and seq_len may be arrays), from checked values."""
+    p = precision
+    return Setting(stage, np.asarray(batch, dtype=float) if np.ndim(batch) else float(batch),
+                   np.asarray(seq_len, dtype=float) if np.ndim(seq_len) else float(seq_len), float(p.w_bits),
+                   float(p.a_bits), float(p.kv), flash_attention, conventions, logits, p.group_size, p.head_bits,
+                   new_tokens, eager_attention)
+
+
+#: Linear layers that stay in 16 bits under a number format (as under w_bits): the head, routers, gates.
+_HIGH_PRECISION_GEMMS = ("lm_head", "router", "shared_expert_gate")
+
+
+def _apply_format_roof(ev: _Evaluation, device: Device, roof: FormatRoof) -> _Evaluation:
+    """Re-price the quantized linear layers of an evaluation in a number format: weight bytes at the format's
+    stored bits (block scales), time at the format's compute roof (native) or the 16-bit one (storage)."""
+    lin = np.array([k == "gemm" and n not in _HIGH_PRECISION_GEMMS for k, n in zip(ev.kinds, ev.names, strict=True)])
+    parts = dict(ev.parts)
+    scale = np.where(lin, roof.stored_bits / roof.element_bits, 1.0).reshape((-1,) + (1,) * (ev.flops.ndim - 1))
+    parts["load_weight"] = ev.parts["load_weight"] * scale
+    total = parts["load_weight"] + parts["load_act"] + parts["store_act"] + parts["load_kv"] + parts["store_kv"]
+    names = list(ev.dtypes)
+    if roof.compute_dtype not in names:
+        names.append(roof.compute_dtype)
+    dtype_idx = ev.dtype_idx.copy()
+    dtype_idx[lin] = names.index(roof.compute_dtype)
+    time = np.empty_like(ev.time)
+    peaks = np.empty_like(ev.peaks)
+    for i, d in enumerate(names):
+        mask = dtype_idx == i
+        if np.any(mask):
+            time[mask] = roofline_time(ev.flops[mask], total[mask], device, d)
+            peaks[mask] = device.peak(d)
+    compute_bound = ev.flops / peaks >= total / device.bandwidth
+    return _Evaluation(ev.names, ev.counts, ev.kinds, ev.flops, parts, total, names, dtype_idx, time, compute_bound,
+                       peaks)

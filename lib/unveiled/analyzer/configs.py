@@ -21,13 +21,14 @@ import pandas as pd
 
 from .._validate import check_int, unknown_name
 from ..datafiles import data_file, list_data_files
+from .precision import check_bits
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "ModelSpec",
-    "model",
     "model_from_hf_config",
     "model_names",
+    "model_spec",
 ]
 
 _CONFIG_DIR = "model_configs"
@@ -172,8 +173,6 @@ class ModelSpec:
         """
         seq_len = check_int("seq_len", seq_len, minimum=0)
         batch = check_int("batch", batch)
-        from .costs import check_bits
-
         kv_bits = check_bits("kv_bits", kv_bits)
         tokens = seq_len if self.sliding_window is None else min(seq_len, self.sliding_window)
         return float(batch * tokens * self.kv_elements_per_token * self.num_layers * kv_bits / 8)
@@ -343,6 +342,28 @@ def _act(cfg: Mapping, *keys: str, default: str) -> str:
 
 
 def _spec_from_config(cfg: Mapping, name: str) -> ModelSpec:
+    """Read a parsed ``config.json``: check its ``model_type``, then build the spec of its family.
+
+    GPT-2 and OPT have their own field names; every other supported family is a Llama-style decoder read in
+    three steps: the common shape (:func:`_decoder_shape`), the family's attention options
+    (:func:`_attention_options`) and its mixture of experts and latent attention (:func:`_moe_fields`).
+    """
+    mt = _model_type(cfg, name)
+    g = functools.partial(_int, cfg, model_type=mt, name=name)
+    common: dict = {"name": name, "model_type": mt, "config": dict(cfg), "hf_id": str(cfg.get("_name_or_path", ""))}
+    if mt == "gpt2":
+        return ModelSpec(**common, **_gpt2_fields(cfg, g))
+    if mt == "opt":
+        return ModelSpec(**common, **_opt_fields(cfg, g))
+    kw = _decoder_shape(cfg, g, mt, name)
+    kw.update(_attention_options(cfg, g, mt))
+    kw.update(_moe_fields(cfg, g, mt, kw["num_layers"], kw["intermediate_size"]))
+    if mt in ("deepseek_v2", "deepseek_v3"):
+        kw.update(_mla_fields(cfg, g))
+    return ModelSpec(**common, **kw)
+
+
+def _model_type(cfg: Mapping, name: str) -> str:
     if not isinstance(cfg, Mapping):
         raise TypeError(f"a config must be a dict (the parsed config.json), got {type(cfg).__name__}")
     mt = cfg.get("model_type")
@@ -352,50 +373,60 @@ def _spec_from_config(cfg: Mapping, name: str) -> ModelSpec:
         )
     if mt not in SUPPORTED_MODEL_TYPES:
         raise unknown_name("model_type", mt, SUPPORTED_MODEL_TYPES)
-    g = functools.partial(_int, cfg, model_type=mt, name=name)
-    common: dict = {"name": name, "model_type": mt, "config": dict(cfg), "hf_id": str(cfg.get("_name_or_path", ""))}
+    return mt
 
-    if mt == "gpt2":
-        h, H = g("n_embd"), g("n_head")
-        inner = cfg.get("n_inner") or 4 * h
-        return ModelSpec(
-            **common, hidden_size=h, num_layers=g("n_layer"), num_heads=H, num_kv_heads=H, head_dim=h // H,
-            intermediate_size=inner, vocab_size=g("vocab_size"), max_context=g("n_positions"),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), norm="layer", mlp="plain",
-            activation=_act(cfg, "activation_function", default="gelu"), qkv_bias=True, o_bias=True, mlp_bias=True,
-            positions="learned", position_rows=g("n_positions"),
-        )
-    if mt == "opt":
-        h, H = g("hidden_size"), g("num_attention_heads")
-        ctx = g("max_position_embeddings")
-        bias = bool(cfg.get("enable_bias", True))
-        proj = cfg.get("word_embed_proj_dim") or h
-        pre_ln = bool(cfg.get("do_layer_norm_before", True))
-        return ModelSpec(
-            **common, hidden_size=h, num_layers=g("num_hidden_layers"), num_heads=H, num_kv_heads=H,
-            head_dim=h // H, intermediate_size=g("ffn_dim"), vocab_size=g("vocab_size"), max_context=ctx,
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), norm="layer", mlp="plain",
-            activation=_act(cfg, "activation_function", default="relu"), qkv_bias=bias, o_bias=bias,
-            mlp_bias=bias, positions="learned", position_rows=ctx + 2,
-            final_norm=pre_ln and not cfg.get("_remove_final_layer_norm", False),
-            embed_proj_dim=proj if proj != h else None,
-        )
 
+def _gpt2_fields(cfg: Mapping, g) -> dict:
+    """GPT-2: LayerNorm, a plain GELU MLP of width ``n_inner`` (4h by default), learned positions, biases."""
+    h, H = g("n_embd"), g("n_head")
+    return dict(
+        hidden_size=h, num_layers=g("n_layer"), num_heads=H, num_kv_heads=H, head_dim=h // H,
+        intermediate_size=cfg.get("n_inner") or 4 * h, vocab_size=g("vocab_size"), max_context=g("n_positions"),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), norm="layer", mlp="plain",
+        activation=_act(cfg, "activation_function", default="gelu"), qkv_bias=True, o_bias=True, mlp_bias=True,
+        positions="learned", position_rows=g("n_positions"),
+    )
+
+
+def _opt_fields(cfg: Mapping, g) -> dict:
+    """OPT: LayerNorm, a plain ReLU MLP, learned positions (offset by 2), OPT-350m's embedding projection."""
+    h, H = g("hidden_size"), g("num_attention_heads")
+    ctx = g("max_position_embeddings")
+    bias = bool(cfg.get("enable_bias", True))
+    proj = cfg.get("word_embed_proj_dim") or h
+    pre_ln = bool(cfg.get("do_layer_norm_before", True))
+    return dict(
+        hidden_size=h, num_layers=g("num_hidden_layers"), num_heads=H, num_kv_heads=H,
+        head_dim=h // H, intermediate_size=g("ffn_dim"), vocab_size=g("vocab_size"), max_context=ctx,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), norm="layer", mlp="plain",
+        activation=_act(cfg, "activation_function", default="relu"), qkv_bias=bias, o_bias=bias,
+        mlp_bias=bias, positions="learned", position_rows=ctx + 2,
+        final_norm=pre_ln and not cfg.get("_remove_final_layer_norm", False),
+        embed_proj_dim=proj if proj != h else None,
+    )
+
+
+def _decoder_shape(cfg: Mapping, g, mt: str, name: str) -> dict:
+    """Widths, heads, layers, vocabulary and context of a Llama-style decoder (head_dim read, not assumed)."""
     h, H = g("hidden_size"), g("num_attention_heads")
     K = cfg.get("num_key_value_heads") or H
-    n = g("num_hidden_layers")
-    default_tie = mt == "gemma"
     kw: dict = dict(
-        hidden_size=h, num_layers=n, num_heads=H, num_kv_heads=K,
+        hidden_size=h, num_layers=g("num_hidden_layers"), num_heads=H, num_kv_heads=K,
         head_dim=cfg.get("head_dim") or h // H, intermediate_size=g("intermediate_size"),
         vocab_size=g("vocab_size"), max_context=g("max_position_embeddings"),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", default_tie)),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", mt == "gemma")),
         activation=_act(cfg, "hidden_activation", "hidden_act", default="silu"),
     )
     if isinstance(kw["head_dim"], bool) or not isinstance(kw["head_dim"], int) or kw["head_dim"] < 1:
         raise ValueError(f"the config of {name!r}: 'head_dim' must be an integer >= 1, got {kw['head_dim']!r}")
     if H % K:
         raise ValueError(f"the config of {name!r}: num_attention_heads={H} is not a multiple of num_key_value_heads={K}")
+    return kw
+
+
+def _attention_options(cfg: Mapping, g, mt: str) -> dict:
+    """Biases, sliding windows, query/key norms and Gemma's scaled embeddings, per family."""
+    kw: dict = {}
     if mt in ("llama", "mistral", "mixtral"):
         kw["qkv_bias"] = kw["o_bias"] = bool(cfg.get("attention_bias", False))
         kw["mlp_bias"] = bool(cfg.get("mlp_bias", False))
@@ -413,39 +444,47 @@ def _spec_from_config(cfg: Mapping, name: str) -> ModelSpec:
     if mt == "gemma":
         kw["embed_scale"] = True
         kw["head_dim"] = g("head_dim")
+    if mt in ("deepseek_v2", "deepseek_v3"):
+        kw["qkv_bias"] = kw["o_bias"] = bool(cfg.get("attention_bias", False))
+    return kw
+
+
+def _moe_fields(cfg: Mapping, g, mt: str, n: int, intermediate_size: int) -> dict:
+    """Routed experts (how many, top-k, their width), which layers have them, and any shared expert."""
     if mt == "mixtral":
-        E, k = g("num_local_experts"), g("num_experts_per_tok")
-        kw.update(num_experts=E, experts_per_token=k, expert_intermediate_size=kw["intermediate_size"],
-                  moe_layer_flags=(True,) * n)
+        return dict(num_experts=g("num_local_experts"), experts_per_token=g("num_experts_per_tok"),
+                    expert_intermediate_size=intermediate_size, moe_layer_flags=(True,) * n)
     if mt in ("qwen2_moe", "qwen3_moe"):
-        E, k = g("num_experts"), g("num_experts_per_tok")
+        E = g("num_experts")
         step = cfg.get("decoder_sparse_step", 1) or 1
         only = set(cfg.get("mlp_only_layers") or [])
-        flags = tuple((i not in only) and (E > 0) and ((i + 1) % step == 0) for i in range(n))
-        kw.update(num_experts=E, experts_per_token=k, expert_intermediate_size=g("moe_intermediate_size"),
-                  moe_layer_flags=flags)
+        kw = dict(num_experts=E, experts_per_token=g("num_experts_per_tok"),
+                  expert_intermediate_size=g("moe_intermediate_size"),
+                  moe_layer_flags=tuple((i not in only) and (E > 0) and ((i + 1) % step == 0) for i in range(n)))
         if mt == "qwen2_moe" and cfg.get("shared_expert_intermediate_size"):
             kw.update(shared_expert_intermediate_size=int(cfg["shared_expert_intermediate_size"]),
                       shared_expert_gate=True)
+        return kw
     if mt in ("deepseek_v2", "deepseek_v3"):
-        E, k = g("n_routed_experts"), g("num_experts_per_tok")
         first = cfg.get("first_k_dense_replace", 0) or 0
         freq = cfg.get("moe_layer_freq", 1) or 1
-        flags = tuple(i >= first and i % freq == 0 for i in range(n))
         Ie = g("moe_intermediate_size")
-        q_rank = cfg.get("q_lora_rank")
-        kw.update(
-            num_experts=E, experts_per_token=k, expert_intermediate_size=Ie, moe_layer_flags=flags,
+        return dict(
+            num_experts=g("n_routed_experts"), experts_per_token=g("num_experts_per_tok"),
+            expert_intermediate_size=Ie, moe_layer_flags=tuple(i >= first and i % freq == 0 for i in range(n)),
             shared_expert_intermediate_size=Ie * int(cfg.get("n_shared_experts") or 0),
             router_bias=mt == "deepseek_v3" and cfg.get("topk_method") == "noaux_tc",
-            q_lora_rank=int(q_rank) if q_rank else None, kv_lora_rank=g("kv_lora_rank"),
-            qk_nope_head_dim=g("qk_nope_head_dim"), qk_rope_head_dim=g("qk_rope_head_dim"),
-            v_head_dim=g("v_head_dim"),
         )
-        kw["head_dim"] = kw["qk_nope_head_dim"] + kw["qk_rope_head_dim"]
-        kw["num_kv_heads"] = H  # after decompression every head has its own keys and values
-        kw["qkv_bias"] = kw["o_bias"] = bool(cfg.get("attention_bias", False))
-    return ModelSpec(**common, **kw)
+    return {}
+
+
+def _mla_fields(cfg: Mapping, g) -> dict:
+    """Multi-head latent attention's ranks and head widths; after decompression every head has its own K/V."""
+    q_rank = cfg.get("q_lora_rank")
+    nope, rope = g("qk_nope_head_dim"), g("qk_rope_head_dim")
+    return dict(q_lora_rank=int(q_rank) if q_rank else None, kv_lora_rank=g("kv_lora_rank"),
+                qk_nope_head_dim=nope, qk_rope_head_dim=rope, v_head_dim=g("v_head_dim"),
+                head_dim=nope + rope, num_kv_heads=g("num_attention_heads"))
 
 
 def model_from_hf_config(config: str | os.PathLike | Mapping | Traversable, name: str | None = None) -> ModelSpec:
@@ -484,8 +523,8 @@ def _shipped(name: str) -> ModelSpec:
     return model_from_hf_config(data_file(f"{_CONFIG_DIR}/{name}.json"), name=name)
 
 
-def model(name: str | ModelSpec) -> ModelSpec:
-    """A shipped model by name, e.g. ``model("llama-2-7b")`` (see :func:`model_names`).
+def model_spec(name: str | ModelSpec) -> ModelSpec:
+    """A shipped model's analyzer description by name, e.g. ``model_spec("llama-2-7b")`` (see :func:`model_names`).
 
     Names are case-insensitive; a typo raises a ValueError listing close matches. Passing a
     :class:`ModelSpec` returns it unchanged. Introduced in Chapter 2.
@@ -499,3 +538,8 @@ def model(name: str | ModelSpec) -> ModelSpec:
     if key not in names:
         raise unknown_name("model", name, names)
     return _shipped(key)
+
+
+#: Deprecated alias of :func:`model_spec` (``uv.model`` read like the :mod:`unveiled.models` module); kept so
+#: that older notebooks run.
+model = model_spec

@@ -7,6 +7,19 @@ FlashAttention never writing the score matrix, ...). ``"paper"`` follows the rul
 that the survey's numbers are reproduced exactly; ``"paper-2024-03"`` is the same with the March 2024
 FlashAttention formula that under-counted K/V loads (it produced the survey's Fig. 16).
 
+Attention is counted under one of three named kernel conventions (``ATTENTION_KERNELS``, exact convention):
+
+* ``"fused"`` (``flash_attention=True``): one FlashAttention kernel that never writes the score matrix and
+  reads each key/value head once per query tile [Dao et al. 2022; Dao 2023];
+* ``"unfused"`` (the default): three kernels (``qk_matmul``, ``softmax``, ``sv_matmul``) that write and read
+  the scores, with each key/value head read once for its whole group of query heads, as a GQA-aware batched
+  product does (query heads grouped as rows of one matrix). This is *not* what eager PyTorch code moves;
+* ``"eager"``: the unfused formula as eager PyTorch runs it (Hugging Face's ``eager`` attention, the book's
+  explicit path): K and V copied once per query head (``repeat_kv``), the products reading those copies,
+  the scale (and, with causal masking, the mask) applied in passes of their own, and layout copies of the
+  output (and of Q, when the batch holds several sequences) when several tokens are processed. Checked against
+  counted traffic in Chapter 8.
+
 Every formula is written with NumPy operations, so the same code evaluates one configuration (scalars) or a
 whole grid (broadcast arrays) in one pass: that is what makes :func:`unveiled.sweep` fast.
 """
@@ -21,8 +34,10 @@ import numpy as np
 from .._validate import check_choice
 from ..hardware import Device
 from .configs import ModelSpec
+from .precision import BITS, check_bits
 
 __all__ = [
+    "ATTENTION_KERNELS",
     "BITS",
     "CONVENTIONS",
     "STAGES",
@@ -34,9 +49,8 @@ __all__ = [
     "linear_cost",
 ]
 
-#: Bit widths accepted for weights, activations and the KV cache.
-BITS = (1, 2, 3, 4, 5, 6, 8, 16, 32)
 CONVENTIONS = ("exact", "paper", "paper-2024-03")
+ATTENTION_KERNELS = ("fused", "unfused", "eager")
 STAGES = ("prefill", "decode")
 LOGITS = ("last", "all")
 
@@ -46,15 +60,6 @@ NORM_OPS = {"rms": 4, "layer": 7}  # rms: square, sum, scale, weight; layer: + m
 SOFTMAX_OPS = 5  # max, subtract, exp, sum, divide
 ROPE_OPS = 3  # x·cos + rotate(x)·sin
 LOGIT_BYTES = 4  # samplers read fp32 logits
-
-
-def check_bits(name: str, value) -> int:
-    """Check one bit width (an int in :data:`BITS`)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, one of {BITS}, got {type(value).__name__} {value!r}")
-    if int(value) not in BITS:
-        raise ValueError(f"{name}={value} is not a supported bit width; accepted: {BITS}")
-    return int(value)
 
 
 @dataclass
@@ -72,6 +77,8 @@ class Setting:
     logits: str = "last"
     group_size: int | None = None
     head_bits: int | None = None
+    new_tokens: int = 1  # tokens each sequence feeds to a decode step (k + 1 when verifying k drafts)
+    eager_attention: bool = False  # attention as eager PyTorch runs it (repeat_kv copies, separate passes)
 
 
 @dataclass
@@ -173,30 +180,65 @@ def _causal_tiles(s, tile: int, window: int | None):
 
 def attention_cost(batch, query_len, key_len, num_heads, num_kv_heads, head_dim, v_head_dim=None,
                    act_bytes=2.0, kv_bytes=2.0, flash: bool = False, causal: bool = False, tile: int = 128,
-                   window: int | None = None, shared_kv: bool = False) -> dict[str, tuple]:
+                   window: int | None = None, shared_kv: bool = False, eager: bool = False) -> dict[str, tuple]:
     """FLOPs and bytes of attention, per operator: ``{"qk_matmul": (flops, bytes), "softmax": ..., ...}``.
 
-    Naive attention (``flash=False``, as eager PyTorch runs it) is three operators that materialise the
-    ``query_len × key_len`` score matrix of every head: ``qk_matmul`` reads Q (query heads) and K (key/value
-    heads, so GQA reads K/V once per group) and writes the scores; ``softmax`` reads and writes them;
-    ``sv_matmul`` reads them and V and writes the output. ``flash=True`` gives one ``fused_attention``
+    Unfused attention (``flash=False``, the "unfused" convention of the module docstring) is three operators
+    that materialise the ``query_len × key_len`` score matrix of every head: ``qk_matmul`` reads Q (query
+    heads) and K (key/value heads, so GQA reads K/V once per group) and writes the scores; ``softmax`` reads
+    and writes them; ``sv_matmul`` reads them and V and writes the output. ``eager=True`` counts it as eager
+    PyTorch runs it: a ``repeat_kv`` copy of K and V per query head (when there are fewer key/value heads),
+    products that read the copies, an ``attn_scale`` pass over the scores, an ``attn_mask`` pass when
+    ``causal`` with several queries, and ``attn_layout`` copies of the output (and of Q when ``batch > 1``)
+    when ``query_len > 1``.
+    ``flash=True`` gives one ``fused_attention``
     operator that never writes the scores, writes the output once, re-reads K/V once per query tile and,
     when ``causal``, skips the tiles above the diagonal (and outside a sliding ``window``)
     [Dao et al. 2022; Dao 2023]. ``kv_bytes`` is the size of the K/V elements it reads (the cache's in decode,
     the activations' in prefill). Introduced in Chapter 2.
     """
+    if flash and eager:
+        raise ValueError("eager=True describes unfused attention; it cannot be combined with flash=True")
     ops = _attention_ops(1, batch, query_len, key_len, num_heads, num_kv_heads, head_dim,
                          v_head_dim or head_dim, act_bytes, kv_bytes, flash, causal, tile, window, shared_kv,
-                         (16, 16))
+                         (16, 16), eager)
     return {op.name: (op.flops, op.bytes) for op in ops}
 
 
-def _attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, flash, causal, tile, window, shared_kv, bits):
+def _eager_attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, causal, bits) -> list[Op]:
+    """Unfused attention as eager PyTorch runs it (see the module docstring, convention "eager")."""
+    scores = B * H * q * k
+    ops = []
+    if np.any(np.asarray(K) != np.asarray(H)):
+        ops.append(Op("repeat_kv", count, 0.0, load_kv=B * K * k * (d + dv) * kvb, store_act=B * H * k * (d + dv) * kvb))
+    ops += [
+        Op("qk_matmul", count, 2.0 * scores * d, load_act=B * H * q * d * ab + B * H * k * d * kvb,
+           store_act=scores * ab, kind="attention", bits=bits),
+        Op("attn_scale", count, scores, load_act=scores * ab, store_act=scores * ab),
+    ]
+    many = bool(np.any(np.asarray(q) > 1))  # one query per sequence (decode) needs no mask and no layout copy
+    if causal and many:
+        # one pass over the scores, reading a [q, k] boolean mask shared by every head
+        ops.append(Op("attn_mask", count, scores, load_act=scores * ab + q * k, store_act=scores * ab))
+    ops += [
+        Op("softmax", count, SOFTMAX_OPS * scores, load_act=scores * ab, store_act=scores * ab),
+        Op("sv_matmul", count, 2.0 * scores * dv, load_act=scores * ab + B * H * k * dv * kvb,
+           store_act=B * H * q * dv * ab, kind="attention", bits=bits),
+    ]
+    if many:
+        # the output, a transposed view, is copied into the layout o_proj reads; so is Q (after RoPE) for the
+        # batched product when the batch has several sequences (with one, a view of it suffices)
+        layout = B * H * q * dv * ab + np.where(np.asarray(B) > 1, B * H * q * d * ab, 0.0)
+        ops.append(Op("attn_layout", count, 0.0, load_act=layout, store_act=layout))
+    return ops
+
+
+def _attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, flash, causal, tile, window, shared_kv, bits,
+                   eager=False):
+    if eager and not flash:
+        return _eager_attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, causal, bits)
     if flash:
-        if causal:
-            cols, elements = _causal_tiles(q, tile, window)
-        else:
-            cols, elements = k, q * k
+        cols, elements = _flash_extent(q, k, causal, tile, window)
         kv_width = d if shared_kv else d + dv
         return [Op("fused_attention", count, B * H * elements * (2 * d + 2 * dv + SOFTMAX_OPS),
                    load_act=B * H * q * d * ab, store_act=B * H * q * dv * ab,
@@ -211,165 +253,269 @@ def _attention_ops(count, B, q, k, H, K, d, dv, ab, kvb, flash, causal, tile, wi
     ]
 
 
+def _flash_extent(q, k, causal, tile, window):
+    """Key columns a tiled attention kernel loads (summed over query tiles) and score elements it computes.
+
+    ``causal=False``: every query tile reads all ``k`` keys. ``True``: the prompt attends to itself
+    (``q = k``) and the tiles above the diagonal are skipped (:func:`_causal_tiles`). ``"suffix"``: ``q`` new
+    queries are the last of ``k`` positions (a decode step scoring several tokens), and each query tile reads
+    the keys up to its last query (:func:`_suffix_tiles`).
+    """
+    if not causal:
+        # every query tile streams all keys: once in total only when the queries fit one tile (a decode step)
+        return np.ceil(np.asarray(q, dtype=float) / tile) * k, q * k
+    if causal == "suffix":
+        return _suffix_tiles(int(q), k, tile, window)
+    return _causal_tiles(q, tile, window)
+
+
+def _suffix_tiles(q: int, k, tile: int, window: int | None):
+    """Causal tiled attention of ``q`` new queries at the last ``q`` of ``k`` positions (a decode step).
+
+    Query tile i holds r = min(b, q − i·b) rows at positions p .. p + r − 1 with p = k − q + i·b; it loads the
+    keys from its window start max(0, p − W + 1) (0 without a window) to p + r − 1 and computes r scores per
+    key it loads. With one query that is min(k, W) keys, as a plain decode step reads.
+    """
+    k = np.asarray(k, dtype=float)
+    cols = np.zeros_like(k)
+    elements = np.zeros_like(k)
+    for start in range(0, q, tile):
+        rows = min(tile, q - start)
+        first = k - q + start
+        lo = 0.0 if window is None else np.maximum(0.0, first - window + 1)
+        loaded = first + rows - lo
+        cols = cols + loaded
+        elements = elements + rows * loaded
+    return cols, elements
+
+
+def distinct_experts(num_experts, top_k, tokens):
+    """Expected distinct experts ``tokens`` tokens touch in one MoE layer: ``E·(1 − (1 − k/E)^N)``.
+
+    Each token picks its ``k`` experts uniformly at random (no load imbalance), so one expert escapes all
+    ``N`` tokens with probability ``(1 − k/E)^N``. It is ``k`` at ``N = 1`` and tends to ``E`` as the batch
+    grows, which is why a batched MoE decode step reads more weights than its active parameters (Chapters 2
+    and 7). Arguments broadcast and are not checked (:func:`unveiled.decoding.expected_distinct_experts`
+    is the checked version).
+    """
+    return num_experts * (1.0 - np.power(1.0 - top_k / num_experts, tokens))
+
+
 # ---- exact convention ----------------------------------------------------------------------------------
-def exact_ops(spec: ModelSpec, st: Setting, device: Device | None) -> list[Op]:
-    """The operators of one forward pass under the ``exact`` convention (see the module docstring)."""
-    B = st.batch
-    wb_bits, ab_bits, kv_bits = st.w_bits, st.a_bits, st.kv_bits
-    ab, kvb = ab_bits / 8.0, kv_bits / 8.0
-    wb = wb_bits / 8.0
+@dataclass
+class _Widths:
+    """Bytes per element of each class of tensor in one setting (arrays in a sweep), and the operand bit
+    pairs that choose the compute data type of a matrix product."""
+
+    weight: object  # quantized weight matrices (with the group quantizer's scales and zero points)
+    act: object  # activations
+    kv: object  # the KV cache
+    high: object  # norms, biases, routers: 16 bits, or the weights' bits when wider
+    head: object  # embedding tables and lm_head
+    gemm_bits: tuple  # (weight bits, activation bits) of a linear layer
+    high_bits: tuple  # (16, activation bits) of a 16-bit linear layer (routers, gates)
+    head_bits: tuple  # (lm_head bits, activation bits)
+
+
+def _widths(st: Setting) -> _Widths:
+    w_bits, a_bits = st.w_bits, st.a_bits
+    weight = w_bits / 8.0
     if st.group_size:
         # an fp16 scale and an fp16 zero point per group of quantized weights
-        wb = np.where(np.asarray(wb_bits) < 16, wb + 4.0 / st.group_size, wb)
-    hp = np.maximum(wb_bits, 16) / 8.0  # norms, biases, routers stay in 16 bits (or wider)
-    head = hp if st.head_bits is None else st.head_bits / 8.0
-    head_bits = np.maximum(wb_bits, 16) if st.head_bits is None else st.head_bits
-    prefill = st.stage == "prefill"
-    T = st.seq_len if prefill else 1
-    N = B * T
-    h, n, V = spec.hidden_size, spec.num_layers, spec.vocab_size
-    nd, nm = spec.num_dense_layers, spec.num_moe_layers
-    wbits = (wb_bits, ab_bits)
-    hpbits = (16, ab_bits)
-    ops: list[Op] = []
+        weight = np.where(np.asarray(w_bits) < 16, weight + 4.0 / st.group_size, weight)
+    high = np.maximum(w_bits, 16) / 8.0
+    head = high if st.head_bits is None else st.head_bits / 8.0
+    head_bits = np.maximum(w_bits, 16) if st.head_bits is None else st.head_bits
+    return _Widths(weight, a_bits / 8.0, st.kv_bits / 8.0, high, head, (w_bits, a_bits), (16, a_bits),
+                   (head_bits, a_bits))
 
-    # embeddings
-    emb_w = spec.embed_proj_dim or h
-    ops.append(Op("embed_tokens", 1, N * emb_w if spec.embed_scale else 0.0, load_weight=N * emb_w * head,
-                  store_act=N * emb_w * ab))
-    if spec.embed_proj_dim:
-        ops.append(_linear("project_in", 1, N, emb_w, h, wb, ab, False, hp, wbits))
-    if spec.positions == "learned":
-        ops.append(Op("embed_positions", 1, N * h, load_weight=N * h * head, load_act=N * h * ab,
-                      store_act=N * h * ab))
 
+def exact_ops(spec: ModelSpec, st: Setting, device: Device | None) -> list[Op]:
+    """The operators of one forward pass under the ``exact`` convention (see the module docstring).
+
+    A pass reads like the model: embeddings; per layer a normalised attention block and a normalised MLP
+    block, each added to the residual stream; the final norm and the LM head. ``N = batch × tokens`` rows of
+    activations flow through them (tokens: the prompt in prefill, the new tokens in decode).
+    """
+    w = _widths(st)
+    N = st.batch * (st.seq_len if st.stage == "prefill" else st.new_tokens)
+    n, h = spec.num_layers, spec.hidden_size
     norm_ops = NORM_OPS[spec.norm] + (1 if spec.embed_scale else 0)  # Gemma scales by (1 + weight)
-    norm_w = (2 if spec.norm == "layer" else 1) * h * hp
-    ops.append(_elementwise("attn_norm", n, N * h, norm_ops, ab, weight=norm_w))
-
-    # attention
-    if prefill:
-        q_len, k_len = st.seq_len, st.seq_len
-    else:
-        # the new token's keys and values are appended first, so it attends to all seq_len cached tokens
-        q_len = 1
-        k_len = st.seq_len if spec.sliding_window is None else np.minimum(st.seq_len, spec.sliding_window)
-    # the tile only matters in prefill (a decode step is one query tile); MLA prefill attends with
-    # decompressed heads of width qk_nope + qk_rope (its head_dim)
-    tile_bits = flash_tile(device, spec.head_dim, float(np.max(ab)), float(np.max(kvb if not prefill else ab)))
-    attn_bits = (ab_bits, ab_bits if prefill else kv_bits)
-    attn_kv_bytes = ab if prefill else kvb
-    if spec.is_mla:
-        ops += _mla_ops(spec, st, N, B, q_len, k_len, wb, ab, kvb, hp, wbits, attn_bits, attn_kv_bytes, tile_bits)
-    else:
-        H, K, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
-        qo, kvw = H * d, K * d
-        ops.append(_linear("q_proj", n, N, h, qo, wb, ab, spec.qkv_bias, hp, wbits))
-        ops.append(_linear("k_proj", n, N, h, kvw, wb, ab, spec.qkv_bias, hp, wbits))
-        ops.append(_linear("v_proj", n, N, h, kvw, wb, ab, spec.qkv_bias, hp, wbits))
-        if spec.qk_norm:
-            ops.append(_elementwise("qk_norm", n, N * (H + K) * d, NORM_OPS["rms"], ab, weight=2 * d * hp))
-        if spec.positions == "rope":
-            rot = N * (H + K) * d
-            op = _elementwise("rope", n, rot, ROPE_OPS, ab)
-            op.load_act = op.load_act + 2 * N * d * ab  # the cos and sin tables
-            ops.append(op)
-        ops.append(Op("kv_store", n, 0.0, load_act=N * 2 * kvw * ab, store_kv=N * 2 * kvw * kvb))
-        ops += _attention_ops(n, B, q_len, k_len, H, K, d, d, ab, attn_kv_bytes, st.flash_attention,
-                              prefill, tile_bits, spec.sliding_window, False, attn_bits)
-        ops.append(_linear("o_proj", n, N, qo, h, wb, ab, spec.o_bias, hp, wbits))
-    ops.append(_elementwise("attn_add", n, N * h, 1, ab, reads=2))
-    ops.append(_elementwise("mlp_norm", n, N * h, norm_ops, ab, weight=norm_w))
-
-    # MLP
-    act_ops = ACT_OPS.get(spec.activation, ACT_OPS["gelu"])
-    if nd:
-        inter = spec.intermediate_size
-        if spec.mlp == "gated":
-            ops.append(_linear("gate_proj", nd, N, h, inter, wb, ab, spec.mlp_bias, hp, wbits))
-            ops.append(_linear("up_proj", nd, N, h, inter, wb, ab, spec.mlp_bias, hp, wbits))
-            ops.append(_elementwise("mlp_act", nd, N * inter, act_ops + 1, ab, reads=2))
-            ops.append(_linear("down_proj", nd, N, inter, h, wb, ab, spec.mlp_bias, hp, wbits))
-        else:
-            ops.append(_linear("fc1", nd, N, h, inter, wb, ab, spec.mlp_bias, hp, wbits))
-            ops.append(_elementwise("mlp_act", nd, N * inter, act_ops, ab))
-            ops.append(_linear("fc2", nd, N, inter, h, wb, ab, spec.mlp_bias, hp, wbits))
-    if nm:
-        ops += _moe_ops(spec, N, nm, wb, ab, hp, wbits, hpbits, act_ops)
-    ops.append(_elementwise("mlp_add", n, N * h, 1, ab, reads=2))
-
-    # head
+    norm_w = (2 if spec.norm == "layer" else 1) * h * w.high
+    ops = _embedding_ops(spec, N, w)
+    ops.append(_elementwise("attn_norm", n, N * h, norm_ops, w.act, weight=norm_w))
+    ops += _attention_block(spec, st, device, N, w)
+    ops.append(_elementwise("attn_add", n, N * h, 1, w.act, reads=2))
+    ops.append(_elementwise("mlp_norm", n, N * h, norm_ops, w.act, weight=norm_w))
+    ops += _mlp_block(spec, N, w)
+    ops.append(_elementwise("mlp_add", n, N * h, 1, w.act, reads=2))
     if spec.final_norm:
-        ops.append(_elementwise("final_norm", 1, N * h, norm_ops, ab, weight=norm_w))
+        ops.append(_elementwise("final_norm", 1, N * h, norm_ops, w.act, weight=norm_w))
+    return ops + _head_ops(spec, st, N, w)
+
+
+def _embedding_ops(spec: ModelSpec, N, w: _Widths) -> list[Op]:
+    """Token embeddings (a table lookup, scaled for Gemma), OPT-350m's projection, learned positions."""
+    h = spec.hidden_size
+    emb_w = spec.embed_proj_dim or h
+    ops = [Op("embed_tokens", 1, N * emb_w if spec.embed_scale else 0.0, load_weight=N * emb_w * w.head,
+              store_act=N * emb_w * w.act)]
     if spec.embed_proj_dim:
-        ops.append(_linear("project_out", 1, N, h, emb_w, wb, ab, False, hp, wbits))
-    P = N if (prefill and st.logits == "all") else B
-    lm = _linear("lm_head", 1, P, emb_w, V, head, ab, False, hp, (head_bits, ab_bits))
-    lm.store_act = P * V * LOGIT_BYTES
+        ops.append(_linear("project_in", 1, N, emb_w, h, w.weight, w.act, False, w.high, w.gemm_bits))
+    if spec.positions == "learned":
+        ops.append(Op("embed_positions", 1, N * h, load_weight=N * h * w.head, load_act=N * h * w.act,
+                      store_act=N * h * w.act))
+    return ops
+
+
+def _attention_shape(spec: ModelSpec, st: Setting):
+    """Queries per sequence, the keys they attend to, and whether causality skips work, for this stage.
+
+    Prefill: the prompt attends to itself, causally. Decode: the new tokens' keys and values are appended
+    first, so they attend to the cache of ``seq_len`` tokens (at most the window plus the other new tokens);
+    one new token sees every cached key, several see the keys up to their own position. The third value is
+    the causal mode of :func:`_flash_extent`.
+    """
+    if st.stage == "prefill":
+        return st.seq_len, st.seq_len, True
+    T = st.new_tokens
+    keys = st.seq_len if spec.sliding_window is None else np.minimum(st.seq_len, spec.sliding_window + T - 1)
+    return T, keys, ("suffix" if T > 1 else False)
+
+
+def _attention_block(spec: ModelSpec, st: Setting, device: Device | None, N, w: _Widths) -> list[Op]:
+    """Query/key/value projections, positions, the cache write, attention itself and the output projection."""
+    prefill = st.stage == "prefill"
+    q_len, k_len, causal = _attention_shape(spec, st)
+    # K/V are read as activations in prefill and from the cache in decode; the tile size matters where a pass
+    # has many query tiles (MLA prefill attends with decompressed heads of width qk_nope + qk_rope, its head_dim)
+    kv_read = w.act if prefill else w.kv
+    tile = flash_tile(device, spec.head_dim, float(np.max(w.act)), float(np.max(kv_read)))
+    attn_bits = (st.a_bits, st.a_bits if prefill else st.kv_bits)
+    if spec.is_mla:
+        if st.eager_attention:
+            raise ValueError(f"{spec.name} uses multi-head latent attention; the eager attention convention models "
+                             "grouped-query attention only: use attention='unfused' or 'fused'")
+        return _mla_ops(spec, st, N, q_len, k_len, causal, w, attn_bits, kv_read, tile)
+    n, h = spec.num_layers, spec.hidden_size
+    H, K, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
+    qo, kvw = H * d, K * d
+    ops = [_linear(name, n, N, h, width, w.weight, w.act, spec.qkv_bias, w.high, w.gemm_bits)
+           for name, width in (("q_proj", qo), ("k_proj", kvw), ("v_proj", kvw))]
+    if spec.qk_norm:
+        ops.append(_elementwise("qk_norm", n, N * (H + K) * d, NORM_OPS["rms"], w.act, weight=2 * d * w.high))
+    if spec.positions == "rope":
+        ops.append(_rope(n, N, H + K, d, w.act))
+    ops.append(Op("kv_store", n, 0.0, load_act=N * 2 * kvw * w.act, store_kv=N * 2 * kvw * w.kv))
+    ops += _attention_ops(n, st.batch, q_len, k_len, H, K, d, d, w.act, kv_read, st.flash_attention, causal,
+                          tile, spec.sliding_window, False, attn_bits, st.eager_attention)
+    ops.append(_linear("o_proj", n, N, qo, h, w.weight, w.act, spec.o_bias, w.high, w.gemm_bits))
+    return ops
+
+
+def _rope(count, N, heads, width, ab) -> Op:
+    """Rotary positions on ``heads`` heads of ``width`` rotated elements: x·cos + rotate(x)·sin."""
+    op = _elementwise("rope", count, N * heads * width, ROPE_OPS, ab)
+    op.load_act = op.load_act + 2 * N * width * ab  # the cos and sin tables
+    return op
+
+
+def _mlp_block(spec: ModelSpec, N, w: _Widths) -> list[Op]:
+    """The MLP of the dense layers (gated: SwiGLU/GeGLU; plain: fc1, activation, fc2) and of the MoE layers."""
+    h, nd = spec.hidden_size, spec.num_dense_layers
+    act_ops = ACT_OPS.get(spec.activation, ACT_OPS["gelu"])
+    ops: list[Op] = []
+    if nd:
+        inter, bias = spec.intermediate_size, spec.mlp_bias
+        if spec.mlp == "gated":
+            ops.append(_linear("gate_proj", nd, N, h, inter, w.weight, w.act, bias, w.high, w.gemm_bits))
+            ops.append(_linear("up_proj", nd, N, h, inter, w.weight, w.act, bias, w.high, w.gemm_bits))
+            ops.append(_elementwise("mlp_act", nd, N * inter, act_ops + 1, w.act, reads=2))
+            ops.append(_linear("down_proj", nd, N, inter, h, w.weight, w.act, bias, w.high, w.gemm_bits))
+        else:
+            ops.append(_linear("fc1", nd, N, h, inter, w.weight, w.act, bias, w.high, w.gemm_bits))
+            ops.append(_elementwise("mlp_act", nd, N * inter, act_ops, w.act))
+            ops.append(_linear("fc2", nd, N, inter, h, w.weight, w.act, bias, w.high, w.gemm_bits))
+    if spec.num_moe_layers:
+        ops += _moe_ops(spec, N, w, act_ops)
+    return ops
+
+
+def _head_ops(spec: ModelSpec, st: Setting, N, w: _Widths) -> list[Op]:
+    """OPT-350m's output projection and the LM head, writing fp32 logits where they are needed: the last
+    prompt token in prefill (every token with ``logits="all"``), every new token in decode."""
+    h = spec.hidden_size
+    emb_w = spec.embed_proj_dim or h
+    ops = []
+    if spec.embed_proj_dim:
+        ops.append(_linear("project_out", 1, N, h, emb_w, w.weight, w.act, False, w.high, w.gemm_bits))
+    P = st.batch if (st.stage == "prefill" and st.logits == "last") else N
+    lm = _linear("lm_head", 1, P, emb_w, spec.vocab_size, w.head, w.act, False, w.high, w.head_bits)
+    lm.store_act = P * spec.vocab_size * LOGIT_BYTES
     ops.append(lm)
     return ops
 
 
-def _moe_ops(spec: ModelSpec, N, nm, wb, ab, hp, wbits, hpbits, act_ops) -> list[Op]:
+def _moe_ops(spec: ModelSpec, N, w: _Widths, act_ops) -> list[Op]:
+    """Router, routed experts (reading only the experts the batch touches), shared expert, weighted combine."""
     h, E, k, Ie = spec.hidden_size, spec.num_experts, spec.experts_per_token, spec.expert_intermediate_size
+    nm = spec.num_moe_layers
+    wb, ab, hp = w.weight, w.act, w.high
     P = N * k  # token-expert pairs
-    # distinct experts a batch of N tokens touches under uniform routing: E·(1 − (1 − k/E)^N)
-    touched = E * (1.0 - np.power(1.0 - k / E, N))
-    ops = [_linear("router", nm, N, h, E, hp, ab, spec.router_bias, hp, hpbits)]
-    for nm_ in ("experts.gate_proj", "experts.up_proj"):
-        ops.append(Op(nm_, nm, 2.0 * P * h * Ie, load_weight=touched * h * Ie * wb, load_act=P * h * ab,
-                      store_act=P * Ie * ab, kind="gemm", bits=wbits))
+    touched = distinct_experts(E, k, N)
+    ops = [_linear("router", nm, N, h, E, hp, ab, spec.router_bias, hp, w.high_bits)]
+    for name in ("experts.gate_proj", "experts.up_proj"):
+        ops.append(Op(name, nm, 2.0 * P * h * Ie, load_weight=touched * h * Ie * wb, load_act=P * h * ab,
+                      store_act=P * Ie * ab, kind="gemm", bits=w.gemm_bits))
     ops.append(_elementwise("experts.act", nm, P * Ie, act_ops + 1, ab, reads=2))
     ops.append(Op("experts.down_proj", nm, 2.0 * P * Ie * h, load_weight=touched * Ie * h * wb,
-                  load_act=P * Ie * ab, store_act=P * h * ab, kind="gemm", bits=wbits))
+                  load_act=P * Ie * ab, store_act=P * h * ab, kind="gemm", bits=w.gemm_bits))
     combine_flops, combine_reads = 2.0 * P * h, P * h * ab
     Is = spec.shared_expert_intermediate_size
     if Is:
-        ops.append(_linear("shared_expert.gate_proj", nm, N, h, Is, wb, ab, False, hp, wbits))
-        ops.append(_linear("shared_expert.up_proj", nm, N, h, Is, wb, ab, False, hp, wbits))
+        ops.append(_linear("shared_expert.gate_proj", nm, N, h, Is, wb, ab, False, hp, w.gemm_bits))
+        ops.append(_linear("shared_expert.up_proj", nm, N, h, Is, wb, ab, False, hp, w.gemm_bits))
         ops.append(_elementwise("shared_expert.act", nm, N * Is, act_ops + 1, ab, reads=2))
-        ops.append(_linear("shared_expert.down_proj", nm, N, Is, h, wb, ab, False, hp, wbits))
+        ops.append(_linear("shared_expert.down_proj", nm, N, Is, h, wb, ab, False, hp, w.gemm_bits))
         combine_flops = combine_flops + N * h
         combine_reads = combine_reads + N * h * ab
         if spec.shared_expert_gate:
-            ops.append(_linear("shared_expert_gate", nm, N, h, 1, hp, ab, False, hp, hpbits))
+            ops.append(_linear("shared_expert_gate", nm, N, h, 1, hp, ab, False, hp, w.high_bits))
             combine_flops = combine_flops + N * h
     ops.append(Op("moe_combine", nm, combine_flops, load_act=combine_reads, store_act=N * h * ab))
     return ops
 
 
-def _mla_ops(spec, st, N, B, q_len, k_len, wb, ab, kvb, hp, wbits, attn_bits, attn_kv_bytes, tile) -> list[Op]:
+def _mla_ops(spec, st, N, q_len, k_len, causal, w: _Widths, attn_bits, kv_read, tile) -> list[Op]:
     """Multi-head latent attention [DeepSeek-AI 2024]: prefill decompresses K/V; decode absorbs the
     up-projections into the query and the output and attends over the latent cache (as FlashMLA does)."""
-    h, n, H = spec.hidden_size, spec.num_layers, spec.num_heads
+    h, n, H, B = spec.hidden_size, spec.num_layers, spec.num_heads, st.batch
     dn, dr, dv, r, rq = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim, spec.kv_lora_rank, spec.q_lora_rank
+    wb, ab, hp, bits = w.weight, w.act, w.high, w.gemm_bits
     bias = spec.qkv_bias
     ops: list[Op] = []
     if rq:
-        ops.append(_linear("q_a_proj", n, N, h, rq, wb, ab, bias, hp, wbits))
-        ops.append(_linear("q_b_proj", n, N, rq, H * (dn + dr), wb, ab, False, hp, wbits))
+        ops.append(_linear("q_a_proj", n, N, h, rq, wb, ab, bias, hp, bits))
+        ops.append(_linear("q_b_proj", n, N, rq, H * (dn + dr), wb, ab, False, hp, bits))
     else:
-        ops.append(_linear("q_proj", n, N, h, H * (dn + dr), wb, ab, False, hp, wbits))
-    ops.append(_linear("kv_a_proj_with_mqa", n, N, h, r + dr, wb, ab, bias, hp, wbits))
+        ops.append(_linear("q_proj", n, N, h, H * (dn + dr), wb, ab, False, hp, bits))
+    ops.append(_linear("kv_a_proj_with_mqa", n, N, h, r + dr, wb, ab, bias, hp, bits))
     ops.append(_elementwise("latent_norm", n, N * (r + (rq or 0)), NORM_OPS["rms"], ab, weight=(r + (rq or 0)) * hp))
-    rope = _elementwise("rope", n, N * (H + 1) * dr, ROPE_OPS, ab)
-    rope.load_act = rope.load_act + 2 * N * dr * ab
-    ops.append(rope)
-    ops.append(Op("kv_store", n, 0.0, load_act=N * (r + dr) * ab, store_kv=N * (r + dr) * kvb))
+    ops.append(_rope(n, N, H + 1, dr, ab))
+    ops.append(Op("kv_store", n, 0.0, load_act=N * (r + dr) * ab, store_kv=N * (r + dr) * w.kv))
     if st.stage == "prefill":
-        ops.append(_linear("kv_b_proj", n, N, r, H * (dn + dv), wb, ab, False, hp, wbits))
-        ops += _attention_ops(n, B, q_len, k_len, H, H, dn + dr, dv, ab, attn_kv_bytes, st.flash_attention,
-                              True, tile, None, False, attn_bits)
-        ops.append(_linear("o_proj", n, N, H * dv, h, wb, ab, spec.o_bias, hp, wbits))
+        ops.append(_linear("kv_b_proj", n, N, r, H * (dn + dv), wb, ab, False, hp, bits))
+        ops += _attention_ops(n, B, q_len, k_len, H, H, dn + dr, dv, ab, kv_read, st.flash_attention,
+                              causal, tile, None, False, attn_bits)
     else:
         # W_UK absorbed into the query (per head dn → r) and W_UV into the output (per head r → dv)
         ops.append(Op("q_absorb", n, 2.0 * N * H * dn * r, load_weight=H * dn * r * wb, load_act=N * H * dn * ab,
-                      store_act=N * H * r * ab, kind="gemm", bits=wbits))
-        ops += _attention_ops(n, B, q_len, k_len, H, 1, r + dr, r, ab, attn_kv_bytes, st.flash_attention,
-                              False, tile, None, True, attn_bits)
+                      store_act=N * H * r * ab, kind="gemm", bits=bits))
+        ops += _attention_ops(n, B, q_len, k_len, H, 1, r + dr, r, ab, kv_read, st.flash_attention,
+                              causal, tile, None, True, attn_bits)
         ops.append(Op("o_absorb", n, 2.0 * N * H * r * dv, load_weight=H * r * dv * wb, load_act=N * H * r * ab,
-                      store_act=N * H * dv * ab, kind="gemm", bits=wbits))
-        ops.append(_linear("o_proj", n, N, H * dv, h, wb, ab, spec.o_bias, hp, wbits))
+                      store_act=N * H * dv * ab, kind="gemm", bits=bits))
+    ops.append(_linear("o_proj", n, N, H * dv, h, wb, ab, spec.o_bias, hp, bits))
     return ops
 
 

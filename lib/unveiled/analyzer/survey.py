@@ -17,8 +17,10 @@ import pandas as pd
 
 from .._search import first_true
 from ..datafiles import data_file
-from ..hardware import Device
-from .analysis import analyze, resolve_device
+from ..hardware import Device, device_names
+from .analysis import analyze, evaluate, resolve_device
+from .configs import model_spec
+from .costs import Setting
 from .sweep import sweep
 
 __all__ = [
@@ -202,8 +204,6 @@ def figure20_data(conventions: str = "paper", peak_tflops: float = 200.0, onchip
 
 def devices_now(names=None) -> list[Device]:
     """Current datasheet devices for the 'extended to current devices' panels (those the registry has)."""
-    from ..hardware import device_names
-
     names = names or device_names("datasheet")
     out = []
     for n in names:
@@ -225,11 +225,7 @@ def compute_bound_batch(model_name, device: str | Device, seq_len: int = 1024, c
     Attention does not follow: each sequence reads its own KV cache, so it stays memory-bound at any batch.
     Returns ``math.inf`` if no batch up to ``limit`` gets there. Introduced in Chapter 2.
     """
-    from .analysis import evaluate
-    from .configs import model as _model
-    from .costs import Setting
-
-    spec = _model(model_name)
+    spec = model_spec(model_name)
     dev = resolve_device(device, conventions)
 
     def all_compute_bound(batches) -> np.ndarray:

@@ -16,9 +16,10 @@ import pandas as pd
 from .._search import first_true
 from .._validate import check_choice
 from ..hardware import Device
-from .analysis import check_setting, evaluate, memory_arrays, resolve_device
-from .configs import ModelSpec, model
-from .costs import BITS, CONVENTIONS, LOGITS, STAGES, Setting
+from .analysis import check_setting, evaluate, memory_arrays, resolve_device, setting
+from .configs import ModelSpec, model_spec
+from .costs import CONVENTIONS, LOGITS, STAGES, Setting
+from .precision import BITS, Precision
 
 __all__ = ["max_batch", "max_seq_len", "sweep"]
 
@@ -54,59 +55,92 @@ def _bits_array(name: str, values) -> np.ndarray:
     return arr
 
 
-def sweep(models, devices, *, stage="decode", batch=1, seq_len=1024, w_bits=16, a_bits=16, kv_bits=None,
-          flash_attention=False, conventions: str = "exact", logits: str = "last",
+def sweep(models, devices, *, stage="decode", batch=1, seq_len=1024, precision=None, w_bits=None, a_bits=None,
+          kv_bits=None, flash_attention=False, conventions: str = "exact", logits: str = "last",
           check_context: bool | None = None, group_size: int | None = None,
           head_bits: int | None = None) -> pd.DataFrame:
     """Analyse every combination of the given values, one row per configuration (vectorised).
 
     ``models``, ``devices``, ``stage``, ``batch``, ``seq_len``, ``w_bits``, ``a_bits``, ``kv_bits`` and
-    ``flash_attention`` each take one value or a list; the grid is their Cartesian product (``kv_bits=None``
-    follows ``a_bits``). Columns: the configuration, then ``flops``, ``bytes``, ``time_s`` and
+    ``flash_attention`` each take one value or a list; the grid is their Cartesian product (``w_bits`` and
+    ``a_bits`` default to 16, ``kv_bits=None`` follows ``a_bits``). Instead of the bit lists, ``precision``
+    takes one :class:`Precision` (or name) or a list of them, each a point of the grid, and adds a
+    ``precision`` column. Columns: the configuration, then ``flops``, ``bytes``, ``time_s`` and
     ``tokens_per_s`` of the pass, ``weights_bytes``, ``kv_cache_bytes``, ``activation_bytes``,
     ``memory_bytes``, ``fits`` and ``memory_bound_share`` (time share of memory-bound operators). The
     numbers equal :func:`analyze`'s for the same configuration. Introduced in Chapter 2.
     """
     check_choice("conventions", conventions, CONVENTIONS)
     check_choice("logits", logits, LOGITS)
-    specs = [model(x) for x in _as_list("models", models, (str, ModelSpec))]
+    specs = [model_spec(x) for x in _as_list("models", models, (str, ModelSpec))]
     devs = [resolve_device(x, conventions) for x in _as_list("devices", devices, (str, Device))]
     stages = [check_choice("stage", s, STAGES) for s in _as_list("stage", stage, str)]
     fas = _as_list("flash_attention", flash_attention, (bool, np.bool_))
     B = _int_array("batch", _as_list("batch", batch, None))
     S = _int_array("seq_len", _as_list("seq_len", seq_len, None))
-    W = _bits_array("w_bits", _as_list("w_bits", w_bits, None))
-    A = _bits_array("a_bits", _as_list("a_bits", a_bits, None))
-    KV = None if kv_bits is None else _bits_array("kv_bits", _as_list("kv_bits", kv_bits, None))
-    axes = [B, S, W, A] + ([] if KV is None else [KV])
-    grids = np.meshgrid(*axes, indexing="ij")
-    b, s, w, a = (g.ravel() for g in grids[:4])
-    kv = a if KV is None else grids[4].ravel()
+    groups = _precision_groups(precision, w_bits, a_bits, kv_bits, group_size, head_bits)
     frames = []
-    for spec, dev, stg, fa in itertools.product(specs, devs, stages, fas):
-        # scalar checks (context, group size, ...) on the extreme values
-        check_setting(spec, stage=stg, batch=int(b.max()), seq_len=int(s.max()), w_bits=int(w[0]),
-                      a_bits=int(a[0]), kv_bits=int(kv[0]), flash_attention=bool(fa), conventions=conventions,
-                      logits=logits, check_context=check_context, group_size=group_size, head_bits=head_bits)
-        st = Setting(stg, b, s, w, a, kv, bool(fa), conventions, logits, group_size, head_bits)
-        ev = evaluate(spec, dev, st)
-        counts = ev.counts.reshape(-1, 1)
-        weighted_t = counts * ev.time
-        time_s = weighted_t.sum(axis=0)
-        weights, kvc, act = memory_arrays(spec, st, ev)
-        weights, kvc, act = (np.broadcast_to(x, b.shape) for x in (weights, kvc, act))
-        total = weights + kvc + act
-        tokens = b * (s if stg == "prefill" else 1.0)
-        frames.append(pd.DataFrame({
-            "model": spec.name, "device": dev.name, "stage": stg, "batch": b.astype(int), "seq_len": s.astype(int),
-            "w_bits": w.astype(int), "a_bits": a.astype(int), "kv_bits": kv.astype(int), "flash_attention": bool(fa),
-            "conventions": conventions, "flops": (counts * ev.flops).sum(axis=0),
-            "bytes": (counts * ev.bytes).sum(axis=0), "time_s": time_s, "tokens_per_s": tokens / time_s,
-            "weights_bytes": weights, "kv_cache_bytes": kvc, "activation_bytes": act, "memory_bytes": total,
-            "fits": (total <= dev.memory_bytes) if dev.memory_bytes else np.full(b.shape, None),
-            "memory_bound_share": (weighted_t * ~ev.compute_bound).sum(axis=0) / time_s,
-        }))
+    for label, (W, A, KV, gs, hb) in groups:
+        grids = np.meshgrid(*([B, S, W, A] + ([] if KV is None else [KV])), indexing="ij")
+        b, s, w, a = (g.ravel() for g in grids[:4])
+        kv = a if KV is None else grids[4].ravel()
+        for spec, dev, stg, fa in itertools.product(specs, devs, stages, fas):
+            # scalar checks (context, ...) on the extreme values
+            check_setting(spec, stage=stg, batch=int(b.max()), seq_len=int(s.max()), flash_attention=bool(fa),
+                          conventions=conventions, logits=logits, check_context=check_context)
+            st = Setting(stg, b, s, w, a, kv, bool(fa), conventions, logits, gs, hb)
+            frame = _grid_frame(spec, dev, st)
+            if label is not None:
+                frame.insert(frame.columns.get_loc("w_bits"), "precision", label)
+            frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def _precision_groups(precision, w_bits, a_bits, kv_bits, group_size, head_bits) -> list[tuple]:
+    """The bit-width axes of a sweep: ``[(label, (W, A, KV, group_size, head_bits)), ...]``.
+
+    The flat keywords give one group whose W, A (and KV) lists form a Cartesian product; ``precision`` gives
+    one group per precision (its name is the label).
+    """
+    if precision is None:
+        Precision.resolve(None, group_size=group_size, head_bits=head_bits)  # check them
+        W = _bits_array("w_bits", _as_list("w_bits", 16 if w_bits is None else w_bits, None))
+        A = _bits_array("a_bits", _as_list("a_bits", 16 if a_bits is None else a_bits, None))
+        KV = None if kv_bits is None else _bits_array("kv_bits", _as_list("kv_bits", kv_bits, None))
+        return [(None, (W, A, KV, group_size, head_bits))]
+    given = [k for k, v in {"w_bits": w_bits, "a_bits": a_bits, "kv_bits": kv_bits, "group_size": group_size,
+                            "head_bits": head_bits}.items() if v is not None]
+    if given:
+        raise TypeError(f"pass either precision= or the keywords {given}, not both")
+    out = []
+    for p in _as_list("precision", precision, (str, Precision)):
+        p = Precision.of(p)
+        out.append((str(p), (np.array([p.w_bits], float), np.array([p.a_bits], float),
+                             np.array([p.kv], float), p.group_size, p.head_bits)))
+    return out
+
+
+def _grid_frame(spec: ModelSpec, dev: Device, st: Setting) -> pd.DataFrame:
+    """One (model, device, stage, FlashAttention) slice of a sweep: totals and memory per grid point."""
+    b, s = st.batch, st.seq_len
+    ev = evaluate(spec, dev, st)
+    counts = ev.counts.reshape(-1, 1)
+    weighted_t = counts * ev.time
+    time_s = weighted_t.sum(axis=0)
+    weights, kvc, act = memory_arrays(spec, st, ev)
+    weights, kvc, act = (np.broadcast_to(x, b.shape) for x in (weights, kvc, act))
+    total = weights + kvc + act
+    tokens = b * (s if st.stage == "prefill" else 1.0)
+    return pd.DataFrame({
+        "model": spec.name, "device": dev.name, "stage": st.stage, "batch": b.astype(int), "seq_len": s.astype(int),
+        "w_bits": st.w_bits.astype(int), "a_bits": st.a_bits.astype(int), "kv_bits": st.kv_bits.astype(int),
+        "flash_attention": st.flash_attention, "conventions": st.conventions,
+        "flops": (counts * ev.flops).sum(axis=0), "bytes": (counts * ev.bytes).sum(axis=0), "time_s": time_s,
+        "tokens_per_s": tokens / time_s, "weights_bytes": weights, "kv_cache_bytes": kvc,
+        "activation_bytes": act, "memory_bytes": total,
+        "fits": (total <= dev.memory_bytes) if dev.memory_bytes else np.full(b.shape, None),
+        "memory_bound_share": (weighted_t * ~ev.compute_bound).sum(axis=0) / time_s,
+    })
 
 
 def _largest_fitting(fits_fn, hi: int) -> int:
@@ -118,50 +152,48 @@ def _largest_fitting(fits_fn, hi: int) -> int:
     return first_true(lambda n: not fits_fn(n), 1, hi) - 1
 
 
-def _memory_total(spec, dev, stage, batch, seq_len, w_bits, a_bits, kv_bits, fa, conventions) -> float:
-    st = Setting(stage, float(batch), float(seq_len), float(w_bits), float(a_bits), float(kv_bits), fa,
-                 conventions, "last", None, None)
+def _memory_total(spec, dev, stage, batch, seq_len, precision: Precision, fa, conventions) -> float:
+    st = setting(stage, batch, seq_len, precision, fa, conventions)
     ev = evaluate(spec, dev, st)
     w, kv, act = memory_arrays(spec, st, ev)
     return float(w + kv + act)
 
 
-def max_batch(m, hw, *, seq_len: int = 1024, stage: str = "decode", w_bits: int = 16, a_bits: int = 16,
-              kv_bits: int | None = None, flash_attention: bool = False, conventions: str = "exact",
-              limit: int = 1 << 20) -> int:
+def max_batch(m, hw, *, seq_len: int = 1024, stage: str = "decode", precision: Precision | str | None = None,
+              w_bits: int | None = None, a_bits: int | None = None, kv_bits: int | None = None,
+              flash_attention: bool = False, conventions: str = "exact", limit: int = 1 << 20) -> int:
     """The largest batch whose memory footprint (weights + KV cache + activations) fits the device.
 
     Returns 0 when even one sequence does not fit. The footprint grows with the batch, so a bisection over
-    :func:`analyze`'s memory model finds the answer. Introduced in Chapter 2.
+    :func:`analyze`'s memory model finds the answer. The precision is given as in :func:`analyze`.
+    Introduced in Chapter 2.
     """
-    spec = model(m)
+    spec = model_spec(m)
     dev = resolve_device(hw, conventions)
     if not dev.memory_bytes:
         raise ValueError(f"{dev.display_name} has no memory capacity in the hardware table")
-    _, seq_len, w_bits, a_bits, kv_bits, fa, _, _ = check_setting(
-        spec, stage=stage, batch=1, seq_len=seq_len, w_bits=w_bits, a_bits=a_bits, kv_bits=kv_bits,
-        flash_attention=flash_attention, conventions=conventions, logits="last", check_context=None,
-        group_size=None, head_bits=None)
-    return _largest_fitting(lambda b: _memory_total(spec, dev, stage, b, seq_len, w_bits, a_bits, kv_bits, fa,
-                                                    conventions) <= dev.memory_bytes, limit)
+    p = Precision.resolve(precision, w_bits=w_bits, a_bits=a_bits, kv_bits=kv_bits)
+    _, seq_len, fa, _ = check_setting(spec, stage=stage, batch=1, seq_len=seq_len, flash_attention=flash_attention,
+                                      conventions=conventions, logits="last", check_context=None)
+    return _largest_fitting(lambda b: _memory_total(spec, dev, stage, b, seq_len, p, fa, conventions)
+                            <= dev.memory_bytes, limit)
 
 
-def max_seq_len(m, hw, *, batch: int = 1, stage: str = "decode", w_bits: int = 16, a_bits: int = 16,
-                kv_bits: int | None = None, flash_attention: bool = False, conventions: str = "exact",
-                within_context: bool = True) -> int:
+def max_seq_len(m, hw, *, batch: int = 1, stage: str = "decode", precision: Precision | str | None = None,
+                w_bits: int | None = None, a_bits: int | None = None, kv_bits: int | None = None,
+                flash_attention: bool = False, conventions: str = "exact", within_context: bool = True) -> int:
     """The longest sequence (KV-cache length) whose memory footprint fits the device at this batch.
 
     With ``within_context`` (default) the answer is capped at the model's context length. Returns 0 when
-    nothing fits. Introduced in Chapter 2.
+    nothing fits. The precision is given as in :func:`analyze`. Introduced in Chapter 2.
     """
-    spec = model(m)
+    spec = model_spec(m)
     dev = resolve_device(hw, conventions)
     if not dev.memory_bytes:
         raise ValueError(f"{dev.display_name} has no memory capacity in the hardware table")
-    batch, _, w_bits, a_bits, kv_bits, fa, _, _ = check_setting(
-        spec, stage=stage, batch=batch, seq_len=1, w_bits=w_bits, a_bits=a_bits, kv_bits=kv_bits,
-        flash_attention=flash_attention, conventions=conventions, logits="last", check_context=False,
-        group_size=None, head_bits=None)
+    p = Precision.resolve(precision, w_bits=w_bits, a_bits=a_bits, kv_bits=kv_bits)
+    batch, _, fa, _ = check_setting(spec, stage=stage, batch=batch, seq_len=1, flash_attention=flash_attention,
+                                    conventions=conventions, logits="last", check_context=False)
     cap = spec.max_context if within_context else 1 << 26
-    return _largest_fitting(lambda n: _memory_total(spec, dev, stage, batch, n, w_bits, a_bits, kv_bits, fa,
-                                                    conventions) <= dev.memory_bytes, cap)
+    return _largest_fitting(lambda n: _memory_total(spec, dev, stage, batch, n, p, fa, conventions)
+                            <= dev.memory_bytes, cap)

@@ -1,7 +1,8 @@
 """The analytic model of speculative decoding, and the roofline reason it works.
 
 With per-token acceptance rate ``α`` (i.i.d.) and ``k`` draft tokens per round, a target pass emits on average
-``(1 − α^(k+1)) / (1 − α)`` tokens [Leviathan et al. 2023]. A round costs ``k`` draft steps (``c`` each,
+``(1 − α^(k+1)) / (1 − α)`` tokens [Leviathan et al. 2023] (:func:`expected_tokens_per_pass`, introduced with
+distillation in Chapter 4 and re-exported here). A round costs ``k`` draft steps (``c`` each,
 relative to one target decode step) plus one verification pass that scores ``k + 1`` positions, which costs
 ``v(k)`` target steps. The speedup over plain decoding is therefore
 
@@ -27,6 +28,10 @@ import numpy as np
 import pandas as pd
 
 from .._validate import check_int, check_number
+from ..analyzer import analyze, model_spec
+from ..analyzer.analysis import resolve_device
+from ..analyzer.costs import distinct_experts
+from ..distill.acceptance import expected_tokens_per_pass
 
 __all__ = [
     "best_draft_length",
@@ -61,18 +66,6 @@ def _k(k, minimum: int = 1) -> np.ndarray:
 
 def _out(x: np.ndarray):
     return float(x) if np.ndim(x) == 0 else x
-
-
-def expected_tokens_per_pass(alpha, k):
-    """Expected tokens one target pass emits: ``(1 − α^(k+1)) / (1 − α)`` (``k + 1`` when ``α = 1``).
-
-    ``alpha`` and ``k`` broadcast (numbers or arrays); ``k >= 1`` draft tokens per round. Between 1 (nothing
-    accepted) and ``k + 1``. Introduced in Chapter 7 [Leviathan et al. 2023].
-    """
-    a, kk = _alpha(alpha), _k(k)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(a < 1, (1 - a ** (kk + 1)) / np.where(a < 1, 1 - a, 1), kk + 1.0)
-    return _out(out)
 
 
 def expected_speedup(alpha, k, cost_ratio, verify_ratio=1.0):
@@ -127,54 +120,29 @@ def simulate_tokens_per_pass(alpha: float, k: int, rounds: int = 100_000, seed: 
 # Roofline: what a verification pass costs
 # --------------------------------------------------------------------------------------------------
 
-_ATTENTION_OPS = ("qk_matmul", "softmax", "sv_matmul", "fused_attention")
-
-
-def _one_verification(spec, device, tokens: int, context_len: int, kw: dict) -> dict:
-    from ..analyzer import analyze, attention_cost
-    from ..roofline import roofline_time
-
-    # Token-wise operators (projections, MLP, norms, head) see `tokens` rows that share one weight read,
-    # exactly like a decode pass at batch = tokens; attention differs: one sequence, `tokens` queries over
-    # one cache of context_len + tokens keys.
-    a = analyze(spec, device, stage="decode", batch=tokens, seq_len=context_len + tokens, **kw)
-    ops = a.ops
-    keep = ops[~ops["op"].isin(_ATTENTION_OPS)]
-    flops = float((keep["count"] * keep["flops"]).sum())
-    nbytes = float((keep["count"] * keep["bytes"]).sum())
-    time_s = float(keep["total_time_s"].sum())
-    att = ops[ops["op"].isin(_ATTENTION_OPS)]
-    dtype = att["compute_dtype"].iloc[0] if len(att) else "fp16"
-    n_layers = int(att["count"].iloc[0]) if len(att) else spec.num_layers
-    costs = attention_cost(1, tokens, context_len + tokens, spec.num_heads, spec.num_kv_heads, spec.head_dim,
-                           act_bytes=a.a_bits / 8, kv_bytes=a.kv_bits / 8, flash=a.flash_attention)
-    for f, q in costs.values():
-        flops += n_layers * f
-        nbytes += n_layers * q
-        time_s += n_layers * float(roofline_time(f, q, a.device, dtype))
-    return {"tokens": tokens, "context_len": context_len, "flops": flops, "bytes": nbytes, "time_s": time_s,
-            "intensity": flops / nbytes}
-
-
 def verification_cost(m, hw, tokens: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 12, 16, 32, 64), context_len: int = 256,
                       **analyze_kwargs) -> pd.DataFrame:
     """Roofline cost of one target pass that scores ``T`` new tokens against a cache of ``context_len``.
 
     One row per ``T`` with ``flops``, ``bytes``, ``time_s``, ``intensity`` and ``relative_time`` (time over
-    the 1-token pass: the ``v(k)`` of :func:`expected_speedup` for ``T = k + 1``). Token-wise operators come
-    from the analyzer's decode pass at batch ``T`` (one weight read shared by ``T`` rows); attention is
-    recomputed for one sequence with ``T`` queries. While the pass is memory-bound, ``relative_time`` stays
-    near 1. ``m`` and ``hw`` are anything :func:`unveiled.analyze` accepts; extra keyword arguments
-    (``w_bits``, ``a_bits``, ...) are passed on. Introduced in Chapter 7.
+    the 1-token pass: the ``v(k)`` of :func:`expected_speedup` for ``T = k + 1``). Each row is the analyzer's
+    decode step of one sequence with ``new_tokens=T`` (:func:`unveiled.analyze`): the token-wise operators
+    see ``T`` rows that share one weight read, and attention follows the model (grouped or latent heads,
+    sliding window, causality among the new tokens), so ``T = 1`` is exactly a decode step. While the pass is
+    memory-bound, ``relative_time`` stays near 1. ``m`` and ``hw`` are anything :func:`unveiled.analyze`
+    accepts; extra keyword arguments (``precision``, ``w_bits``, ``flash_attention``, ...) are passed on.
+    Introduced in Chapter 7.
     """
-    from ..analyzer import model
-    from ..analyzer.analysis import resolve_device
-
-    spec = model(m)
+    spec = model_spec(m)
     device = resolve_device(hw, analyze_kwargs.get("conventions", "exact"))
     context_len = check_int("context_len", context_len, minimum=0)
     ts = sorted({check_int("tokens", int(t)) for t in tokens} | {1})
-    rows = [_one_verification(spec, device, t, context_len, analyze_kwargs) for t in ts]
+    rows = []
+    for t in ts:
+        a = analyze(spec, device, stage="decode", batch=1, seq_len=context_len + t, new_tokens=t,
+                    check_context=False, **analyze_kwargs)
+        rows.append({"tokens": t, "context_len": context_len, "flops": a.flops, "bytes": a.bytes,
+                     "time_s": a.time_s, "intensity": a.intensity})
     df = pd.DataFrame(rows)
     df["relative_time"] = df["time_s"] / df.loc[df["tokens"] == 1, "time_s"].iloc[0]
     df["model"] = spec.name
@@ -191,14 +159,15 @@ def expected_distinct_experts(num_experts: int, top_k: int, tokens):
     """Expected distinct experts a batch of ``tokens`` touches in one MoE layer: ``E·(1 − (1 − k/E)^B)``.
 
     Assumes each token picks its ``k`` experts uniformly at random (no load imbalance). ``tokens`` may be an
-    array. At ``B = 1`` it is ``k``; it tends to ``E`` as the batch grows. Introduced in Chapter 7.
+    array. At ``B = 1`` it is ``k``; it tends to ``E`` as the batch grows. The analyzer charges MoE weight
+    reads with the same formula (:func:`unveiled.analyzer.distinct_experts`). Introduced in Chapter 7.
     """
     e = check_int("num_experts", num_experts)
     k = check_int("top_k", top_k, maximum=e)
     b = np.asarray(tokens, dtype=float)
     if np.any(b < 0):
         raise ValueError("tokens must be >= 0")
-    return _out(e * (1 - (1 - k / e) ** b))
+    return _out(distinct_experts(e, k, b))
 
 
 def simulate_distinct_experts(num_experts: int, top_k: int, tokens: int, trials: int = 2000, seed: int = 0) -> float:
@@ -224,9 +193,7 @@ def moe_decode_table(m="mixtral-8x7b", hw="a6000", batches: Sequence[int] = (1, 
     total-parameter cost as the batch grows. Uses the analyzer's uniform-routing expert count.
     Introduced in Chapter 7.
     """
-    from ..analyzer import analyze, model
-
-    spec = model(m)
+    spec = model_spec(m)
     if not spec.is_moe:
         raise ValueError(f"{spec.name} is not a mixture-of-experts model; try 'mixtral-8x7b' or 'qwen3-30b-a3b'")
     rows = []
@@ -256,9 +223,7 @@ def dynamic_reduction_table(m="llama-2-7b", hw="a6000", keep: float = 0.5, seq_l
     ``bytes``, ``time_s``, ``intensity``, and each relative to the dense row. FLOPs and bytes shrink together,
     so the intensity, and therefore the bound, barely moves. Introduced in Chapter 7.
     """
-    from ..analyzer import analyze, model
-
-    spec = model(m)
+    spec = model_spec(m)
     keep = check_number("keep", keep)
     if not 0 < keep <= 1:
         raise ValueError(f"keep must be in (0, 1], got {keep}")

@@ -7,18 +7,18 @@ the tables with :func:`unveiled.results.cached` and reruns a small setting live.
 
 Everything here runs on **one** torch thread (:data:`THREADS`). On the book's shared 2-core machine, a second
 thread helps only when the machine is idle: when other processes keep both cores busy, PyTorch's two threads
-wait on each other at every operator, and a decode step of the tiny model M measured 35 ms on one thread
-against more than 1 s on two (SmolLM2: about 0.6–0.9 s against 5–17 s). One thread gives slower but far
-steadier numbers, and the ratios the chapter reports are measured within one run. Introduced in Chapter 7.
+wait on each other at every operator, and a decode step can take many times longer on two threads than on
+one. One thread gives slower but far steadier numbers, and the ratios the chapter reports are measured within
+one run. Introduced in Chapter 7.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..results import experiment
+from ..threads import torch_threads
 
 __all__ = [
     "MOE_SHAPE",
@@ -88,6 +88,7 @@ def _this_machine():
 
 @experiment("smollm2_verification", "SmolLM2-135M (fp32, 1 thread): time of one pass vs tokens scored, with "
                                     "nn.Linear and with transposed weights, measured; and the roofline's prediction")
+@torch_threads(THREADS)
 def smollm2_verification() -> pd.DataFrame:
     """Measured time of a SmolLM2 pass scoring ``T`` tokens against 128 cached ones (best of 9), for the
     model as loaded (``nn.Linear``) and with every weight stored transposed (:func:`transpose_linears`), next to
@@ -96,7 +97,6 @@ def smollm2_verification() -> pd.DataFrame:
     from .analytic import verification_cost
     from .timing import measure_verification, transpose_linears
 
-    torch.set_num_threads(THREADS)
     tokens = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
     model = load_smollm2(progress=False)
     frames = [measure_verification(model, tokens=tokens, context_len=128, repeats=9).assign(layout="nn.Linear")]
@@ -114,6 +114,7 @@ def smollm2_verification() -> pd.DataFrame:
 
 @experiment("smollm2_speculative", "SmolLM2-135M: plain vs speculative greedy decoding with three drafts and "
                                    "several k, tokens/s measured in one run, identical output checked")
+@torch_threads(THREADS)
 def smollm2_speculative() -> pd.DataFrame:
     """:func:`~unveiled.decoding.compare_decoding` for SmolLM2 (weights stored transposed, which makes the
     verification pass cheaper on a CPU, see :func:`transpose_linears`; plain decoding uses the same model) on two
@@ -122,7 +123,6 @@ def smollm2_speculative() -> pd.DataFrame:
     from ..smollm2 import load_smollm2, smollm2_tokenizer
     from .timing import compare_decoding, transpose_linears
 
-    torch.set_num_threads(THREADS)
     target = load_smollm2(progress=False)
     transpose_linears(target)
     tok = smollm2_tokenizer()
@@ -136,6 +136,7 @@ def smollm2_speculative() -> pd.DataFrame:
 
 @experiment("tiny_acceptance", "Tiny models: S (and M's own first block, and prompt lookup) drafting for M, "
                                 "acceptance and tokens per pass vs k, greedy and sampled")
+@torch_threads(THREADS)
 def tiny_acceptance() -> pd.DataFrame:
     """Acceptance rate and tokens per target pass of three drafts for M on a Shakespeare prompt, k in
     1, 2, 3, 4, 6, 8, at temperature 0 (300 tokens, identical output checked) and 1 (mean over 3 seeds).
@@ -151,7 +152,6 @@ def tiny_acceptance() -> pd.DataFrame:
         speculative_generate,
     )
 
-    torch.set_num_threads(THREADS)
     target, small = load("M"), load("S")
     prompt = shakespeare_tokenizer().encode(corpus_split("val")[:256])
     drafts = {"small model": ModelDraft(small, name="small model"),
@@ -175,6 +175,7 @@ def tiny_acceptance() -> pd.DataFrame:
 
 @experiment("medusa_jacobi_tiny", "Medusa heads trained on frozen M (3 heads, 600 steps) and Jacobi decoding of M: "
                                    "head accuracy, tokens per pass, identical greedy output")
+@torch_threads(THREADS)
 def medusa_jacobi_tiny() -> pd.DataFrame:
     """Train 3 Medusa heads on M (600 steps, seeded), then greedy-decode 300 tokens with Medusa's tree and with
     Jacobi iteration (block 4 and 8, with and without the n-gram pool). Chapter 7."""
@@ -184,7 +185,6 @@ def medusa_jacobi_tiny() -> pd.DataFrame:
     from .medusa import medusa_generate, train_medusa_heads
     from .speculative import plain_generate
 
-    torch.set_num_threads(THREADS)
     model = load("M")
     tok = shakespeare_tokenizer()
     heads, log = train_medusa_heads(model, tok.encode(corpus_split("train")), num_heads=3, steps=600, seed=0)
@@ -204,6 +204,7 @@ def medusa_jacobi_tiny() -> pd.DataFrame:
 
 
 @experiment("early_exit_sweep", "CALM-style early exit on M: blocks run per token vs agreement with full greedy")
+@torch_threads(THREADS)
 def early_exit_sweep() -> pd.DataFrame:
     """Greedy decoding of 300 tokens with early exit at several thresholds λ: mean blocks run per token and
     the fraction of tokens equal to the full model's greedy output (first divergence position too). Chapter 7."""
@@ -212,7 +213,6 @@ def early_exit_sweep() -> pd.DataFrame:
     from .early_exit import early_exit_generate
     from .speculative import plain_generate
 
-    torch.set_num_threads(THREADS)
     model = load("M")
     prompt = shakespeare_tokenizer().encode(corpus_split("val")[:256])
     plain = plain_generate(model, prompt, 300).new_tokens
@@ -229,6 +229,7 @@ def early_exit_sweep() -> pd.DataFrame:
 
 @experiment("sparsity_sweep", "Contextual sparsity on M: validation perplexity when each MLP computes a fraction "
                                "of its neurons, oracle vs trained predictor")
+@torch_threads(THREADS)
 def sparsity_sweep() -> pd.DataFrame:
     """Perplexity on the first 16,384 validation characters with ``keep`` of the MLP neurons (oracle top-|a|
     and a rank-32 predictor per block trained for 300 steps at each keep), plus predictor recall. Chapter 7."""
@@ -237,7 +238,6 @@ def sparsity_sweep() -> pd.DataFrame:
     from ..zoo import load
     from .sparsity import sparse_model, train_sparsity_predictors
 
-    torch.set_num_threads(THREADS)
     model = load("M")
     tok = shakespeare_tokenizer()
     val = tok.encode(corpus_split("val")[:16_384])
@@ -256,11 +256,11 @@ def sparsity_sweep() -> pd.DataFrame:
 
 @experiment("moe_cpu", "A Mixtral-like MoE layer (h=1024, I=3584, 8 experts, top-2, fp32) on this CPU: decode "
                        "step time vs batch and experts touched")
+@torch_threads(THREADS)
 def moe_cpu() -> pd.DataFrame:
     """:func:`~unveiled.decoding.moe.measure_moe_decode` for :data:`MOE_SHAPE`, batches 1..64, best of 7.
     Chapter 7."""
     from .moe import MoELayer, measure_moe_decode
 
-    torch.set_num_threads(THREADS)
     layer = MoELayer(**MOE_SHAPE, seed=0)
     return measure_moe_decode(layer, batches=(1, 2, 4, 8, 16, 32, 64), repeats=7)

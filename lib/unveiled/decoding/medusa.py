@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validate import check_int
+from ..session import progress_bar
 from .speculative import SpeculativeResult, _bar, _prompt_list
 
 __all__ = [
@@ -102,9 +103,7 @@ def train_medusa_heads(
     gen = torch.Generator().manual_seed(int(seed))
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="training Medusa heads", leave=False)
+        bar = progress_bar(total=steps, desc="training Medusa heads")
     rows = []
     was_training = model.training
     model.eval()

@@ -1,9 +1,9 @@
-"""A tiny draft model for SmolLM2-135M: same tokenizer, 1/100 of the cost, distilled on Shakespeare.
+"""A tiny draft model for SmolLM2-135M: same tokenizer, a small fraction of the cost, distilled on Shakespeare.
 
 Speculative decoding needs a draft that shares the target's vocabulary and costs a small fraction ``c`` of a
 target step. The book's character models cannot draft for SmolLM2 (different tokenizer), so this module
 trains one: a 2-block LLaMA-style decoder (h = 128) over SmolLM2's byte-level BPE tokens. To stay a few MB it
-keeps only the ``4096`` most frequent SmolLM2 tokens of the Tiny Shakespeare training split (93 % of the
+keeps only the ``4096`` most frequent SmolLM2 tokens of the Tiny Shakespeare training split (most of the
 validation tokens) plus one "other" id; :class:`SubVocabDraft` maps ids in and scatters its logits back into
 SmolLM2's 49,152-token vocabulary (other tokens get probability 0, which speculative sampling allows: any
 ``q`` keeps the output exact, a poor ``q`` only lowers acceptance).
@@ -32,8 +32,11 @@ import pandas as pd
 import torch
 
 from .._validate import check_int
+from ..distill import build_teacher_cache, text_windows
 from ..models import Decoder, DecoderConfig, model_from_state
-from ..zoo import lr_at
+from ..session import progress_bar
+from ..threads import torch_threads
+from ..training import TrainingRecipe, make_optimizer, optimizer_step
 
 __all__ = [
     "DRAFT_CONFIG",
@@ -58,23 +61,17 @@ DRAFT_CONFIG = DecoderConfig(
 
 
 @dataclass(frozen=True)
-class DraftTrainSettings:
-    """How the SmolLM2 draft is trained: fixed steps, AdamW, cosine schedule, distillation weight ``kd_weight``
-    on the teacher's ``top_k`` probabilities (renormalised over the kept tokens). The teacher scores every
+class DraftTrainSettings(TrainingRecipe):
+    """How the SmolLM2 draft is trained: the book's recipe (:class:`~unveiled.training.TrainingRecipe`) for
+    ``steps`` steps of ``batch_size`` windows of ``seq_len`` tokens, with distillation weight ``kd_weight`` on
+    the teacher's ``top_k`` probabilities (renormalised over the kept tokens). The teacher scores every
     ``teacher_every``-th window (its pass is the expensive part); the others train on the text alone."""
 
     steps: int = 1500
-    lr: float = 3e-3
     batch_size: int = 32
     seq_len: int = 128
     kd_weight: float = 0.7
     top_k: int = 8
-    warmup_fraction: float = 0.03
-    min_lr_ratio: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
     teacher_batch: int = 8
     teacher_every: int = 6
 
@@ -156,7 +153,6 @@ def _teacher_targets(windows: torch.Tensor, s: DraftTrainSettings, cache_path: p
         data = load_file(str(cache_path))
         if data["indices"].shape[0] == windows.shape[0] and torch.equal(data["windows"], windows):
             return data["indices"].long(), data["log_probs"].float(), float(data["time_s"])
-    from ..distill import build_teacher_cache
     from ..smollm2 import load_smollm2
 
     teacher = load_smollm2(progress=progress)
@@ -190,8 +186,6 @@ def train_smol_draft(settings: DraftTrainSettings = DRAFT_SETTINGS, teacher_cach
     tokens; ``teacher_cache`` keeps them in a safetensors file for reruns). ``stop_after`` ends early without
     changing the schedule. Introduced in Chapter 7.
     """
-    from ..distill import text_windows
-
     s = settings
     steps = s.steps if stop_after is None else check_int("stop_after", stop_after, maximum=s.steps)
     tokens = _train_tokens()
@@ -215,22 +209,14 @@ def train_smol_draft(settings: DraftTrainSettings = DRAFT_SETTINGS, teacher_cach
     has_kd = torch.zeros(len(windows), dtype=torch.bool)
     has_kd[labelled] = True
     model.train()
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=s.lr, betas=s.betas, foreach=False)
+    opt = make_optimizer(model, s)
     gen = torch.Generator().manual_seed(s.seed)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="training the SmolLM2 draft", leave=False)
+        bar = progress_bar(total=steps, desc="training the SmolLM2 draft", leave=False)
     rows = []
     t0 = time.perf_counter()
     for step in range(steps):
-        lr = lr_at(step, s)
-        for g in opt.param_groups:
-            g["lr"] = lr
         ids = torch.randint(0, len(windows), (s.batch_size,), generator=gen)
         x, y = d_windows[ids, :-1], d_windows[ids, 1:]
         logp = torch.log_softmax(model(x).float(), -1)
@@ -239,10 +225,7 @@ def train_smol_draft(settings: DraftTrainSettings = DRAFT_SETTINGS, teacher_cach
         kd = (-(logp[rows_kd].gather(-1, kd_ids[ids][rows_kd]) * kd_w[ids][rows_kd]).sum(-1).mean()
               if bool(rows_kd.any()) else logp.new_zeros(()))
         loss = (1 - s.kd_weight) * ce + s.kd_weight * kd
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        opt.step()
+        lr = optimizer_step(model, opt, loss, s, step)
         rows.append({"step": step + 1, "lr": lr, "loss": loss.item(), "ce": ce.item(), "kd": kd.item()})
         if bar is not None:
             bar.update(1)
@@ -412,20 +395,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-cache", default=None, help="safetensors file keeping the teacher's top-k targets")
     p.add_argument("--teacher-only", action="store_true", help="only compute (and cache) the teacher targets")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.teacher_only:
-        from ..distill import text_windows
-
-        windows = text_windows(_train_tokens(), DRAFT_SETTINGS.seq_len)
-        windows = windows[torch.arange(0, len(windows), DRAFT_SETTINGS.teacher_every)]
-        _, _, t = _teacher_targets(windows, DRAFT_SETTINGS, pathlib.Path(args.teacher_cache), True)
-        print(f"teacher targets for {len(windows)} windows in {t:.0f} s -> {args.teacher_cache}")
+    with torch_threads(args.threads):  # the whole command, restored when it returns
+        if args.teacher_only:
+            windows = text_windows(_train_tokens(), DRAFT_SETTINGS.seq_len)
+            windows = windows[torch.arange(0, len(windows), DRAFT_SETTINGS.teacher_every)]
+            _, _, t = _teacher_targets(windows, DRAFT_SETTINGS, pathlib.Path(args.teacher_cache), True)
+            print(f"teacher targets for {len(windows)} windows in {t:.0f} s -> {args.teacher_cache}")
+            return 0
+        result = train_smol_draft(teacher_cache=args.teacher_cache)
+        info = _write_shipped(result, pathlib.Path(args.out))
+        print(f"{STEM}: {len(result.log)} steps in {result.time_s:.0f} s; greedy agreement "
+              f"{info['eval']['greedy_agreement']:.3f}, acceptance(T=1) {info['eval']['acceptance_t1']:.3f} -> {args.out}")
         return 0
-    result = train_smol_draft(teacher_cache=args.teacher_cache)
-    info = _write_shipped(result, pathlib.Path(args.out))
-    print(f"{STEM}: {len(result.log)} steps in {result.time_s:.0f} s; greedy agreement "
-          f"{info['eval']['greedy_agreement']:.3f}, acceptance(T=1) {info['eval']['acceptance_t1']:.3f} -> {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validate import check_int, check_number
+from ..session import progress_bar
 
 __all__ = [
     "SparseMLP",
@@ -145,9 +146,7 @@ def train_sparsity_predictors(model, tokens: Sequence[int] | torch.Tensor, keep:
     pos_weight = torch.tensor((cfg.intermediate_size - m) / m)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="training sparsity predictors", leave=False)
+        bar = progress_bar(total=steps, desc="training sparsity predictors", leave=False)
     rows = []
     for step in range(steps):
         x, _ = random_batch(data, batch_size, seq_len, gen)

@@ -26,7 +26,9 @@ from typing import Any, Protocol, runtime_checkable
 import pandas as pd
 import torch
 
-from .._validate import check_int, check_number
+from .._validate import check_int
+from ..generation import check_sampling, decode_stream, draw, sampling_probs
+from ..session import progress_bar
 
 __all__ = [
     "Draft",
@@ -35,7 +37,6 @@ __all__ = [
     "PromptLookupDraft",
     "Proposal",
     "SpeculativeResult",
-    "check_sampling",
     "explain_round",
     "plain_generate",
     "residual_distribution",
@@ -44,27 +45,13 @@ __all__ = [
 ]
 
 
-def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> float:
-    """Validate sampling settings shared by every decoder of this package; returns the temperature.
-
-    ``temperature`` 0 means greedy; negative temperatures are rejected. Introduced in Chapter 7.
-    """
-    temperature = check_number("temperature", temperature)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy decoding), got {temperature}")
-    if top_k is not None:
-        check_int("top_k", top_k, minimum=0)
-    if top_p is not None:
-        p = check_number("top_p", top_p)
-        if not 0 < p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {p}")
-    return temperature
-
-
 def _probs(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    from ..generation import sampling_probs
-
+    """The warped distribution a decoder draws from (:func:`unveiled.generation.sampling_probs`), in fp32."""
     return sampling_probs(logits.float(), temperature, top_k, top_p)
+
+
+def _temperature(temperature: float, top_k: int | None = None, top_p: float | None = None) -> float:
+    return check_sampling(temperature, top_k, top_p)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,7 +219,7 @@ class ModelDraft:
         tokens, probs = [], []
         for i in range(k):
             q = _probs(logits, temperature, top_k, top_p)
-            x = int(q.argmax()) if temperature == 0 else int(torch.multinomial(q, 1, generator=generator))
+            x = int(draw(q, temperature, generator))
             tokens.append(x)
             probs.append(q)
             if i < k - 1:
@@ -436,9 +423,7 @@ def _prompt_list(prompt) -> list[int]:
 
 def _bar(total: int, progress: bool | None, desc: str):
     if progress or (progress is None and total > 100):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, leave=False)
+        return progress_bar(total=total, desc=desc)
     return None
 
 
@@ -474,7 +459,7 @@ def speculative_generate(
     """
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=0)
     k = check_int("k (draft length)", k, minimum=1)
-    temperature = check_sampling(temperature, top_k, top_p)
+    temperature = _temperature(temperature, top_k, top_p)
     v_target = _vocab(target, "target")
     if not isinstance(draft, Draft):
         raise TypeError(f"draft must implement the Draft protocol (ModelDraft, LayerSkipDraft, ...), "
@@ -535,7 +520,7 @@ def explain_round(
     Runs exactly the code of :func:`speculative_generate`'s first round. Introduced in Chapter 7.
     """
     k = check_int("k (draft length)", k, minimum=1)
-    temperature = check_sampling(temperature)
+    temperature = _temperature(temperature)
     tokens = _prompt_list(context)
     gen = torch.Generator().manual_seed(int(seed))
     draft.reset()
@@ -563,28 +548,27 @@ def plain_generate(
 ) -> SpeculativeResult:
     """Plain autoregressive decoding (one target pass per token), timed like :func:`speculative_generate`.
 
-    The baseline every speedup in Chapter 7 is measured against: prefill the prompt, then one decode pass per
-    token with the same sampling code. Each round drafts nothing and emits one token. Introduced in Chapter 7.
+    The baseline every speedup in Chapter 7 is measured against: the book's own decode loop
+    (:func:`unveiled.generation.decode_stream`: prefill, then one decode pass per token, the same sampling
+    code), with each step timed as a round that drafts nothing and emits one token. Introduced in Chapter 7.
     """
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=0)
-    temperature = check_sampling(temperature, top_k, top_p)
+    temperature = _temperature(temperature, top_k, top_p)
     _vocab(model, "model")
     tokens = _prompt_list(prompt)
     prompt_len = len(tokens)
     gen = torch.Generator().manual_seed(int(seed))
     bar = _bar(max_new_tokens, progress, "plain decoding")
     rows = []
-    t_start = time.perf_counter()
-    cache = model.new_cache()
-    logits = model(torch.tensor([tokens], dtype=torch.long), cache)[0, -1]
-    for _ in range(max_new_tokens):
-        t0 = time.perf_counter()
-        p = _probs(logits, temperature, top_k, top_p)
-        x = int(p.argmax()) if temperature == 0 else int(torch.multinomial(p, 1, generator=gen))
-        tokens.append(x)
-        if len(tokens) - prompt_len < max_new_tokens:
-            logits = model(torch.tensor([[x]], dtype=torch.long), cache)[0, -1]
-        rows.append({"drafted": 0, "accepted": 0, "emitted": 1, "draft_s": 0.0, "target_s": time.perf_counter() - t0})
+    t_start = t0 = time.perf_counter()
+    # each step is one target pass (the prefill for the first token) and one draw, as generation.generate does
+    stream = decode_stream(model, torch.tensor([tokens], dtype=torch.long), max_new_tokens, temperature, top_k,
+                           top_p, gen)
+    for nxt in stream:
+        tokens.append(int(nxt[0]))
+        t1 = time.perf_counter()
+        rows.append({"drafted": 0, "accepted": 0, "emitted": 1, "draft_s": 0.0, "target_s": t1 - t0})
+        t0 = t1
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from .._validate import check_int
+from ..session import progress_bar
 from .analytic import expected_speedup, expected_tokens_per_pass
 from .speculative import Draft, plain_generate, speculative_generate
 
@@ -31,8 +32,9 @@ class TransposedLinear(torch.nn.Module):
     Same numbers as ``nn.Linear`` (up to float rounding). Why it exists: on a CPU, PyTorch sends a thin
     matrix product (a few rows, as when a verification pass scores ``k + 1`` tokens) through a GEMM kernel
     that handles the ``[out, in]`` weight less efficiently than a matrix-vector product handles one row, so a
-    4-token pass of SmolLM2 measured 1.7× a 1-token pass; with the weight stored ``[in, out]`` the kernel
-    streams it and the same pass costs about 1.35×. Introduced in Chapter 7.
+    few-token pass costs well over one single-token pass; with the weight stored ``[in, out]`` the kernel
+    streams it and the gap narrows. The cached ``decoding.experiments.smollm2_verification`` table measures
+    both layouts (Chapter 7 prints it). Introduced in Chapter 7.
     """
 
     def __init__(self, linear: torch.nn.Linear):
@@ -83,9 +85,7 @@ def measure_verification(model, tokens: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 12
     rng = np.random.default_rng(seed)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=repeats * len(ts), desc="timing verification passes", leave=False)
+        bar = progress_bar(total=repeats * len(ts), desc="timing verification passes", leave=False)
     for _ in range(repeats):
         for t in rng.permutation(ts).tolist():
             t0 = time.perf_counter()
@@ -130,9 +130,7 @@ def compare_decoding(
     configs = [(name, check_int("k (draft length)", int(k))) for name in drafts for k in per_draft[name]]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=repeats * (len(configs) + 1), desc="plain vs speculative decoding", leave=False)
+        bar = progress_bar(total=repeats * (len(configs) + 1), desc="plain vs speculative decoding", leave=False)
     best_plain, plain_tokens = None, None
     best: dict[tuple[str, int], object] = {}
     for _ in range(repeats):

@@ -5,7 +5,7 @@ convention; the explorer re-runs :func:`unveiled.analyze` (well under a millisec
 operator graph (one box per operator in data-flow order, coloured by what bounds it, with its share of the
 time), every operator on the device's roofline, the totals and the memory footprint, and the load/store
 breakdown of one operator. The figures are small SVG/HTML drawn here, so the widget looks the same in
-JupyterLab, Colab and the static book (which shows its initial state).
+JupyterLab and Colab; the static book shows a still of the initial state (:mod:`.live`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import math
 from ..analyzer.analysis import Analysis, analyze
 from ..analyzer.configs import model_names
 from ..hardware import device_names
-from ..plots.style import BOUND_COLORS, PRECISION_COLORS
+from ..plots.style import BOUND_COLORS, PRECISION_COLORS, legible
+from .live import control_row, fit_svg, live_or_still
 
 __all__ = ["analyzer_explorer", "operator_graph_html", "operator_roofline_svg"]
 
@@ -28,11 +29,12 @@ def _si(x: float, unit: str = "") -> str:
     return f"{x:.3g} {unit}".strip()
 
 
-def operator_graph_html(a: Analysis) -> str:
+def operator_graph_html(a: Analysis, max_height: int | None = 520) -> str:
     """The operators of one pass as a vertical flow of boxes (like LLM-Viewer's layer graph).
 
     Each box shows the operator, how many times it runs, its FLOPs and bytes, and a bar of its share of the
-    pass's time; the border colour says memory- or compute-bound. Introduced in Chapter 2.
+    pass's time; the border colour says memory- or compute-bound. A flow taller than ``max_height`` pixels
+    scrolls (``None``: never). Introduced in Chapter 2.
     """
     boxes = []
     for _, r in a.ops.iterrows():
@@ -46,11 +48,12 @@ def operator_graph_html(a: Analysis) -> str:
             f'<div style="background:#eee;height:5px"><div style="background:{colour};height:5px;'
             f'width:{min(share, 100):.1f}%"></div></div>'
             f'<span style="color:#555">{share:.1f} % of the time ({1e3 * r.total_time_s:.3g} ms)</span></div>'
-            '<div style="text-align:center;color:#999;font-size:9px;line-height:9px">▼</div>'
+            '<div style="text-align:center;color:#666;font-size:9px;line-height:9px">▼</div>'
         )
     if boxes:
         boxes[-1] = boxes[-1].rsplit("<div style=\"text-align:center", 1)[0]
-    return '<div style="max-height:520px;overflow-y:auto;padding-right:4px">' + "".join(boxes) + "</div>"
+    limit = "" if max_height is None else f"max-height:{max_height}px;overflow-y:auto;"
+    return f'<div style="{limit}padding-right:4px">' + "".join(boxes) + "</div>"
 
 
 def operator_roofline_svg(a: Analysis, *, width: int = 560, height: int = 330) -> str:
@@ -90,7 +93,7 @@ def operator_roofline_svg(a: Analysis, *, width: int = 560, height: int = 330) -
         c = PRECISION_COLORS.get(d, "#333")
         out.append('<polyline fill="none" stroke-width="2" stroke="' + c + '" points="'
                    + " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts_line) + '"/>')
-        out.append(f'<text x="{ml + pw - 4}" y="{sy(peak) - 3 - 10 * i:.1f}" text-anchor="end" fill="{c}">'
+        out.append(f'<text x="{ml + pw - 4}" y="{sy(peak) - 3 - 10 * i:.1f}" text-anchor="end" fill="{legible(c)}">'
                    f'{d.upper()} roof, ridge {r:.0f}</text>')
     for _, r in pts.iterrows():
         x, y, ly = sx(r.intensity), sy(r.tflop_s), sy(r.label_y)
@@ -140,10 +143,38 @@ def analyzer_explorer(model: str = "llama-2-7b", device: str = "a6000", *, stage
                       flash_attention: bool = False, conventions: str = "exact"):
     """A live analyzer: controls for every argument of :func:`unveiled.analyze`, then the operator graph,
     the roofline, the totals and one operator's details, recomputed on every change. Introduced in Chapter 2."""
-    import ipywidgets as w
-
     first = analyze(model, device, stage=stage, batch=batch, seq_len=seq_len, w_bits=w_bits, a_bits=a_bits,
                     kv_bits=kv_bits, flash_attention=flash_attention, conventions=conventions, check_context=False)
+    settings = {"model": first.model.name, "device": first.device.name, "stage": stage, "batch": batch,
+                "sequence": seq_len, "bits": f"W{w_bits}A{a_bits}KV{kv_bits}",
+                "attention": "FlashAttention" if flash_attention else "naive", "counting": conventions}
+    call = f"uv.analyzer_explorer({first.model.name!r}, {device!r}, stage={stage!r}, batch={batch}, seq_len={seq_len})"
+    return live_or_still(lambda: _analyzer_widget(first, device), lambda: _still(first), title="LLM analyzer",
+                         call=call, settings=settings,
+                         description=f"Analysis of {first.model.name} on {first.device.display_name}: totals, "
+                                     "every operator on the roofline, the layer's operator graph and the "
+                                     "slowest operator's loads and stores")
+
+
+def _roof_label(a: Analysis) -> str:
+    return (f"Operators of {a.model.name} ({a.stage}, batch {a.batch}, sequence {a.seq_len}) on the roofline of "
+            f"{a.device.display_name}, sized by their share of the time")
+
+
+def _still(a: Analysis) -> str:
+    top = a.ops.sort_values("time_share").op.iloc[-1]
+    return (_summary_html(a) + fit_svg(operator_roofline_svg(a), _roof_label(a))
+            + "<div style='display:flex;flex-wrap:wrap;gap:12px;max-width:100%'>"
+            + f"<div style='flex:1 1 300px;max-width:100%'>{operator_graph_html(a, max_height=None)}</div>"
+            + f"<div style='flex:1 1 240px'>{_detail_html(a, top)}</div></div>")
+
+
+def _analyzer_widget(first: Analysis, device: str):
+    import ipywidgets as w
+
+    stage, batch, seq_len = first.stage, first.batch, first.seq_len
+    w_bits, a_bits, kv_bits = first.w_bits, first.a_bits, first.kv_bits
+    flash_attention, conventions = first.flash_attention, first.conventions
     bits = [1, 2, 3, 4, 8, 16]
     powers = [2**k for k in range(0, 11)]
     lengths = [2**k for k in range(4, 18)]
@@ -169,8 +200,8 @@ def analyzer_explorer(model: str = "llama-2-7b", device: str = "a6000", *, stage
         return w.HTML(f"<b>{text}</b>", layout=w.Layout(width=width))
 
     summary = w.HTML(_summary_html(first))
-    graph = w.HTML(operator_graph_html(first), layout=w.Layout(width="330px"))
-    roof = w.HTML(operator_roofline_svg(first))
+    graph = w.HTML(operator_graph_html(first), layout=w.Layout(width="330px", max_width="100%"))
+    roof = w.HTML(fit_svg(operator_roofline_svg(first), _roof_label(first)))
     op_pick = w.Dropdown(options=list(first.ops.op), value=first.ops.sort_values("time_share").op.iloc[-1],
                          layout=w.Layout(width="200px"))
     detail = w.HTML(_detail_html(first, op_pick.value))
@@ -188,7 +219,7 @@ def analyzer_explorer(model: str = "llama-2-7b", device: str = "a6000", *, stage
         state["a"] = a
         summary.value = _summary_html(a)
         graph.value = operator_graph_html(a)
-        roof.value = operator_roofline_svg(a)
+        roof.value = fit_svg(operator_roofline_svg(a), _roof_label(a))
         keep = op_pick.value if op_pick.value in set(a.ops.op) else a.ops.sort_values("time_share").op.iloc[-1]
         op_pick.options = list(a.ops.op)
         op_pick.value = keep
@@ -198,11 +229,11 @@ def analyzer_explorer(model: str = "llama-2-7b", device: str = "a6000", *, stage
         widget.observe(update, names="value")
     op_pick.observe(lambda _: setattr(detail, "value", _detail_html(state["a"], op_pick.value)), names="value")
     controls = w.VBox([
-        w.HBox([label("model"), c["model"], label("device"), c["device"], label("counting", "80px"),
-                c["conventions"]]),
-        w.HBox([label("stage"), c["stage"], label("attention", "80px"), c["flash_attention"]]),
-        w.HBox([label("batch"), c["batch"], label("sequence", "80px"), c["seq_len"]]),
-        w.HBox([label("W bits"), c["w_bits"], label("A bits"), c["a_bits"], label("KV bits"), c["kv_bits"]]),
+        control_row([label("model"), c["model"], label("device"), c["device"], label("counting", "80px"),
+                     c["conventions"]]),
+        control_row([label("stage"), c["stage"], label("attention", "80px"), c["flash_attention"]]),
+        control_row([label("batch"), c["batch"], label("sequence", "80px"), c["seq_len"]]),
+        control_row([label("W bits"), c["w_bits"], label("A bits"), c["a_bits"], label("KV bits"), c["kv_bits"]]),
     ])
-    details = w.VBox([w.HBox([label("operator", "80px"), op_pick]), detail])
-    return w.VBox([controls, summary, roof, w.HBox([graph, details])])
+    details = w.VBox([control_row([label("operator", "80px"), op_pick]), detail])
+    return w.VBox([controls, summary, roof, control_row([graph, details], align_items="flex-start")])

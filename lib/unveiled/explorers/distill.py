@@ -3,7 +3,7 @@
 Pick a teacher and a student (any model the analyzer knows, or a preset pair), a device, the batch, the
 context length and the weight precision; the table shows, for both models, the memory footprint, whether it
 fits, the time to first token, the time per output token, the throughput and the largest batch that fits,
-all from the analyzer's roofline model [Yuan et al. 2024]. The static page shows the initial state; the
+all from the analyzer's roofline model [Yuan et al. 2024]. The static page shows a still of the initial state; the
 Altair version of the chapter works without a kernel. Introduced in Chapter 4.
 """
 
@@ -11,44 +11,72 @@ from __future__ import annotations
 
 import html
 
+from .live import control_row, labelled, live_or_still, slider_layout
+
 __all__ = ["teacher_student_explorer", "teacher_student_table"]
 
 
 def teacher_student_table(teacher: str, student: str, device: str, *, batch: int = 1, context: int = 2048,
                           w_bits: int = 16) -> str:
     """The explorer's HTML table for one setting (also usable on its own). Introduced in Chapter 4."""
-    from ..analyzer import generate, max_batch
-    from ..hardware import hardware
+    from ..analyzer import estimate_generation, max_batch
+    from ..hardware import get_device
 
-    dev = hardware(device)
-    rows, results = [], {}
+    dev = get_device(device)
+    cols, results = {}, {}
     for role, name in (("teacher", teacher), ("student", student)):
-        gen = generate(name, dev, batch=batch, prompt_len=context, gen_len=2, w_bits=w_bits, check_context=False)
+        gen = estimate_generation(name, dev, batch=batch, prompt_len=context, gen_len=2, w_bits=w_bits, check_context=False)
         mb = max_batch(name, dev, seq_len=context, w_bits=w_bits) if dev.memory_bytes else None
         results[role] = gen
         mem = gen.memory
         fits = "—" if mem.fits is None else ("yes" if mem.fits else "<b style='color:#d62728'>no</b>")
-        rows.append(
-            f"<tr><td>{role}</td><td>{html.escape(name)}</td><td>{mem.weights / 1e9:.3g}</td>"
-            f"<td>{mem.kv_cache / 1e9:.3g}</td><td>{mem.total / 1e9:.3g}</td><td>{fits}</td>"
-            f"<td>{gen.ttft_s * 1e3:.3g}</td><td>{gen.tpot_s * 1e3:.3g}</td>"
-            f"<td>{batch / gen.tpot_s:,.0f}</td><td>{'—' if mb is None else mb}</td></tr>")
+        cols[role] = [html.escape(name), f"{mem.weights / 1e9:.3g}", f"{mem.kv_cache / 1e9:.3g}",
+                      f"{mem.total / 1e9:.3g}", fits, f"{gen.ttft_s * 1e3:.3g}", f"{gen.tpot_s * 1e3:.3g}",
+                      f"{batch / gen.tpot_s:,.0f}", "—" if mb is None else str(mb)]
+    # One row per quantity, one column per model: narrow enough for a phone.
+    labels = ["model", "weights (GB)", "KV cache (GB)", "total (GB)", "fits", "TTFT (ms)", "TPOT (ms)",
+              "tokens/s", "largest batch"]
+    rows = "".join(f"<tr><th style='text-align:left'>{lab}</th><td>{t}</td><td>{s}</td></tr>"
+                   for lab, t, s in zip(labels, cols["teacher"], cols["student"], strict=True))
     speed = results["teacher"].tpot_s / results["student"].tpot_s
     cap = "unknown" if not dev.memory_bytes else f"{dev.memory_bytes / 1e9:.3g} GB"
     return (
-        "<table style='font-size:12px'><tr><th></th><th>model</th><th>weights (GB)</th><th>KV cache (GB)</th>"
-        "<th>total (GB)</th><th>fits</th><th>TTFT (ms)</th><th>TPOT (ms)</th><th>tokens/s</th>"
-        f"<th>largest batch</th></tr>{''.join(rows)}</table>"
+        "<table style='font-size:12px'><tr><th></th><th>teacher</th><th>student</th></tr>"
+        f"{rows}</table>"
         f"<p style='font-size:12px'>{html.escape(dev.display_name)} ({cap}); batch {batch}, context {context} "
         f"tokens, {w_bits}-bit weights. The student decodes <b>{speed:.2f}×</b> faster per step.</p>")
 
 
 def teacher_student_explorer(teacher: str = "llama-2-13b", student: str = "llama-2-7b", device: str = "a6000", *,
                              batch: int = 1, context: int = 2048, w_bits: int = 16):
-    """A live explorer of teacher vs student on any device; returns an ``ipywidgets.VBox``.
+    """A live explorer of teacher vs student on any device; returns an ``ipywidgets.VBox`` (a still of the
+    initial state in the book build, :func:`.live.live_or_still`).
 
     Introduced in Chapter 4.
     """
+    from ..analyzer import model_names
+    from ..hardware import get_device
+
+    models = model_names()
+    for label, value in (("teacher", teacher), ("student", student)):
+        if value not in models:
+            from .._validate import unknown_name
+
+            raise unknown_name(f"{label} model", value, models)
+    get_device(device)  # fail early on an unknown device
+    start = dict(teacher=teacher, student=student, device=device, batch=batch, context=context, w_bits=w_bits)
+    return live_or_still(
+        lambda: _teacher_student_widget(**start),
+        lambda: teacher_student_table(teacher, student, device, batch=batch, context=context, w_bits=w_bits),
+        title="Teacher-vs-student explorer",
+        call=f"teacher_student_explorer({teacher!r}, {student!r}, {device!r}, context={context})",
+        settings={"teacher": teacher, "student": student, "device": device, "batch": batch,
+                  "context": f"{context:,} tokens", "weights": f"{w_bits}-bit"},
+        description=f"Memory, time to first token, time per output token and throughput of {teacher} and "
+                    f"{student} on {device}")
+
+
+def _teacher_student_widget(teacher: str, student: str, device: str, batch: int, context: int, w_bits: int):
     import ipywidgets as w
 
     from ..analyzer import model_names
@@ -57,17 +85,12 @@ def teacher_student_explorer(teacher: str = "llama-2-13b", student: str = "llama
 
     models = model_names()
     devices = sorted({*device_names(), device})
-    for label, value in (("teacher", teacher), ("student", student)):
-        if value not in models:
-            from .._validate import unknown_name
-
-            raise unknown_name(f"{label} model", value, models)
     presets = w.Dropdown(options=["(custom)", *PAIRS], value="(custom)")
     t_pick = w.Dropdown(options=models, value=teacher)
     s_pick = w.Dropdown(options=models, value=student)
     d_pick = w.Dropdown(options=devices, value=device)
-    b_slider = w.IntSlider(value=batch, min=1, max=256)
-    c_slider = w.IntSlider(value=context, min=128, max=32768, step=128)
+    b_slider = w.IntSlider(value=batch, min=1, max=256, layout=slider_layout())
+    c_slider = w.IntSlider(value=context, min=128, max=32768, step=128, layout=slider_layout())
     bits = w.Dropdown(options=[16, 8, 4], value=w_bits)
     out = w.HTML()
 
@@ -86,12 +109,7 @@ def teacher_student_explorer(teacher: str = "llama-2-13b", student: str = "llama
     for control in (t_pick, s_pick, d_pick, b_slider, c_slider, bits):
         control.observe(redraw, names="value")
     redraw()
-
-    def labelled(text: str, control) -> w.HBox:
-        # HTML labels, not `description=`: the static page's widget manager cannot typeset descriptions.
-        return w.HBox([w.HTML(f"<b>{text}</b>", layout=w.Layout(width="110px")), control])
-
     left = w.VBox([labelled("preset", presets), labelled("teacher", t_pick), labelled("student", s_pick),
                    labelled("device", d_pick)])
     right = w.VBox([labelled("batch", b_slider), labelled("context", c_slider), labelled("weight bits", bits)])
-    return w.VBox([w.HBox([left, right]), out])
+    return w.VBox([control_row([left, right], align_items="flex-start"), out])

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from ..analyzer import analyze, model, model_names, sweep
-from ..hardware import hardware
+from ..analyzer import analyze, model_names, model_spec, sweep
+from ..hardware import get_device
 from ..kvcache.sizing import attention_kind, attention_variants
+from .live import control_row, live_or_still, slider_layout
 
 __all__ = ["EXPLORER_DEVICES", "explorer_grid", "explorer_models", "kv_explorer", "kv_summary_html"]
 
@@ -35,9 +36,9 @@ def explorer_models() -> dict[str, tuple[object, int]]:
         "Llama-2-7B as GQA-8": (variants["GQA"], 16),
         "Llama-2-7B as MQA": (variants["MQA"], 16),
         "Llama-2-7B as MLA-512": (variants["MLA"], 16),
-        "Llama-3-8B (GQA-8)": (model("llama-3-8b"), 16),
-        "Llama-3-70B, 4-bit weights": (model("llama-3-70b"), 4),
-        "DeepSeek-V2-Lite (MLA)": (model("deepseek-v2-lite"), 16),
+        "Llama-3-8B (GQA-8)": (model_spec("llama-3-8b"), 16),
+        "Llama-3-70B, 4-bit weights": (model_spec("llama-3-70b"), 4),
+        "DeepSeek-V2-Lite (MLA)": (model_spec("deepseek-v2-lite"), 16),
     }
 
 
@@ -54,9 +55,9 @@ def explorer_grid(devices: Sequence[str] = EXPLORER_DEVICES,
                    kv_bits=list(kv_bits), check_context=False)
         frames.append(df.assign(model=label))
     df = pd.concat(frames, ignore_index=True)
-    caps = {d: hardware(d).memory_bytes / 1e9 for d in devices}
+    caps = {d: get_device(d).memory_bytes / 1e9 for d in devices}
     return pd.DataFrame({
-        "model": df.model, "device": df.device, "device_label": df.device.map(lambda d: hardware(d).display_name),
+        "model": df.model, "device": df.device, "device_label": df.device.map(lambda d: get_device(d).display_name),
         "batch": df.batch, "seq_len": df.seq_len, "kv_bits": df.kv_bits, "memory_GB": df.memory_bytes / 1e9,
         "kv_pct": 100 * df.kv_cache_bytes / df.memory_bytes, "time_ms": 1e3 * df.time_s,
         "fits": df.fits.astype(bool), "capacity_GB": df.device.map(caps),
@@ -82,7 +83,7 @@ def kv_summary_html(m, device: str, seq_len: int, batch: int, kv_bits: int, w_bi
                    f"background:{colour}'></div>")
     name = html.escape(a.model.name)
     return (
-        f"<div style='font:13px sans-serif;max-width:560px'>"
+        f"<div style='font:13px sans-serif;width:560px;max-width:100%'>"
         f"<p><b>{name}</b> ({attention_kind(a.model)}), {html.escape(a.device.display_name)}, batch {batch}, "
         f"{seq_len:,} tokens, W{w_bits} KV{kv_bits}</p>"
         f"<div style='border:1px solid #999;width:100%;background:#f6f6f6'>{''.join(bar)}</div>"
@@ -93,29 +94,47 @@ def kv_summary_html(m, device: str, seq_len: int, batch: int, kv_bits: int, w_bi
     )
 
 
-def kv_explorer(m: str = "llama-2-7b", device: str = "h100-sxm"):
+def kv_explorer(m: str = "llama-2-7b", device: str = "h100-sxm", *, seq_len: int = 4096, batch: int = 1):
     """A live explorer (ipywidgets): choose model, attention design, device, context, batch, weight and KV bits.
 
     Every change re-runs the analyzer; the read-out says whether it fits, the KV share of memory and of a
-    decode step's bytes, and the step's roofline time. Introduced in Chapter 6.
+    decode step's bytes, and the step's roofline time. In the book build it returns a still of its initial
+    state (:func:`.live.live_or_still`). Introduced in Chapter 6.
     """
+    spec = model_spec(m)
+    get_device(device)  # fail early on an unknown device
+    return live_or_still(
+        lambda: _kv_widget(m, device, seq_len, batch),
+        lambda: kv_summary_html(spec, device, seq_len, batch, 16, 16),
+        title="KV-cache explorer", call=f"uv.kv_explorer({m!r}, {device!r})",
+        settings={"model": m, "attention": "as shipped", "device": device, "context": f"{seq_len:,} tokens",
+                  "batch": batch, "bits": "W16 KV16"},
+        description=f"KV cache of {m} on {device}: memory against the device, KV share and decode-step time")
+
+
+def _kv_widget(m: str, device: str, seq_len: int, batch: int):
     import ipywidgets as w
 
-    names = model_names()
-    model_w = w.Dropdown(options=names, value=m, description="model")
-    design_w = w.Dropdown(options=["as shipped", "MHA", "GQA", "MQA", "MLA"], value="as shipped",
-                          description="attention")
     from ..hardware import device_names
 
-    device_w = w.Dropdown(options=device_names(), value=device, description="device")
-    ctx_w = w.SelectionSlider(options=[2**k for k in range(9, 21)], value=4096, description="context")
-    batch_w = w.SelectionSlider(options=[1, 2, 4, 8, 16, 32, 64, 128, 256], value=1, description="batch")
-    wbits_w = w.ToggleButtons(options=[16, 8, 4], value=16, description="W bits")
-    kvbits_w = w.ToggleButtons(options=[16, 8, 4, 2], value=16, description="KV bits")
+    names = model_names()
+    wide = w.Layout(width="280px", max_width="100%")
+    model_w = w.Dropdown(options=names, value=m, description="model", layout=wide)
+    design_w = w.Dropdown(options=["as shipped", "MHA", "GQA", "MQA", "MLA"], value="as shipped",
+                          description="attention", layout=wide)
+    device_w = w.Dropdown(options=device_names(), value=device, description="device", layout=wide)
+    contexts = sorted({2**k for k in range(9, 21)} | {seq_len})
+    batches = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256} | {batch})
+    ctx_w = w.SelectionSlider(options=contexts, value=seq_len, description="context", layout=slider_layout())
+    batch_w = w.SelectionSlider(options=batches, value=batch, description="batch", layout=slider_layout())
+    wbits_w = w.ToggleButtons(options=[16, 8, 4], value=16, description="W bits",
+                              style={"button_width": "48px"})
+    kvbits_w = w.ToggleButtons(options=[16, 8, 4, 2], value=16, description="KV bits",
+                               style={"button_width": "48px"})
     out = w.HTML()
 
     def redraw(*_):
-        spec = model(model_w.value)
+        spec = model_spec(model_w.value)
         if design_w.value != "as shipped":
             try:
                 spec = attention_variants(spec)[design_w.value]
@@ -127,5 +146,5 @@ def kv_explorer(m: str = "llama-2-7b", device: str = "h100-sxm"):
     for widget in (model_w, design_w, device_w, ctx_w, batch_w, wbits_w, kvbits_w):
         widget.observe(redraw, names="value")
     redraw()
-    return w.VBox([w.HBox([model_w, design_w, device_w]), w.HBox([ctx_w, batch_w]), wbits_w, kvbits_w, out])
-
+    return w.VBox([control_row([model_w, design_w, device_w]), control_row([ctx_w, batch_w]), wbits_w, kvbits_w,
+                   out])

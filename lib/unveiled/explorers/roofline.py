@@ -1,7 +1,7 @@
 """A live roofline explorer (ipywidgets): devices, data type, an operation's intensity, bandwidth what-ifs.
 
 The chart is a small SVG drawn here (no plotting library), so the widget renders identically in JupyterLab,
-Colab and the static book (which shows the initial state). Every number comes from :mod:`unveiled.roofline`.
+Colab and the static book (which shows a still of the initial state). Every number comes from :mod:`unveiled.roofline`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import html
 import math
 from collections.abc import Iterable, Sequence
 
-from ..hardware import DTYPES, Device, canonical_dtype, hardware
+from ..hardware import DTYPES, Device, canonical_dtype, get_device
+from ..plots.style import legible
 from ..roofline import attainable_performance, bound
+from .live import control_row, fit_svg, labelled, live_or_still, slider_layout
 
 __all__ = ["roofline_explorer", "roofline_svg"]
 
@@ -67,7 +69,7 @@ def roofline_svg(devices: Sequence[Device], dtype: str, intensity: float, *, wid
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2.5"/>')
         perf = float(attainable_performance(intensity, d, dtype)) / 1e12
         parts.append(f'<circle cx="{sx(intensity):.1f}" cy="{sy(perf):.1f}" r="5" fill="{c}" stroke="black"/>')
-        parts.append(f'<text x="{ml + 8}" y="{mt + 16 + 14 * i}" fill="{c}">{html.escape(d.display_name)}: '
+        parts.append(f'<text x="{ml + 8}" y="{mt + 16 + 14 * i}" fill="{legible(c)}">{html.escape(d.display_name)}: '
                      f'ridge {r:,.1f}, peak {_fmt(d.peak(dtype) / 1e12)} T</text>')
     x = sx(intensity)
     parts.append(f'<line x1="{x:.1f}" y1="{mt}" x2="{x:.1f}" y2="{mt + ph}" stroke="#555" stroke-dasharray="4,3"/>')
@@ -84,7 +86,7 @@ def _summary(devices: Sequence[Device], dtype: str, intensity: float, flops: flo
             continue
         perf = float(attainable_performance(intensity, d, dtype))
         b = bound(intensity, d, dtype)
-        colour = "#d62728" if b == "memory" else "#2ca02c"
+        colour = legible("#d62728" if b == "memory" else "#2ca02c")
         rows.append(f"<tr><td>{html.escape(d.display_name)}</td><td>{_fmt(perf / 1e12)} T</td>"
                     f"<td>{100 * perf / d.peak(dtype):.0f}%</td><td style='color:{colour}'>{b}-bound</td>"
                     f"<td>{_fmt(flops / perf * 1e6)} µs</td></tr>")
@@ -96,14 +98,13 @@ def roofline_explorer(devices: Iterable[str | Device] = ("a6000", "h100-sxm", "l
                       intensity: float = 50.0, flops: float = 1e9):
     """A live roofline explorer: choose devices and a data type, move the intensity, scale the bandwidth.
 
-    Returns an ``ipywidgets.VBox``; display it in Jupyter or Colab. The table below the chart gives, per
+    Returns an ``ipywidgets.VBox`` in a live session (display it in Jupyter or Colab) and a still of its
+    initial state in the book build (:func:`unveiled.explorers.live.live_or_still`). The table below the chart gives, per
     device, the attainable performance, its fraction of the peak, the bound and the time of an operation of
     ``flops`` operations at that intensity. The "bandwidth ×" slider multiplies every device's bandwidth, a
     what-if study of faster memory (survey Fig. 20). Introduced in Chapter 1.
     """
-    import ipywidgets as w
-
-    devs = [hardware(d) for d in devices]
+    devs = [get_device(d) for d in devices]
     if not devs:
         raise ValueError("give at least one device, e.g. roofline_explorer(['a6000', 'h100'])")
     dtype = canonical_dtype(dtype)
@@ -112,6 +113,27 @@ def roofline_explorer(devices: Iterable[str | Device] = ("a6000", "h100-sxm", "l
     from .._validate import check_positive
 
     flops = check_positive("flops", flops)
+    return live_or_still(
+        lambda: _roofline_widget(devs, dtype, float(intensity), flops),
+        lambda: _view(devs, dtype, float(intensity), flops),
+        title="Roofline explorer", call=f"uv.roofline_explorer({[d.name for d in devs]!r}, dtype={dtype!r}, "
+        f"intensity={intensity:g})",
+        settings={"devices": [d.name for d in devs], "data type": dtype, "intensity": f"{intensity:g} ops/byte",
+                  "bandwidth": "×1"},
+        description=f"Roofline of {', '.join(d.display_name for d in devs)} for {dtype.upper()} with an operation "
+                    f"at {intensity:g} ops/byte, and a table of its attainable performance on each device")
+
+
+def _view(devs: Sequence[Device], dtype: str, intensity: float, flops: float) -> str:
+    names = ", ".join(d.display_name for d in devs)
+    svg = fit_svg(roofline_svg(devs, dtype, intensity),
+                  f"Roofline of {names} for {dtype.upper()}, an operation at {intensity:g} ops/byte marked")
+    return svg + _summary(devs, dtype, intensity, flops)
+
+
+def _roofline_widget(devs: Sequence[Device], dtype: str, intensity: float, flops: float):
+    import ipywidgets as w
+
     all_names = sorted({*[d.name for d in devs], "a6000", "h100-sxm", "h200", "b200", "l4", "mi300x",
                         "tpu-v6e", "rtx-4090", "i9-13900k"})
     # Labels are separate HTML widgets, not `description=`: the static page's widget manager typesets
@@ -119,23 +141,23 @@ def roofline_explorer(devices: Iterable[str | Device] = ("a6000", "h100-sxm", "l
     pick = w.SelectMultiple(options=all_names, value=tuple(d.name for d in devs), rows=5)
     dt = w.Dropdown(options=list(DTYPES), value=dtype)
     inten = w.FloatLogSlider(value=intensity, base=10, min=-1, max=4, step=0.02, readout_format=".3g",
-                             continuous_update=True)
-    bw = w.FloatSlider(value=1.0, min=0.25, max=4.0, step=0.25)
+                             continuous_update=True, layout=slider_layout())
+    bw = w.FloatSlider(value=1.0, min=0.25, max=4.0, step=0.25, layout=slider_layout())
     chart = w.HTML()
     table = w.HTML()
     extra = {d.name: d for d in devs}
 
     def redraw(*_):
-        chosen = [extra.get(n) or hardware(n) for n in pick.value]
+        chosen = [extra.get(n) or get_device(n) for n in pick.value]
         chosen = [d.with_(bandwidth=d.bandwidth * bw.value) if bw.value != 1.0 else d for d in chosen]
-        chart.value = roofline_svg(chosen, dt.value, inten.value)
+        names = ", ".join(d.display_name for d in chosen)
+        chart.value = fit_svg(roofline_svg(chosen, dt.value, inten.value),
+                              f"Roofline of {names} for {dt.value.upper()}")
         table.value = _summary(chosen, dt.value, inten.value, flops)
 
     for control in (pick, dt, inten, bw):
         control.observe(redraw, names="value")
     redraw()
-    def labelled(text: str, control) -> w.HBox:
-        return w.HBox([w.HTML(f"<b>{text}</b>", layout=w.Layout(width="125px")), control])
-
-    controls = w.VBox([labelled("data type", dt), labelled("intensity", inten), labelled("bandwidth ×", bw)])
-    return w.VBox([w.HBox([labelled("devices", pick), controls]), chart, table])
+    controls = w.VBox([labelled("data type", dt, "125px"), labelled("intensity", inten, "125px"),
+                       labelled("bandwidth ×", bw, "125px")])
+    return w.VBox([control_row([labelled("devices", pick, "125px"), controls]), chart, table])

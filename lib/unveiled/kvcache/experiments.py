@@ -18,6 +18,8 @@ import pandas as pd
 import torch
 
 from ..results import experiment
+from ..session import progress_bar
+from ..threads import torch_threads
 from .eviction import HeavyHitterCache, SinkWindowCache
 from .quality import streaming_nll
 from .quantized import QuantizedKVCache
@@ -28,14 +30,17 @@ __all__ = [
     "EVICTION_SKIP",
     "EVICTION_TOKENS",
     "KV_BITS",
+    "LIVE_SETTINGS",
     "LIVE_TOKENS",
     "QUANT_SCHEMES",
     "QUANT_TOKENS",
+    "ROUNDING_SEEDS",
     "eviction_policies",
     "quant_cache",
     "smollm2_eval_tokens",
     "smollm2_kv_eviction",
     "smollm2_kv_quant",
+    "smollm2_kv_rounding",
 ]
 
 #: Tokens fed per forward pass while streaming (see :func:`~unveiled.kvcache.quality.streaming_nll`).
@@ -57,6 +62,11 @@ QUANT_SCHEMES: dict[str, tuple[str, str, int]] = {
     "per token (K and V), R=0": ("token", "token", 0),
 }
 EVICTION_BUDGETS = (32, 64, 128)
+#: The settings whose first LIVE_TOKENS predictions are rerun live (chapter, tests): (scheme, bits); None =
+#: the full-precision cache. The last one, 2-bit per-token groups without a window, is the most fragile.
+LIVE_SETTINGS = ((None, 16), ("KIVI (K per channel, V per token), R=32", 2), ("per token (K and V), R=0", 2))
+#: Perturbed reruns per live setting in :func:`smollm2_kv_rounding`.
+ROUNDING_SEEDS = 8
 
 
 def smollm2_eval_tokens(n: int) -> list[int]:
@@ -95,19 +105,17 @@ def _row(nll: torch.Tensor, skip: int = 0) -> dict:
 
 
 @experiment("smollm2_kv_quant", "SmolLM2-135M perplexity vs KV bits (8/4/3/2) and quantization layout, streamed")
+@torch_threads(1)  # see the module docstring
 def smollm2_kv_quant() -> pd.DataFrame:
     """SmolLM2 perplexity on Tiny Shakespeare (512 predictions, streamed in chunks of 16) for each KV bit
     width and layout of :data:`QUANT_SCHEMES`, plus the full-precision cache. Chapter 6."""
-    from tqdm.auto import tqdm
-
     from ..smollm2 import load_smollm2
 
-    torch.set_num_threads(1)  # see the module docstring
     model = load_smollm2()
     tokens = smollm2_eval_tokens(QUANT_TOKENS)
     settings = [(None, 16)] + [(s, b) for s in QUANT_SCHEMES for b in KV_BITS]
     rows = []
-    for scheme, bits in tqdm(settings, desc="KV quantization settings"):
+    for scheme, bits in progress_bar(settings, desc="KV quantization settings", leave=True):
         nll = streaming_nll(model, tokens, quant_cache(scheme, bits), chunk=CHUNK)
         kg, vg, residual = QUANT_SCHEMES[scheme] if scheme else ("-", "-", 0)
         rows.append({"scheme": scheme or "full precision", "key_grouping": kg, "value_grouping": vg,
@@ -117,21 +125,46 @@ def smollm2_kv_quant() -> pd.DataFrame:
 
 
 @experiment("smollm2_kv_eviction", "SmolLM2-135M perplexity with sink+window and H2O eviction vs a full cache")
+@torch_threads(1)  # see the module docstring
 def smollm2_kv_eviction() -> pd.DataFrame:
     """SmolLM2 perplexity on 1,024 tokens of Tiny Shakespeare, streamed in chunks of 16, scoring predictions
     after the first 256 tokens, for a full cache and each eviction policy at budgets of 32, 64 and 128 tokens.
     Chapter 6."""
-    from tqdm.auto import tqdm
-
     from ..smollm2 import load_smollm2
 
-    torch.set_num_threads(1)  # see the module docstring
     model = load_smollm2()
     tokens = smollm2_eval_tokens(EVICTION_TOKENS)
     settings = [("full cache", EVICTION_TOKENS, None)]
     settings += [(name, b, make) for b in EVICTION_BUDGETS for name, make in eviction_policies(b).items()]
     rows = []
-    for name, budget, make in tqdm(settings, desc="eviction settings"):
+    for name, budget, make in progress_bar(settings, desc="eviction settings", leave=True):
         nll = streaming_nll(model, tokens, make, chunk=CHUNK)
         rows.append({"policy": name, "budget": budget, **_row(nll, EVICTION_SKIP)})
+    return pd.DataFrame(rows)
+
+
+@experiment("smollm2_kv_rounding", "How far rounding-level perturbations move the live-check settings' NLL")
+@torch_threads(1)
+def smollm2_kv_rounding() -> pd.DataFrame:
+    """For each of :data:`LIVE_SETTINGS`, the mean NLL of the first :data:`LIVE_TOKENS` predictions unperturbed
+    and under :data:`ROUNDING_SEEDS` seeded rounding-level perturbations
+    (:func:`~unveiled.evaluation.rounding_perturbation`): ``spread`` is the largest move, the tolerance a live
+    rerun on another CPU needs. A quantized cache rounds to a grid, so a tiny change of its input can flip a
+    code and, at 2 bits, change the model's next tokens' probabilities visibly. Chapter 6."""
+    from ..evaluation import rounding_perturbation
+    from ..smollm2 import load_smollm2
+
+    model = load_smollm2(progress=False)
+    tokens = smollm2_eval_tokens(LIVE_TOKENS)
+    rows = []
+    for scheme, bits in LIVE_SETTINGS:
+        make = quant_cache(scheme, bits)
+        base = float(streaming_nll(model, tokens, make, chunk=CHUNK).mean())
+        moved = []
+        for seed in range(1, ROUNDING_SEEDS + 1):
+            with rounding_perturbation(seed, model=model):
+                moved.append(float(streaming_nll(model, tokens, make, chunk=CHUNK).mean()))
+        rows.append({"scheme": scheme or "full precision", "kv_bits": bits, f"nll_first_{LIVE_TOKENS}": base,
+                     "nll_min": min(moved), "nll_max": max(moved), "perturbed_runs": len(moved),
+                     "spread": max(abs(m - base) for m in moved)})
     return pd.DataFrame(rows)

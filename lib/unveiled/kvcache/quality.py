@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 
 from .._validate import check_int
-from .quantized import fake_quantize
+from ..session import progress_bar
+from .quantized import fake_quantize_along
 
 __all__ = [
     "capture_kv",
@@ -49,9 +50,7 @@ def streaming_nll(model, tokens: Sequence[int] | torch.Tensor, make_cache: Calla
     nll = torch.empty(n, dtype=torch.float64)
     starts = range(0, n, chunk)
     if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="streaming", leave=False)
+        starts = progress_bar(starts, desc="streaming")
     for s in starts:
         e = min(s + chunk, n)
         logits = model(data[None, s:e], cache)[0].double()
@@ -87,9 +86,7 @@ def compare_caches(model, tokens, caches: dict[str, Callable[[], object] | None]
     curves, rows = [], []
     items = caches.items()
     if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(items, desc="caches", leave=False)
+        items = progress_bar(items, desc="caches")
     for name, make in items:
         nll = streaming_nll(model, tokens, make, chunk=chunk)
         csum = torch.cat([torch.zeros(1, dtype=nll.dtype), nll.cumsum(0)])
@@ -147,7 +144,7 @@ def grouping_error(kv: list[tuple[torch.Tensor, torch.Tensor]], bits: Sequence[i
         for name, x in (("key", k[:, :n]), ("value", v[:, :n])):
             for b in bits:
                 for grouping, dim in (("channel", 1), ("token", 2)):
-                    xq = fake_quantize(x, b, dim, group_size)
+                    xq = fake_quantize_along(x, b, dim, group_size)
                     err = float(((x - xq) ** 2).sum() / (x**2).sum())
                     rows.append({"layer": layer, "tensor": name, "bits": b, "grouping": grouping,
                                  "relative_error": err})

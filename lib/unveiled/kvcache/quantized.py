@@ -9,27 +9,26 @@ no such channels, and their errors are averaged by the attention weights, so per
 also keeps the most recent ``R`` tokens in full precision (the *residual window*): decoding attends most to
 the recent past.
 
-The caches here simulate the arithmetic exactly (codes are integers, dequantization is ``code·scale + min``)
-but keep a dequantized fp32 copy to attend over, as a reference implementation would; ``nbytes`` reports
-the bytes the packed format would occupy. Introduced in Chapter 6.
+The quantizer is the quantization package's (Chapter 3): asymmetric min-max round-to-nearest with a float
+minimum per group (:func:`kv_quant_spec`), applied along the tokens or the channels
+(:func:`fake_quantize_along`). The caches simulate the arithmetic exactly (codes are integers,
+dequantization is ``code·scale + min``) but keep a dequantized copy to attend over, as a reference
+implementation would; ``nbytes`` reports the bytes the packed format would occupy. Introduced in Chapter 6.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from .._validate import check_choice, check_int
+from ..quant.uniform import QuantSpec, fake_quantize
 
 __all__ = [
     "GROUPINGS",
     "QuantizedKVCache",
-    "QuantizedTensor",
-    "dequantize",
-    "fake_quantize",
+    "fake_quantize_along",
     "kivi_cache",
-    "quantize",
+    "kv_quant_spec",
 ]
 
 #: How elements are grouped under one (scale, min): ``"channel"``: one pair per channel, the group running
@@ -39,103 +38,33 @@ GROUPINGS = ("channel", "token")
 _AXIS = {"channel": 2, "token": 3}  # the axis a group runs along
 
 
-def _check_bits(bits: object) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int):
-        raise TypeError(f"bits must be an int between 1 and 8, got {type(bits).__name__} {bits!r}")
-    if not 1 <= bits <= 8:
-        raise ValueError(
-            f"bits must be between 1 and 8 for a quantized KV cache, got {bits} "
-            "(use the plain full-precision cache for 16 bits)"
-        )
-    return bits
+def kv_quant_spec(bits: int, group_size: int | None = None) -> QuantSpec:
+    """KIVI's quantizer as a :class:`~unveiled.quant.QuantSpec`: asymmetric min-max, an fp16 scale and minimum
+    per group of ``group_size`` values (``None``: the whole axis), ``x̂ = code·scale + min``.
 
-
-@dataclass(frozen=True)
-class QuantizedTensor:
-    """Integer codes with one fp scale and minimum per group, and how to put them back.
-
-    ``codes`` has the input's shape (uint8); ``scale`` and ``minimum`` have the input's shape with the grouped
-    axis ``dim`` divided by ``group_size``. Introduced in Chapter 6.
+    That is the quantization package's float-minimum format (llama.cpp's Q4_1 form): each group maps
+    ``[min, max]`` onto ``0 .. 2**bits - 1``, so every element comes back within half a step of where it was
+    and a constant group is stored exactly. ``bits`` is 2 to 8. Introduced in Chapter 6.
     """
-
-    codes: torch.Tensor
-    scale: torch.Tensor
-    minimum: torch.Tensor
-    bits: int
-    dim: int
-    group_size: int
-
-    @property
-    def num_groups(self) -> int:
-        return self.scale.numel()
-
-    def packed_bytes(self, scale_bits: int = 16) -> float:
-        """Bytes of the packed format: ``bits`` per code plus a ``scale_bits`` scale and minimum per group."""
-        return (self.codes.numel() * self.bits + 2 * self.num_groups * scale_bits) / 8
-
-    def dequantize(self) -> torch.Tensor:
-        return dequantize(self)
+    if group_size is None:
+        return QuantSpec(bits, granularity="token", zero_point="float")
+    return QuantSpec(bits, granularity="group", group_size=check_int("group_size", group_size), zero_point="float")
 
 
-def _grouped(x: torch.Tensor, dim: int, group_size: int) -> torch.Tensor:
-    """View ``x`` with axis ``dim`` split into ``[n_groups, group_size]`` and moved last."""
-    x = x.movedim(dim, -1)
-    return x.reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
+def fake_quantize_along(x: torch.Tensor, bits: int, dim: int, group_size: int | None = None) -> torch.Tensor:
+    """Quantize and dequantize ``x`` in groups of ``group_size`` consecutive elements along axis ``dim``.
 
-
-def _ungrouped(x: torch.Tensor, dim: int) -> torch.Tensor:
-    return x.reshape(*x.shape[:-2], -1).movedim(-1, dim)
-
-
-def quantize(x: torch.Tensor, bits: int, dim: int, group_size: int | None = None) -> QuantizedTensor:
-    """Asymmetric min-max round-to-nearest quantization in groups of ``group_size`` along axis ``dim``.
-
-    Each group maps ``[min, max]`` onto the integers ``0 .. 2**bits - 1`` with ``scale = (max - min) / (2**bits
-    - 1)``, so every element comes back within half a step (``scale / 2``) of where it was. A constant group
-    gets scale 0 and is stored exactly. ``group_size=None`` makes the whole axis one group. This is the
-    quantizer KIVI applies to keys (``dim`` = tokens) and values (``dim`` = channels) [Liu et al. 2024].
-    Introduced in Chapter 6.
+    The quantization package's round-to-nearest quantizer (:func:`unveiled.quant.fake_quantize` with
+    :func:`kv_quant_spec`) cuts groups along the last axis; this moves ``dim`` there and back. KIVI applies it
+    to keys along the tokens (per-channel groups) and to values along the channels (per-token groups)
+    [Liu et al. 2024]. Introduced in Chapter 6.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}")
-    bits = _check_bits(bits)
     if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
         raise ValueError(f"dim must be an axis of a {x.dim()}-D tensor, got {dim!r}")
-    dim = dim % x.dim()
-    n = x.shape[dim]
-    group_size = n if group_size is None else check_int("group_size", group_size)
-    if n % group_size:
-        raise ValueError(f"group_size {group_size} does not divide the grouped axis of length {n}")
-    if not torch.isfinite(x).all():
-        raise ValueError("cannot quantize NaN or infinite values")
-    g = _grouped(x, dim, group_size)
-    lo = g.amin(-1, keepdim=True)
-    hi = g.amax(-1, keepdim=True)
-    levels = 2**bits - 1
-    scale = (hi - lo) / levels
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.round((g - lo) / safe).clamp_(0, levels).to(torch.uint8)
-    return QuantizedTensor(
-        codes=_ungrouped(codes, dim),
-        scale=scale[..., 0].movedim(-1, dim),
-        minimum=lo[..., 0].movedim(-1, dim),
-        bits=bits,
-        dim=dim,
-        group_size=group_size,
-    )
-
-
-def dequantize(q: QuantizedTensor) -> torch.Tensor:
-    """Inverse of :func:`quantize`: ``code · scale + min`` per group. Introduced in Chapter 6."""
-    codes = _grouped(q.codes, q.dim, q.group_size).to(q.scale.dtype)
-    scale = q.scale.movedim(q.dim, -1)[..., None]
-    lo = q.minimum.movedim(q.dim, -1)[..., None]
-    return _ungrouped(codes * scale + lo, q.dim)
-
-
-def fake_quantize(x: torch.Tensor, bits: int, dim: int, group_size: int | None = None) -> torch.Tensor:
-    """``dequantize(quantize(x, ...))``: the values a quantized cache hands back. Introduced in Chapter 6."""
-    return dequantize(quantize(x, bits, dim, group_size))
+    spec = kv_quant_spec(bits, group_size)
+    return fake_quantize(x.movedim(dim, -1), spec).movedim(-1, dim)
 
 
 class _Stream:
@@ -192,8 +121,8 @@ class QuantizedKVCache:
         value_bits: int | None = None,
         fp_bits: int = 16,
     ) -> None:
-        self.key_bits = _check_bits(bits if key_bits is None else key_bits)
-        self.value_bits = _check_bits(bits if value_bits is None else value_bits)
+        self.key_bits = kv_quant_spec(bits if key_bits is None else key_bits).bits  # 2 to 8 bits
+        self.value_bits = kv_quant_spec(bits if value_bits is None else value_bits).bits
         self.key_grouping = check_choice("key_grouping", key_grouping, GROUPINGS)
         self.value_grouping = check_choice("value_grouping", value_grouping, GROUPINGS)
         self.group_size = None if group_size is None else check_int("group_size", group_size)
@@ -244,11 +173,10 @@ class QuantizedKVCache:
         if grouping == "token" and d % g:
             raise ValueError(f"group_size {g} does not divide head_dim {d}")
         old, s.fp = s.fp[:, :, :excess], s.fp[:, :, excess:]
-        q = quantize(old, bits, _AXIS[grouping], g)
-        deq = q.dequantize()
+        deq = fake_quantize_along(old, bits, _AXIS[grouping], g)
         s.deq = deq if s.deq is None else torch.cat([s.deq, deq], dim=2)
-        s.n_groups += q.num_groups
-        s.n_codes += q.codes.numel()
+        s.n_groups += old.numel() // g
+        s.n_codes += old.numel()
 
     def crop(self, n: int) -> None:
         """Keep the first ``n`` tokens; only tokens still in full precision can be dropped."""

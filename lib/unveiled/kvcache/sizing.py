@@ -35,9 +35,9 @@ _REFERENCE_DEVICE = "h100-sxm"  # any device: memory accounting does not depend 
 
 
 def _spec(m):
-    from ..analyzer import model
+    from ..analyzer import model_spec
 
-    return model(m)
+    return model_spec(m)
 
 
 def _check_kv_bits(kv_bits: object) -> int:
@@ -217,9 +217,4 @@ def memory_wall(models: Iterable, seq_lens: Sequence[int], batch: int = 1, kv_bi
                          "kv_bits": kv_bits, "weights_bytes": weights, "kv_bytes": kv, "total_bytes": weights + kv,
                          "kv_share": kv / (weights + kv)})
     return pd.DataFrame(rows)
-
-
-def _log_grid(lo: int, hi: int, n: int) -> list[int]:
-    """``n`` integers spread evenly on a log scale between ``lo`` and ``hi`` (inclusive)."""
-    return sorted({round(float(x)) for x in np.geomspace(lo, hi, n)})
 

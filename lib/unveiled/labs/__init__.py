@@ -382,7 +382,7 @@ def run_cases(fn: Callable, cases: Sequence[Case] | Iterable[Case], title: str, 
 
 
 # Each chapter's checks live in a sub-module; make them reachable as ``uv.labs.<name>`` without an import.
-_LAB_MODULES = ("roofline", "analyzer", "quant", "distill", "kvcache", "decoding", "serving")
+_LAB_MODULES = ("roofline", "analyzer", "quant", "distill", "kvcache", "decoding", "kernels", "formats", "serving")
 
 
 def __getattr__(name: str):

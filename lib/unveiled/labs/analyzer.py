@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..analyzer.configs import model
+from ..analyzer.configs import model_spec
 from ..analyzer.costs import attention_cost as _attention_cost
 from ..analyzer.costs import linear_cost
 from ..hardware import Device
@@ -64,7 +64,7 @@ def check_kv_cache_bytes(fn: Callable, *, raise_on_fail: bool = True, show: bool
     :meth:`unveiled.analyzer.ModelSpec.kv_cache_bytes` on shipped models (with GQA and low bits)."""
     cases = []
     for name, seq, batch, bits in _KV_MODELS:
-        m = model(name)
+        m = model_spec(name)
         seq_in = seq if m.sliding_window is None else min(seq, m.sliding_window)
         want = m.kv_cache_bytes(seq_in, batch, bits)
         args = (m.num_layers, m.num_kv_heads, m.head_dim, seq_in, batch, bits)

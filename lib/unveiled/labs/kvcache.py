@@ -1,7 +1,7 @@
 """Lab checks for Chapter 6 (the KV cache): KIVI quantization, the paged gather and paged attention.
 
 Each check runs the reader's function on fixed, seeded cases and compares it with the library's reference
-(:func:`unveiled.kvcache.fake_quantize`, :func:`unveiled.kvcache.gather_kv`,
+(:func:`unveiled.kvcache.fake_quantize_along`, :func:`unveiled.kvcache.gather_kv`,
 :func:`unveiled.kvcache.paged_attention`). When a result is wrong, the check also tries the classic mistakes
 (keys grouped per token, symmetric instead of asymmetric, ``2**bits`` steps, truncation instead of rounding,
 ignoring the block table, forgetting the ``1/sqrt(d)`` scale, mapping query heads to the wrong key/value
@@ -17,7 +17,7 @@ import torch
 
 from ..kvcache.paged import gather_kv as _gather_ref
 from ..kvcache.paged import paged_attention as _paged_ref
-from ..kvcache.quantized import fake_quantize
+from ..kvcache.quantized import fake_quantize_along
 from . import Case, LabReport, run_cases
 
 __all__ = ["CHECKS", "check_gather_kv", "check_kivi_quantize", "check_paged_attention"]
@@ -89,8 +89,8 @@ def _kivi_inputs(seed: int, tokens: int, dim: int, outliers: bool = True) -> tup
 
 
 def _kivi_judge(k: torch.Tensor, v: torch.Tensor, bits: int, group: int) -> Callable:
-    want_k = fake_quantize(k, bits, 0, group)
-    want_v = fake_quantize(v, bits, 1, group)
+    want_k = fake_quantize_along(k, bits, 0, group)
+    want_v = fake_quantize_along(v, bits, 1, group)
 
     def judge(result) -> str | None:
         if not isinstance(result, (tuple, list)) or len(result) != 2:
@@ -123,7 +123,7 @@ def _kivi_judge(k: torch.Tensor, v: torch.Tensor, bits: int, group: int) -> Call
 
 
 def _kivi_expected(k: torch.Tensor, v: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return fake_quantize(k, bits, 0, group), fake_quantize(v, bits, 1, group)
+    return fake_quantize_along(k, bits, 0, group), fake_quantize_along(v, bits, 1, group)
 
 
 def check_kivi_quantize(fn: Callable, *, raise_on_fail: bool = True, show: bool = True) -> LabReport:

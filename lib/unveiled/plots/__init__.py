@@ -4,6 +4,16 @@ Interactivity that must work in the static site uses Altair parameters bound to 
 run in the reader's browser with no kernel. Introduced in Chapter 1.
 """
 
-from .style import BOUND_COLORS, PRECISION_COLORS, STAGE_COLORS, color_scale, log_axis
+from .style import (
+    BOUND_COLORS,
+    PRECISION_COLORS,
+    STAGE_COLORS,
+    color_scale,
+    contrast_ratio,
+    legible,
+    legible_scale,
+    log_axis,
+)
 
-__all__ = ["BOUND_COLORS", "PRECISION_COLORS", "STAGE_COLORS", "color_scale", "log_axis"]
+__all__ = ["BOUND_COLORS", "PRECISION_COLORS", "STAGE_COLORS", "color_scale", "contrast_ratio", "legible",
+           "legible_scale", "log_axis"]

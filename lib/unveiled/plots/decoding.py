@@ -301,9 +301,17 @@ def figure13_svg(draft: Sequence[str] = ("With", "my", "kids", "and"), accepted:
                   ["cat", "sat", "on", "the"]]
     w, hgt = 900, 360
     body = [f"<rect width='{w}' height='{hgt}' fill='white'/>"]
-    # (a) speculative decoding
-    body.append(_text(115, 22, "(a) speculative decoding", bold=True))
-    body.append(_box(10, 45, 70, 26, "draft", fill=_FILL["draft"], size=10))
+    body += _speculative_panel(draft, accepted, correction)
+    body += _medusa_panel(250, heads)
+    body += _jacobi_panel(520, jacobi)
+    body += _non_autoregressive_panel(760)
+    return _svg(w, hgt, body)
+
+
+def _speculative_panel(draft: Sequence[str], accepted: int, correction: str) -> list[str]:
+    """(a): the draft's guesses, the target's verdict on each, the correction at the first rejection."""
+    body = [_text(115, 22, "(a) speculative decoding", bold=True),
+            _box(10, 45, 70, 26, "draft", fill=_FILL["draft"], size=10)]
     cw = 46
     for i, tok in enumerate(draft):
         body.append(_box(90 + i * cw, 45, cw - 4, 26, tok, fill=_FILL["draft"], size=9))
@@ -322,17 +330,19 @@ def figure13_svg(draft: Sequence[str] = ("With", "my", "kids", "and"), accepted:
         else:
             body.append(_box(x, 120, cw - 4, 26, "–", fill=_FILL["skip"], size=10, dash=True))
     body.append(_text(115, 215, f"{accepted + 1} tokens for 1 target pass", italic=True))
-    # (b) Medusa heads
-    ox = 250
-    body.append(_text(ox + 95, 22, "(b) Medusa heads + tree", bold=True))
-    body.append(_box(ox, 150, 80, 26, "LLM", fill=_FILL["layer"], size=10))
+    return body
+
+
+def _medusa_panel(ox: float, heads: int) -> list[str]:
+    """(b): extra heads guessing t+2.. next to the LM head, and the tree of candidates one pass verifies."""
+    body = [_text(ox + 95, 22, "(b) Medusa heads + tree", bold=True),
+            _box(ox, 150, 80, 26, "LLM", fill=_FILL["layer"], size=10)]
     for j in range(heads):
         hy = 45 + j * 34
         body.append(_box(ox + 110, hy, 74, 24, f"head {j + 1}: t+{j + 2}", fill=_FILL["head"], size=9))
         body.append(_arrow(ox + 80, 160, ox + 110, hy + 12))
     body.append(_box(ox + 110, 150, 74, 24, "LM head: t+1", fill=_FILL["layer"], size=9))
-    # a small candidate tree
-    tx, ty = ox + 40, 230
+    tx, ty = ox + 40, 230  # a small candidate tree; the accepted path is filled
     nodes = {(): (tx + 60, ty), (0,): (tx + 20, ty + 40), (1,): (tx + 100, ty + 40), (0, 0): (tx, ty + 80),
              (0, 1): (tx + 40, ty + 80), (1, 0): (tx + 100, ty + 80)}
     for path, (x, y) in nodes.items():
@@ -341,26 +351,31 @@ def figure13_svg(draft: Sequence[str] = ("With", "my", "kids", "and"), accepted:
             body.append(f"<line x1='{px}' y1='{py + 8}' x2='{x}' y2='{y - 8}' stroke='#888'/>")
         on = path in ((), (0,), (0, 1))
         body.append(f"<circle cx='{x}' cy='{y}' r='8' fill='{_FILL['ok'] if on else '#ffffff'}' stroke='#555'/>")
-    body.append(_text(tx + 150, ty + 45, "tree attention:", size=9, anchor="start"))
-    body.append(_text(tx + 150, ty + 58, "one pass verifies", size=9, anchor="start"))
-    body.append(_text(tx + 150, ty + 71, "every path", size=9, anchor="start"))
-    # (c) Jacobi iteration
-    ox = 520
-    body.append(_text(ox + 95, 22, "(c) Jacobi iteration", bold=True))
-    cw2 = 40
+    for i, line in enumerate(("tree attention:", "one pass verifies", "every path")):
+        body.append(_text(tx + 150, ty + 45 + 13 * i, line, size=9, anchor="start"))
+    return body
+
+
+def _jacobi_panel(ox: float, jacobi: Sequence[Sequence[str]]) -> list[str]:
+    """(c): the iterates of a block, one row each; a position is filled once it and all before it are fixed."""
+    body = [_text(ox + 95, 22, "(c) Jacobi iteration", bold=True)]
+    cw = 40
     final = list(jacobi[-1])
     for r, row in enumerate(jacobi):
         y = 45 + r * 34
         body.append(_text(ox + 8, y + 17, f"it {r}", size=9, anchor="start"))
         for i, tok in enumerate(row):
             fixed = all(jacobi[r][j] == final[j] for j in range(i + 1))
-            body.append(_box(ox + 40 + i * cw2, y, cw2 - 4, 24, tok, fill=_FILL["ok"] if fixed else "#ffffff", size=9))
+            body.append(_box(ox + 40 + i * cw, y, cw - 4, 24, tok, fill=_FILL["ok"] if fixed else "#ffffff", size=9))
     body.append(_text(ox + 110, 45 + len(jacobi) * 34 + 10, "all positions refined in parallel;", size=9, italic=True))
     body.append(_text(ox + 110, 45 + len(jacobi) * 34 + 23, "fixed point = greedy output", size=9, italic=True))
-    # (d) non-autoregressive
-    ox = 760
-    body.append(_text(ox + 65, 22, "(d) non-autoregressive", bold=True))
-    body.append(_box(ox, 150, 130, 26, "decoder (no causal mask)", fill=_FILL["layer"], size=9))
+    return body
+
+
+def _non_autoregressive_panel(ox: float) -> list[str]:
+    """(d): a decoder without a causal mask fills every masked position in one pass."""
+    body = [_text(ox + 65, 22, "(d) non-autoregressive", bold=True),
+            _box(ox, 150, 130, 26, "decoder (no causal mask)", fill=_FILL["layer"], size=9)]
     for i in range(4):
         x = ox + i * 33
         body.append(_box(x, 80, 29, 24, f"y{i + 1}", fill=_FILL["ok"], size=9))
@@ -369,4 +384,4 @@ def figure13_svg(draft: Sequence[str] = ("With", "my", "kids", "and"), accepted:
         body.append(_arrow(x + 14, 205, x + 14, 177))
     body.append(_text(ox + 65, 260, "all positions at once,", size=9, italic=True))
     body.append(_text(ox + 65, 273, "hard for decoder-only LLMs", size=9, italic=True))
-    return _svg(w, hgt, body)
+    return body

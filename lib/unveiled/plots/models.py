@@ -34,7 +34,8 @@ def training_curves(cards: dict[str, dict]) -> alt.Chart:
             strokeDash=alt.StrokeDash("split:N", title=None, legend=alt.Legend(symbolType="stroke")),
             tooltip=["model", "split", "step", alt.Tooltip("loss:Q", format=".3f")],
         )
-        .properties(width=480, height=260)
+        .properties(width=480, height=260, description="Training and validation loss of each of the book's tiny "
+                                                       "models against the training step")
     )
 
 

@@ -8,6 +8,7 @@ reuse Chapter 2's charts (:mod:`unveiled.plots.inference`), so the same colours 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import altair as alt
@@ -17,7 +18,7 @@ import pandas as pd
 from ..analyzer.analysis import resolve_device
 from ..analyzer.sweep import sweep
 from ..hardware import Device
-from .style import BOUND_COLORS, PRECISION_COLORS, color_scale
+from .style import BOUND_COLORS, PRECISION_COLORS, color_scale, csv_data, legible_scale
 
 __all__ = [
     "activation_profile_chart",
@@ -91,25 +92,41 @@ def perplexity_vs_bits_chart(df: pd.DataFrame, *, baseline: float | None = None,
 
 def perplexity_bars_chart(df: pd.DataFrame, *, color: str = "method", baseline: float | None = None,
                           title: str = "", width: int = 380, palette: dict[str, str] | None = None) -> alt.LayerChart:
-    """Horizontal bars of perplexity per recipe (log x), coloured by ``color``; a dashed rule at the baseline.
+    """Perplexity per recipe as a dot on a log axis, labelled with its value, coloured by ``color``; a dashed
+    rule at the baseline.
 
+    Dots, not bars: a bar's length starts at zero, which a log axis cannot show (Vega then draws nothing).
     Introduced in Chapter 3."""
     d = df.copy()
     d["size_MB"] = d["size_bytes"] / 1e6
     d = _round(d[["label", color, "perplexity", "size_MB"]], ["perplexity", "size_MB"])
+    d = d[d["perplexity"] > 0]
     order = list(dict.fromkeys(d[color]))
     pal = palette or {m: c for m, c in zip(order, ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
                                                     "#9467bd", "#8c564b"], strict=False)}
-    bars = alt.Chart(d).mark_bar().encode(
+    lower = {k.lower(): v for k, v in pal.items()}
+    pal = {m: pal.get(m) or lower.get(str(m).lower(), "#333333") for m in order}
+    lo, hi = float(d["perplexity"].min()), float(d["perplexity"].max())
+    if baseline is not None:
+        lo, hi = min(lo, baseline), max(hi, baseline)
+    scale = alt.Scale(type="log", domain=[lo / 1.3, hi * 2.5])
+    dots = alt.Chart(d).mark_circle(size=90, opacity=0.9).encode(
         y=alt.Y("label:N", sort=list(d["label"]), title=None),
-        x=alt.X("perplexity:Q", scale=alt.Scale(type="log"), title="perplexity (log)", axis=alt.Axis(labelExpr=_FMT)),
+        x=alt.X("perplexity:Q", scale=scale, title="perplexity (log)", axis=alt.Axis(labelExpr=_FMT)),
         color=alt.Color(f"{color}:N", title=color, sort=order, scale=color_scale(pal, order)),
         tooltip=["label:N", alt.Tooltip("perplexity:Q", format=".4g"), alt.Tooltip("size_MB:Q", format=".1f")])
-    text = bars.mark_text(align="left", dx=3, fontSize=10).encode(text=alt.Text("perplexity:Q", format=".3~g"),
-                                                                   color=alt.value("#333"))
-    layers = [bars, text]
+    # value labels beside their dot, on the side with room (left of the dots in the upper part of the axis)
+    span = math.log10(hi * 2.5) - math.log10(lo / 1.3)
+    d["side"] = ["left" if (math.log10(v) - math.log10(lo / 1.3)) / span > 0.6 else "right" for v in d["perplexity"]]
+    texts = [alt.Chart(d[d["side"] == side]).mark_text(align="left" if side == "right" else "right",
+                                                        dx=8 if side == "right" else -8, fontSize=10).encode(
+        y=alt.Y("label:N", sort=list(d["label"]), title=None), x=alt.X("perplexity:Q", scale=scale),
+        text=alt.Text("perplexity:Q", format=",.3~r"), color=alt.value("#333"))
+        for side in ("right", "left") if (d["side"] == side).any()]
+    layers = [dots, *texts]
     if baseline is not None:
-        layers.append(alt.Chart(pd.DataFrame({"x": [round(baseline, 3)]})).mark_rule(strokeDash=[4, 3]).encode(x="x:Q"))
+        layers.insert(0, alt.Chart(pd.DataFrame({"x": [round(baseline, 3)]})).mark_rule(
+            strokeDash=[4, 3], color="#555").encode(x=alt.X("x:Q", scale=scale)))
     return _svg(alt.layer(*layers).properties(width=width, height=max(120, 18 * len(d)), title=title))
 
 
@@ -150,12 +167,13 @@ def methods_timeline_chart(methods: pd.DataFrame, *, title: str = "", width: int
     band = width / max(1, len(months))
     boxes = base.mark_rect(cornerRadius=3, opacity=0.18, width=band - 4, height=14).encode(
         color=alt.Color("figure_class:N", title=None, scale=color_scale(CLASS_COLORS)))
-    color = alt.Color("figure_class:N", scale=color_scale(CLASS_COLORS), legend=None)
+    color = alt.Color("figure_class:N", scale=legible_scale(CLASS_COLORS), legend=None)  # text readable on white
     text = base.transform_filter("datum.weight == 'normal'").mark_text(fontSize=9).encode(text="short:N", color=color)
     bold = base.transform_filter("datum.weight == 'bold'").mark_text(fontSize=9, fontWeight="bold").encode(
         text="short:N", color=color)
     height = 16 * (int(d["slot"].max()) + 1)
-    return _svg(alt.layer(boxes, text, bold).properties(width=width, height=height, title=title))
+    return _svg(alt.layer(boxes, text, bold).properties(width=width, height=height, title=title)
+                .resolve_scale(color="independent"))
 
 
 def gptq_layers_chart(report: pd.DataFrame, *, title: str = "", width: int = 360, height: int = 300) -> alt.LayerChart:
@@ -176,13 +194,20 @@ def gptq_layers_chart(report: pd.DataFrame, *, title: str = "", width: int = 360
 
 
 def activation_profile_chart(df: pd.DataFrame, *, title: str = "", width: int = 420, height: int = 110) -> alt.FacetChart:
-    """Per-channel maximum |activation| of one layer's input, sorted, one panel per transform (log y).
+    """Per-channel maximum |activation| of one layer's input, sorted, one panel per transform (log y, a step
+    line: channels whose maximum is zero cannot be drawn on a log axis and are left out; beyond the first 64
+    channels every 8th is drawn).
 
     ``df`` has columns ``transform``, ``rank`` (channel rank by magnitude) and ``absmax``. Introduced in
     Chapter 3."""
     d = _round(df[["transform", "rank", "absmax"]], ["absmax"], 3)
     order = list(dict.fromkeys(d["transform"]))
-    chart = alt.Chart(d).mark_area(opacity=0.7, interpolate="step-after").encode(
+    d = d[d["absmax"] > 0]  # a log axis cannot show a zero (an area's baseline would be one)
+    # The sorted maxima fall smoothly after the first outliers: every channel of the first 64, then every 8th
+    # (and the last), which draws the same curve with a fifth of the points.
+    last = d.groupby("transform")["rank"].transform("max")
+    d = d[(d["rank"] < 64) | (d["rank"] % 8 == 0) | (d["rank"] == last)]
+    chart = alt.Chart(csv_data(d)).mark_line(interpolate="step-after", strokeWidth=1.5).encode(
         x=alt.X("rank:Q", title="input channels, sorted by max |x|"),
         y=alt.Y("absmax:Q", scale=alt.Scale(type="log"), title="max |x|", axis=alt.Axis(labelExpr=_FMT)),
         color=alt.Color("transform:N", legend=None, sort=order),
@@ -227,7 +252,7 @@ def tradeoff_grid(model: str = "llama-2-13b", devices: Sequence[str | Device] = 
     ``m`` or ``c``, in the order of ``ops``). The defaults keep the page light (about 1,400 settings).
     Introduced in Chapter 3."""
     from ..analyzer.analysis import evaluate
-    from ..analyzer.configs import model as model_spec
+    from ..analyzer.configs import model_spec
     from ..analyzer.costs import Setting
 
     spec = model_spec(model)
@@ -286,7 +311,8 @@ def tradeoff_explorer_chart(grid: tuple[pd.DataFrame, list[str]], devices: Seque
     weights = df.drop_duplicates(["d", "w"])[["d", "w", "wg"]].assign(key=lambda t: t.d.astype(str) + "_" + t.w.astype(str))
     df = df.drop(columns=["wg"])
     tps = "(datum.st == 'p' ? datum.b * datum.s : datum.b) * 1000 / datum.ms"
-    base = alt.Chart(df).transform_filter(common).transform_calculate(wl="'' + datum.w", tps=tps)
+    data = csv_data(df)  # about 1,400 settings: as CSV, half the bytes of JSON records
+    base = alt.Chart(data).transform_filter(common).transform_calculate(wl="'' + datum.w", tps=tps)
     lines = base.mark_line(point=alt.OverlayMarkDef(size=18)).encode(
         x=alt.X("b:Q", scale=alt.Scale(type="log", base=2), title="batch", axis=alt.Axis(labelExpr=_FMT)),
         y=alt.Y("ms:Q", scale=alt.Scale(type="log"), title="time of one pass (ms)", axis=alt.Axis(labelExpr=_FMT)),
@@ -295,29 +321,30 @@ def tradeoff_explorer_chart(grid: tuple[pd.DataFrame, list[str]], devices: Seque
         tooltip=[alt.Tooltip("wl:N", title="weight bits"), alt.Tooltip("b:Q", title="batch"),
                  alt.Tooltip("ms:Q", title="ms"), alt.Tooltip("tps:Q", title="tokens/s"),
                  alt.Tooltip("mb:Q", title="% time memory-bound")])
-    marker = alt.Chart(df).transform_filter(sel).mark_rule(strokeDash=[4, 3], color="#555").encode(x="b:Q")
+    marker = alt.Chart(data).transform_filter(sel).mark_rule(strokeDash=[4, 3], color="#555").encode(x="b:Q")
     time_panel = alt.layer(lines, marker).properties(width=width, height=height,
                                                      title="Time vs batch (bold: the chosen weight bits)")
     parts = ["weights", "KV cache", "activations"]
-    mem = alt.Chart(df).transform_filter(sel).transform_calculate(key="datum.d + '_' + datum.w").transform_lookup(
+    mem = alt.Chart(data).transform_filter(sel).transform_calculate(key="datum.d + '_' + datum.w").transform_lookup(
         lookup="key", from_=alt.LookupData(weights, "key", ["wg"])).transform_fold(
         ["wg", "kg", "ag"], as_=["part", "GB"]).transform_calculate(
-        part="datum.part == 'wg' ? 'weights' : datum.part == 'kg' ? 'KV cache' : 'activations'").mark_bar().encode(
+        part="datum.part == 'wg' ? 'weights' : datum.part == 'kg' ? 'KV cache' : 'activations'",
+        rank="datum.part == 'weights' ? 0 : datum.part == 'KV cache' ? 1 : 2").mark_bar().encode(
         x=alt.X("sum(GB):Q", title="memory (GB)"), color=alt.Color("part:N", sort=parts, title=None, scale=color_scale(
             {"weights": "#4c78a8", "KV cache": "#f58518", "activations": "#54a24b"}, parts)),
-        order=alt.Order("part:N"), tooltip=["part:N", alt.Tooltip("GB:Q", format=".3f")])
+        order=alt.Order("rank:Q"), tooltip=["part:N", alt.Tooltip("GB:Q", format=".3f")])
     caps = pd.DataFrame({"d": list(range(len(devs))), "cap": [d.memory_bytes / 1e9 if d.memory_bytes else None
                                                             for d in devs]})
     cap = alt.Chart(caps).transform_filter("datum.d == dev").mark_rule(color="#d62728", strokeDash=[4, 3]).encode(
         x="cap:Q", tooltip=[alt.Tooltip("cap:Q", title="device memory (GB)")])
     mem_panel = alt.layer(mem, cap).properties(width=width, height=50, title="Memory of the chosen setting")
-    summary = alt.Chart(df).transform_filter(sel).transform_calculate(tps=tps).transform_calculate(
-        text="'one pass: ' + format(datum.ms, ',.4~g') + ' ms, ' + format(datum.tps, ',.4~g') + ' tokens/s, ' + "
-             "format(datum.mb, '.0f') + ' % of the time memory-bound'").mark_text(align="left", x=0, y=8,
-                                                                                   fontWeight="bold").encode(
-        text="text:N").properties(width=width, height=16)
+    summary = alt.Chart(data).transform_filter(sel).transform_calculate(tps=tps).transform_calculate(
+        text="'one pass: ' + format(datum.ms, ',.4~g') + ' ms, ' + format(datum.tps, ',.4~g') + ' tokens/s,\\n' + "
+             "format(datum.mb, '.0f') + ' % of the time memory-bound'").mark_text(
+        align="left", baseline="top", x=0, y=0, fontWeight="bold", lineBreak="\n").encode(
+        text="text:N").properties(width=width, height=30)
     ops_js = "[" + ",".join(f"'{o}'" for o in ops) + "]"
-    op_panel = alt.Chart(df).transform_filter(sel).transform_calculate(letters="split(datum.bound, '')").transform_flatten(
+    op_panel = alt.Chart(data).transform_filter(sel).transform_calculate(letters="split(datum.bound, '')").transform_flatten(
         ["letters"]).transform_window(i="row_number()").transform_calculate(
         op=f"{ops_js}[datum.i - 1]", verdict="datum.letters == 'm' ? 'memory' : 'compute'").mark_rect(
         stroke="white").encode(

@@ -16,9 +16,9 @@ import altair as alt
 import pandas as pd
 
 from ..datafiles import data_file
-from ..hardware import DTYPES, Device, canonical_dtype, hardware, hardware_table
+from ..hardware import DTYPES, Device, canonical_dtype, get_device, hardware_table
 from ..roofline import attainable_performance
-from .style import BOUND_COLORS, PRECISION_COLORS, color_scale
+from .style import BOUND_COLORS, PRECISION_COLORS, color_scale, label_layout, legible
 
 __all__ = [
     "PHASE_COLORS",
@@ -39,6 +39,9 @@ SURVEY_FIG15 = pd.DataFrame({"case": ["memory-bound", "compute-bound"], "intensi
 
 #: The three phases of an operation (survey Fig. 4).
 PHASE_COLORS: dict[str, str] = {"load": "#4c78a8", "compute": "#f58518", "store": "#b279a2"}
+#: Vega's "tableau10" scheme, spelled out so that labels can be drawn in a legible shade of each colour.
+_TABLEAU10 = ["#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d",
+              "#bab0ac"]
 
 _X_TITLE = "arithmetic intensity (ops/byte)"
 _Y_TITLE = "attainable performance (TFLOP/s or TOP/s)"
@@ -52,14 +55,14 @@ def _svg(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
 def _line_spec(item) -> tuple[Device, str, str]:
     """Normalise a line spec: a Device/name, ``(device, dtype)``, ``(device, dtype, label)`` or a dict."""
     if isinstance(item, dict):
-        dev = hardware(item["device"], item.get("preset", "datasheet"))
+        dev = get_device(item["device"], item.get("preset", "datasheet"))
         dtype = canonical_dtype(item.get("dtype", "fp16"))
         return dev, dtype, item.get("label") or f"{dev.display_name}, {dtype.upper()}"
     if isinstance(item, (str, Device)):
         item = (item,)
     if not isinstance(item, tuple) or not 1 <= len(item) <= 3:
         raise TypeError(f"a roofline is a device, (device, dtype) or (device, dtype, label); got {item!r}")
-    dev = hardware(item[0])
+    dev = get_device(item[0])
     dtype = canonical_dtype(item[1]) if len(item) > 1 else ("fp16" if dev.has("fp16") else dev.dtypes[0])
     label = item[2] if len(item) > 2 else f"{dev.display_name}, {dtype.upper()}"
     return dev, dtype, label
@@ -127,7 +130,8 @@ def roofline_chart(lines: Iterable, points: pd.DataFrame | None = None, *, log: 
         dts = list(dict.fromkeys(df["dtype"]))
         cscale, cfield = color_scale(PRECISION_COLORS, dts), "dtype"
     elif color == "label":
-        cscale, cfield = alt.Scale(scheme="tableau10", domain=list(dict.fromkeys(df["label"]))), "label"
+        labels = list(dict.fromkeys(df["label"]))
+        cscale, cfield = color_scale(dict(zip(labels, _TABLEAU10 * 2, strict=False)), labels), "label"
     else:
         raise ValueError(f"color must be 'label' or 'dtype', got {color!r}")
     legend = alt.Legend(title=None, orient="bottom", columns=1, labelLimit=420)
@@ -147,17 +151,22 @@ def roofline_chart(lines: Iterable, points: pd.DataFrame | None = None, *, log: 
         fill = alt.Fill("bound:N", scale=color_scale(BOUND_COLORS, ["memory", "compute"]), legend=None)
         layers.append(alt.Chart(bands).mark_rect(opacity=0.12).encode(
             x=alt.X("x:Q", scale=xscale, axis=_axis(_X_TITLE, log)), x2="x2:Q", fill=fill))
+        bands["ink"] = [legible(BOUND_COLORS[b]) for b in bands["bound"]]  # text readable on white
         layers.append(alt.Chart(bands).mark_text(baseline="bottom", dy=-6, fontWeight="bold").encode(
-            x=alt.X("mid:Q", scale=xscale), y=alt.value(height), text="label:N", fill=fill,
+            x=alt.X("mid:Q", scale=xscale), y=alt.value(height), text="label:N",
+            fill=alt.Fill("ink:N", scale=None),
         ).transform_calculate(mid="sqrt(datum.x * datum.x2)" if log else "(datum.x + datum.x2) / 2"))
     layers.append(base.mark_line(strokeWidth=2.5, clip=True))
     if annotate_ridges:
-        ridges = df[df["intensity"] == df["ridge"]]
+        ridges = df[df["intensity"] == df["ridge"]].copy()
+        # The label sits above and right of its ridge point (never over the y axis), in the line's colour
+        # darkened until it is readable on white.
+        ink = dict(zip(cscale.domain, cscale.range, strict=True))
+        ridges["ink"] = [legible(ink.get(v, "#333333")) for v in ridges[cfield]]
         layers.append(base.transform_filter(alt.datum.intensity == alt.datum.ridge).mark_point(
             filled=True, size=45))
-        layers.append(alt.Chart(ridges).mark_text(align="right", dx=-7, dy=-7, fontSize=11).encode(
-            x=x, y=y, text=alt.Text("ridge:Q", format=".1f"),
-            color=alt.Color(f"{cfield}:N", scale=cscale, legend=None)))
+        layers.append(alt.Chart(ridges).mark_text(align="left", dx=6, dy=-9, fontSize=11).encode(
+            x=x, y=y, text=alt.Text("ridge:Q", format=",.1f"), fill=alt.Fill("ink:N", scale=None)))
     if points is not None:
         pts = points.copy()
         if "intensity" not in pts or "flop_s" not in pts:
@@ -168,13 +177,50 @@ def roofline_chart(lines: Iterable, points: pd.DataFrame | None = None, *, log: 
         ptip = [c for c in pts.columns if c not in ("tflop_s",)]
         layers.append(alt.Chart(pts).mark_point(filled=True, size=90, color="black", shape="diamond").encode(
             x=x, y=y, tooltip=ptip))
-        layers.append(alt.Chart(pts).mark_text(align="left", dx=8, dy=-8, fontSize=11, color="black").encode(
-            x=x, y=y, text="label:N"))
+        taken = [] if not annotate_ridges else list(zip(ridges["intensity"], ridges["tflop_s"],
+                                                        ridges["ridge"].map(lambda v: f"{v:,.1f}"), strict=True))
+        layers += _point_labels(pts, xscale, yscale, (lo, hi), y_domain, log, width, height, taken)
     # Extra layers are appended here rather than layering this chart again: nested layer charts make Altair
     # deep-copy the whole spec over and over (seconds for a few panels).
     layers += list(_layers or [])
     chart = alt.layer(*layers).properties(width=width, height=height, title=title).resolve_scale(color="shared")
     return chart if _layers is not None else _svg(chart)
+
+
+def _point_labels(pts: pd.DataFrame, xscale: alt.Scale, yscale: alt.Scale, x_domain: Sequence[float],
+                  y_domain: Sequence[float], log: bool, width: int, height: int,
+                  taken: Sequence[tuple[float, float, str]] = ()) -> list:
+    """Text layers that label the points without overlaps (:func:`.style.label_layout`), one per alignment;
+    ``taken`` lists the ridge labels (intensity, TFLOP/s, text) drawn right-above their points."""
+    def to_px(v, dom, size):
+        if log:
+            a, b = math.log10(dom[0]), math.log10(dom[1])
+            return size * (math.log10(max(v, 1e-300)) - a) / (b - a)
+        return size * (v - dom[0]) / (dom[1] - dom[0])
+
+    def from_px(p, dom, size):
+        if log:
+            a, b = math.log10(dom[0]), math.log10(dom[1])
+            return 10 ** (a + p / size * (b - a))
+        return dom[0] + p / size * (dom[1] - dom[0])
+
+    xs = [to_px(v, x_domain, width) for v in pts["intensity"]]
+    ys = [height - to_px(v, y_domain, height) for v in pts["tflop_s"]]
+    fixed = []
+    for ix, iy, text in taken:
+        px, py = to_px(ix, x_domain, width) + 6, height - to_px(iy, y_domain, height) - 9
+        fixed.append((px, py - 6.5, px + 6.2 * len(text), py + 6.5))
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    spots = dict(zip(order, label_layout([xs[i] for i in order], [ys[i] for i in order],
+                                         [pts["label"].iloc[i] for i in order], width=width, height=height,
+                                         fixed=fixed), strict=True))
+    lab = pd.DataFrame({"label": pts["label"].to_numpy(),
+                        "lx": [from_px(xs[i] + spots[i][0], x_domain, width) for i in range(len(xs))],
+                        "ly": [from_px(height - ys[i] - spots[i][1], y_domain, height) for i in range(len(xs))],
+                        "align": [spots[i][2] for i in range(len(xs))]})
+    return [alt.Chart(lab[lab["align"] == a]).mark_text(align=a, baseline="middle", fontSize=11, color="black")
+            .encode(x=alt.X("lx:Q", scale=xscale), y=alt.Y("ly:Q", scale=yscale), text="label:N")
+            for a in ("left", "right") if (lab["align"] == a).any()]
 
 
 def timeline_chart(phases: pd.DataFrame, *, unit: str = "us", width: int = 400) -> alt.FacetChart:
@@ -211,7 +257,9 @@ def timeline_chart(phases: pd.DataFrame, *, unit: str = "us", width: int = 400) 
         row=alt.Row("operation:N", title=None, sort=list(dict.fromkeys(df["operation"])),
                     header=alt.Header(labelAngle=0, labelAlign="left", labelLimit=600, labelOrient="top",
                                       labelFontWeight="bold", labelFontSize=12)),
-    ).resolve_scale(x="independent")
+    ).resolve_scale(x="independent").properties(
+        description="Load, compute and store of each operation over time, one after the other (serial) and "
+                    "overlapped")
     return _svg(out)
 
 
@@ -225,7 +273,7 @@ def fusion_chart(cases: pd.DataFrame, device: str | Device, dtype: str = "fp16",
     ``intensity_before``, ``intensity_after``) as hollow markers. One panel per case, stacked.
     Introduced in Chapter 1.
     """
-    dev = hardware(device)
+    dev = get_device(device)
     dtype = canonical_dtype(dtype)
     need = {"case", "intensity_before", "intensity_after"}
     if not need <= set(cases.columns):
@@ -291,7 +339,7 @@ def memory_hierarchy_chart(devices: Iterable[str | Device] = (), *, width: int =
     mem, link = t[t["kind"] == "memory"].copy(), t[t["kind"] == "link"].copy()
     dots = []
     for d in devices:
-        dev = hardware(d)
+        dev = get_device(d)
         level = "CPU memory (DDR)" if dev.kind == "cpu" else "GPU memory (GDDR/HBM)"
         path = "CPU ↔ DDR" if dev.kind == "cpu" else "GPU ↔ GDDR/HBM"
         dots.append({"level": path, "value": dev.bandwidth / 1e9, "device": dev.display_name, "kind": "link"})
@@ -336,35 +384,15 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
     the same data type. ``devices`` defaults to every sourced device of the datasheet preset. Introduced in
     Chapter 1.
     """
-    if devices is None:
-        table = hardware_table("datasheet")
-        devices = [n for n, s in zip(table["name"], table["source"], strict=True) if s.startswith("http")]
-    devs = [hardware(d) for d in devices]
-    if not devs:
-        raise ValueError("give at least one device")
-    names = [d.name for d in devs]
-    start = hardware(device).name
-    if start not in names:
-        raise ValueError(f"device {device!r} is not among the devices shown: {names}")
-    dtype = canonical_dtype(dtype)
+    devs, start = _explorer_devices(devices, device)
     lo, hi = 0.1, 1e4
-    # One row per (device, dtype): the numbers the browser needs.
-    rows = []
-    for d in devs:
-        for dt in DTYPES:
-            has = d.has(dt)
-            rows.append({"device": d.name, "display": d.display_name, "dtype": dt, "supported": has,
-                         "bw": d.bandwidth, "peak": d.peak(dt) if has else None,
-                         "ridge": d.ridge_point(dt) if has else None})
-    table = pd.DataFrame(rows)
+    table = _device_dtype_table(devs)
     lines = roofline_lines([(d, dt) for d in devs for dt in d.dtypes], x_domain=[lo, hi])
-    name_of = {d.display_name: d.name for d in devs}
-    lines["device"] = lines["device"].map(name_of)
-
+    lines["device"] = lines["device"].map({d.display_name: d.name for d in devs})
     dev_param = alt.param(name="device", value=start, bind=alt.binding_select(
-        options=names, labels=[d.display_name for d in devs], name="device "))
-    dtype_param = alt.param(name="dtype", value=dtype, bind=alt.binding_select(options=list(DTYPES),
-                                                                                name="data type "))
+        options=[d.name for d in devs], labels=[d.display_name for d in devs], name="device "))
+    dtype_param = alt.param(name="dtype", value=canonical_dtype(dtype), bind=alt.binding_select(
+        options=list(DTYPES), name="data type "))
     slider = alt.param(name="log_intensity", value=round(math.log10(intensity), 2), bind=alt.binding_range(
         min=math.log10(lo), max=math.log10(hi), step=0.01, name="log10 intensity (ops/byte) "))
     x = alt.X("intensity:Q", scale=alt.Scale(type="log", domain=[lo, hi]), axis=_axis(_X_TITLE, True))
@@ -375,19 +403,61 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
     roof = alt.Chart(lines).mark_line(strokeWidth=3.5).encode(
         x=x, y=y, color=alt.value("#1f77b4"), tooltip=["label:N", alt.Tooltip("ridge:Q", format=".1f")],
     ).transform_filter(selected)
+    point, label, rule, ridge_text = _operating_point_layers(table, selected, slider, x, y, height)
+    missing = alt.Chart(table).transform_filter(selected & ~alt.datum.supported).transform_calculate(
+        msg="datum.display + ' has no ' + datum.dtype + ' peak in the table (no such unit, or no source)'",
+    ).mark_text(fontSize=14, color="#cf222e", fontWeight="bold").encode(
+        x=alt.value(width / 2), y=alt.value(height / 2), text="msg:N")
+    chart = alt.layer(others, roof, rule, ridge_text, point, label, missing).add_params(
+        dev_param, dtype_param, slider).properties(
+        width=width, height=height, description="Interactive roofline: pick a device and a data type, slide the "
+                                                "operation's arithmetic intensity").resolve_scale(color="independent")
+    return _svg(chart)
+
+
+def _explorer_devices(devices, device: str) -> tuple[list[Device], str]:
+    """The devices of the explorer (default: every sourced datasheet device) and the one shown first."""
+    if devices is None:
+        table = hardware_table("datasheet")
+        devices = [n for n, s in zip(table["name"], table["source"], strict=True) if s.startswith("http")]
+    devs = [get_device(d) for d in devices]
+    if not devs:
+        raise ValueError("give at least one device")
+    names = [d.name for d in devs]
+    start = get_device(device).name
+    if start not in names:
+        raise ValueError(f"device {device!r} is not among the devices shown: {names}")
+    return devs, start
+
+
+def _device_dtype_table(devs: list[Device]) -> pd.DataFrame:
+    """One row per (device, data type): the bandwidth, peak and ridge point the browser computes with."""
+    rows = []
+    for d in devs:
+        for dt in DTYPES:
+            has = d.has(dt)
+            rows.append({"device": d.name, "display": d.display_name, "dtype": dt, "supported": has,
+                         "bw": d.bandwidth, "peak": d.peak(dt) if has else None,
+                         "ridge": d.ridge_point(dt) if has else None})
+    return pd.DataFrame(rows)
+
+
+def _operating_point_layers(table: pd.DataFrame, selected, slider, x, y, height: int) -> tuple:
+    """The point at the slider's intensity on the selected roof, its read-out, and the ridge rule and label."""
     point_data = alt.Chart(table).transform_filter(selected & alt.datum.supported).transform_calculate(
         intensity=f"pow(10, {slider.name})",
         tflop_s="min(datum.peak, datum.bw * datum.intensity) / 1e12",
         bound="datum.intensity < datum.ridge ? 'memory-bound' : 'compute-bound'",
         label=("datum.display + ', ' + upper(datum.dtype) + '\\n' + format(datum.tflop_s, ',.3~r')"
-               " + ' TFLOP/s at I = ' + format(datum.intensity, ',.3~r') + ' ops/byte: ' + datum.bound"),
+               " + ' TFLOP/s at I = ' + format(datum.intensity, ',.3~r') + ' ops/byte\\n' + datum.bound"),
         ridge_label="'ridge ' + format(datum.ridge, ',.1f') + ' ops/byte'",
         peak_tflop_s="datum.peak / 1e12",
     )
+    bound_color = alt.Color("bound:N", scale=alt.Scale(domain=["memory-bound", "compute-bound"],
+                                                       range=[BOUND_COLORS["memory"], BOUND_COLORS["compute"]]),
+                            legend=None)
     point = point_data.mark_point(filled=True, size=160, shape="diamond").encode(
-        x=x, y=y, color=alt.Color("bound:N", scale=alt.Scale(domain=["memory-bound", "compute-bound"],
-                                                             range=[BOUND_COLORS["memory"],
-                                                                    BOUND_COLORS["compute"]]), legend=None),
+        x=x, y=y, color=bound_color,
         tooltip=["display:N", "dtype:N", alt.Tooltip("intensity:Q", format=".3~r"),
                  alt.Tooltip("tflop_s:Q", format=",.4~r", title="TFLOP/s"), "bound:N"])
     # The read-out sits in the top-left corner (beside the point it would leave the plot at high intensity).
@@ -395,18 +465,13 @@ def interactive_roofline_chart(devices: Iterable[str | Device] | None = None, *,
                                  lineBreak="\n").encode(
         x=alt.value(8), y=alt.value(8), text="label:N",
         color=alt.Color("bound:N", scale=alt.Scale(domain=["memory-bound", "compute-bound"],
-                                                   range=[BOUND_COLORS["memory"], BOUND_COLORS["compute"]]),
+                                                   range=[legible(BOUND_COLORS["memory"]),
+                                                          legible(BOUND_COLORS["compute"])]),
                         legend=None))
     rule = point_data.mark_rule(strokeDash=[4, 4], color="#555555").encode(x=alt.X("ridge:Q"))
     ridge_text = point_data.mark_text(align="left", dx=4, baseline="bottom", fontSize=11, color="#555555").encode(
         x=alt.X("ridge:Q"), y=alt.value(height - 6), text="ridge_label:N")
-    missing = alt.Chart(table).transform_filter(selected & ~alt.datum.supported).transform_calculate(
-        msg="datum.display + ' has no ' + datum.dtype + ' peak in the table (no such unit, or no source)'",
-    ).mark_text(fontSize=14, color="#cf222e", fontWeight="bold").encode(
-        x=alt.value(width / 2), y=alt.value(height / 2), text="msg:N")
-    chart = alt.layer(others, roof, rule, ridge_text, point, label, missing).add_params(
-        dev_param, dtype_param, slider).properties(width=width, height=height)
-    return _svg(chart)
+    return point, label, rule, ridge_text
 
 
 def measured_roofline_chart(measured: str | Device, kernels: pd.DataFrame | None = None, *,
@@ -417,7 +482,7 @@ def measured_roofline_chart(measured: str | Device, kernels: pd.DataFrame | None
 
     Introduced in Chapter 1.
     """
-    dev = hardware(measured)
+    dev = get_device(measured)
     lines = [(dev, dt, f"measured: this machine, {dt.upper()}") for dt in dev.dtypes]
     lines += [_line_spec(c) for c in compare]
     pts = None

@@ -11,17 +11,27 @@
 * :mod:`.qpeft`: LoRA adapters on a frozen quantized model (Q-PEFT, QLoRA-style);
 * :mod:`.analysis`: the survey's roofline use case for quantization (§3.1.1), computed with the analyzer;
 * :mod:`.methods`: the survey's map of quantization methods (Fig. 10) as data;
-* :mod:`.experiments`: the cached perplexity sweeps on SmolLM2-135M and the tiny models.
+* :mod:`.experiments`: the cached perplexity sweeps on SmolLM2-135M and the tiny models;
+* :mod:`.minifloat`: the FP8/FP6/FP4 element formats bit for bit; :mod:`.formats`: number formats with scales
+  (FP8/FP6/FP4, MXFP8/6/4, NVFP4) as quantizer specs; :mod:`.format_experiments`
+  and :mod:`.format_choice`: their cached sweeps and the per-layer format choice (Chapter 10).
 
 Introduced in Chapter 3.
 """
 
 from . import analysis as analysis
 from . import experiments as experiments
+from . import format_choice as format_choice
+from . import format_experiments as format_experiments
+from . import formats as formats
 from . import methods as methods
+from . import minifloat as minifloat
 from .analysis import *  # noqa: F403
 from .awq import *  # noqa: F403
 from .experiments import *  # noqa: F403
+from .formats import FORMAT_NAMES as FORMAT_NAMES
+from .formats import FormatSpec as FormatSpec
+from .formats import get_format as get_format
 from .gptq import *  # noqa: F403
 from .kernels import *  # noqa: F403
 from .layers import *  # noqa: F403

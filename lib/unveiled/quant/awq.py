@@ -21,6 +21,7 @@ import torch
 
 from .._validate import check_int
 from ..models import Decoder
+from ..session import progress_bar
 from .layers import _check_model, collect_input_stats, quantize_model
 from .smoothing import INPUT_GROUPS, _linear, fold_input_scales, input_groups
 from .uniform import QuantSpec, _check_spec, check_tensor, fake_quantize
@@ -97,9 +98,7 @@ def awq_model(
     rows = []
     it = groups
     if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(groups, desc=f"AWQ {spec.label}", leave=False)
+        it = progress_bar(groups, desc=f"AWQ {spec.label}", leave=False)
     for g in it:
         st = stats[g.linears[0]]
         weights = [_linear(out, n).weight.detach() for n in g.linears]

@@ -27,6 +27,8 @@ from .._validate import check_choice, check_int
 from ..evaluation import window_nll
 from ..models import Decoder
 from ..results import experiment
+from ..session import progress_bar
+from ..threads import torch_threads
 from .awq import awq_model
 from .gptq import gptq_model
 from .layers import _check_model, model_size, quantize_model, quantized_state_dict, state_dict_nbytes
@@ -42,6 +44,7 @@ __all__ = [
     "calibration_batch",
     "eval_tokens",
     "live_perplexity",
+    "loss_recovered",
     "outlier_profiles",
     "perplexities",
     "run_recipes",
@@ -192,9 +195,7 @@ def run_recipes(model: Decoder, recipes: Sequence[Recipe], tokens: Sequence[int]
     rows = []
     it = recipes
     if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(recipes, desc="recipes", leave=False)
+        it = progress_bar(recipes, desc="recipes", leave=False)
     for r in it:
         t0 = time.perf_counter()
         q = r.apply(model, calibration, progress=progress)
@@ -218,12 +219,7 @@ def run_recipes(model: Decoder, recipes: Sequence[Recipe], tokens: Sequence[int]
 
 def _experiment(name: str, description: str):
     """Register under ``quant.<name>`` (the package, not this sub-module, names the experiment)."""
-
-    def wrap(fn):
-        fn.__module__ = "unveiled.quant"
-        return experiment(name, description)(fn)
-
-    return wrap
+    return experiment(name, description, module="quant")
 
 
 def _asym(bits: int, group: int | None = None) -> QuantSpec:
@@ -304,10 +300,10 @@ def tiny_recipes() -> list[Recipe]:
     return out
 
 
+@torch_threads(2)  # the book's reference setting (timings in the table use it)
 def _smollm2_run(recipes: list[Recipe]) -> pd.DataFrame:
     from ..smollm2 import load_smollm2
 
-    torch.set_num_threads(2)  # the book's reference setting (timings in the table use it)
     model = load_smollm2()
     df = run_recipes(model, recipes, eval_tokens("smollm2"), LIVE_TOKENS["smollm2"], calibration_batch("smollm2"))
     df.insert(0, "model", "smollm2-135m")
@@ -339,11 +335,11 @@ def smollm2_activations() -> pd.DataFrame:
 
 @_experiment("smollm2_gptq_layers", "SmolLM2-135M: GPTQ int4 per-channel layer by layer, its layer error next "
              "to round-to-nearest's on the same calibration Hessians, and the time per layer")
+@torch_threads(2)
 def smollm2_gptq_layers() -> pd.DataFrame:
     """GPTQ's per-layer report on all 210 linear layers of SmolLM2-135M. Introduced in Chapter 3."""
     from ..smollm2 import load_smollm2
 
-    torch.set_num_threads(2)
     model = load_smollm2()
     _, report = gptq_model(model, calibration_batch("smollm2"), QuantSpec(4), inplace=True)
     report.insert(0, "model", "smollm2-135m")
@@ -352,11 +348,11 @@ def smollm2_gptq_layers() -> pd.DataFrame:
 
 @_experiment("tiny_sweep", "Tiny models S and M: RTN bits x granularity, GPTQ and AWQ, W8A8 and W4A4 "
              "(with and without rotation), on Tiny Shakespeare's validation split")
+@torch_threads(2)
 def tiny_sweep() -> pd.DataFrame:
     """The same questions on the book's tiny character models. Introduced in Chapter 3."""
     from .. import zoo
 
-    torch.set_num_threads(2)
     frames = []
     for name in ("S", "M"):
         model = zoo.load(name)
@@ -364,6 +360,31 @@ def tiny_sweep() -> pd.DataFrame:
         df.insert(0, "model", f"tiny-{name.lower()}")
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+def loss_recovered(table: pd.DataFrame, reference: str = "rtn") -> pd.DataFrame:
+    """How much of a reference method's quantization loss each other method wins back, setting by setting.
+
+    ``table`` is one model's cached method sweep (columns ``method``, ``w_bits``, ``granularity``,
+    ``perplexity``, with one ``method == "none"`` row: the unquantized model). For each setting (bits and
+    granularity, and activation bits and rotation where the table has them) the loss of a method is
+    its perplexity minus the unquantized one; ``recovered_pct`` is the share of the reference's loss that the
+    method removes (100: back to full precision, 0: no better than the reference, negative: worse). This is
+    how "GPTQ recovers X % of round-to-nearest's loss" is computed [Frantar et al. 2023]. Introduced in
+    Chapter 3."""
+    check_choice("reference", reference, sorted(set(table.method) - {"none"}))
+    full = table.loc[table.method == "none", "perplexity"]
+    if len(full) != 1:
+        raise ValueError(f"the table needs exactly one unquantized row (method 'none'), found {len(full)}")
+    keys = [c for c in ("w_bits", "granularity", "a_bits", "act_granularity", "rotate") if c in table.columns]
+    rows = table[table.method != "none"].assign(loss=lambda d: d.perplexity - full.item())
+    ref = rows[rows.method == reference].set_index(keys).loss.rename("reference_loss")
+    if not ref.index.is_unique:
+        raise ValueError(f"several {reference!r} rows share a setting {keys}: pass one model's table")
+    out = rows[rows.method != reference].join(ref, on=keys, how="inner")
+    out["recovered_pct"] = 100 * (out.reference_loss - out.loss) / out.reference_loss
+    return out[["method", "w_bits", "granularity", "perplexity", "loss", "reference_loss", "recovered_pct"]
+               ].reset_index(drop=True)
 
 
 def outlier_profiles(model: Decoder, calibration: torch.Tensor, layer: str = "layers.10.self_attn.q_proj",
@@ -400,6 +421,7 @@ def outlier_profiles(model: Decoder, calibration: torch.Tensor, layer: str = "la
 
 @_experiment("tiny_qlora", "Tiny model S: LoRA adapters (rank 8) trained 150 steps on a frozen int3/int2 g32 base "
              "(QLoRA-style) and, as a control, on the floating-point model")
+@torch_threads(2)
 def tiny_qlora(steps: int = 150) -> pd.DataFrame:
     """Q-PEFT in miniature: how much of the quantization loss LoRA on the frozen low-bit model wins back.
 
@@ -408,7 +430,6 @@ def tiny_qlora(steps: int = 150) -> pd.DataFrame:
     from ..text import corpus_split, shakespeare_tokenizer
     from .qpeft import add_lora, lora_finetune, lora_parameters
 
-    torch.set_num_threads(2)
     base = zoo.load("S")
     train = shakespeare_tokenizer().encode(corpus_split("train"))
     tokens = eval_tokens("tiny")

@@ -24,6 +24,7 @@ from torch import nn
 
 from .._validate import check_int, check_number
 from ..models import Decoder
+from ..session import progress_bar
 from .layers import QuantLinear, _check_model
 from .uniform import (
     QuantizedTensor,
@@ -288,9 +289,7 @@ def gptq_model(
         x = out.embed_tokens(calibration)
     layers = list(enumerate(out.layers))
     if progress:
-        from tqdm.auto import tqdm
-
-        layers = tqdm(layers, desc=f"GPTQ {spec.label}", leave=False)
+        layers = progress_bar(layers, desc=f"GPTQ {spec.label}", leave=False)
     for i, block in layers:
         linears = _block_linears(block, f"layers.{i}", select)
         xtx = {n: None for n in linears}

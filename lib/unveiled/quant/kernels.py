@@ -24,6 +24,7 @@ from torch import nn
 
 from .._validate import check_choice, check_int
 from ..models import Decoder, replace_linears
+from ..session import progress_bar
 from ..timing import Budget, time_repeats
 from .layers import _check_model
 from .uniform import QuantSpec, quantize
@@ -275,9 +276,7 @@ def decode_speed_vs_roofline(model: Decoder, analyzer_model: str, device, prompt
     rows = []
     it = list(kinds)
     if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="decode speed", leave=False)
+        it = progress_bar(it, desc="decode speed", leave=False)
     context = len(prompt) + new_tokens // 2
     budget = Budget(budget_s)
     for i, kind in enumerate(it):

@@ -23,6 +23,7 @@ from torch import nn
 from ..models import Decoder, replace_linears
 from .uniform import (
     QuantizedTensor,
+    Quantizer,
     QuantSpec,
     _check_spec,
     check_tensor,
@@ -137,7 +138,7 @@ def quantize_model(
         _check_spec(weights)
     if activations is not None:
         _check_spec(activations)
-    if not isinstance(embeddings, (bool, QuantSpec)):
+    if not isinstance(embeddings, (bool, QuantSpec, Quantizer)):
         raise TypeError(f"embeddings must be a bool or a QuantSpec, got {type(embeddings).__name__}")
     out = model if inplace else copy.deepcopy(model)
     replace_linears(out, lambda name, lin: QuantLinear.from_linear(lin, weights, activations), include)
@@ -226,6 +227,9 @@ def quantized_state_dict(model: nn.Module, dtype: torch.dtype = torch.float16) -
             qt = mod.qweight
             if qt is None:
                 state[f"{name}.weight"] = mod.weight.to(dtype).contiguous()
+                continue
+            if hasattr(qt, "packed_state"):  # number formats (unveiled.quant.formats) say what they store
+                state |= {f"{name}.{k}": v for k, v in qt.packed_state().items()}
                 continue
             spec = qt.spec
             rows = qt.codes.reshape(-1, qt.shape[-1])

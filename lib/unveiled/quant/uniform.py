@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Protocol, runtime_checkable
 
 import pandas as pd
 import torch
@@ -25,6 +26,7 @@ __all__ = [
     "GRANULARITIES",
     "QuantSpec",
     "QuantizedTensor",
+    "Quantizer",
     "bits_per_weight",
     "check_tensor",
     "compute_params",
@@ -107,6 +109,28 @@ class QuantSpec:
         return replace(self, **changes)
 
 
+@runtime_checkable
+class Quantizer(Protocol):
+    """Any other quantizer spec that plugs into this framework: the number formats of
+    :mod:`unveiled.quant.formats` (FP8, MXFP4, NVFP4, ...; Chapter 10). :func:`quantize`, :func:`fake_quantize`,
+    :func:`storage_bytes` and :func:`bits_per_weight`, and with them ``QuantLinear`` and ``quantize_model``,
+    accept such a spec in place of a :class:`QuantSpec` and call its methods. Introduced in Chapter 10."""
+
+    @property
+    def bits(self) -> int: ...
+
+    @property
+    def label(self) -> str: ...
+
+    def quantize(self, x: torch.Tensor): ...
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def storage_bytes(self, shape: tuple[int, ...]) -> int: ...
+
+    def bits_per_weight(self, group_size: int | None = None) -> float: ...
+
+
 def check_tensor(name: str, x: object, *, dims: tuple[int, ...] | None = None) -> torch.Tensor:
     """Check that ``x`` is a finite floating-point tensor (NaN or inf weights are refused with a clear message).
 
@@ -133,8 +157,8 @@ def _work_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _check_spec(spec: object) -> QuantSpec:
-    if not isinstance(spec, QuantSpec):
+def _check_spec(spec: object) -> QuantSpec | Quantizer:
+    if not isinstance(spec, (QuantSpec, Quantizer)):
         raise TypeError(f"spec must be a QuantSpec such as QuantSpec(bits=4, granularity='group', group_size=128), "
                         f"got {type(spec).__name__}")
     return spec
@@ -246,6 +270,8 @@ def quantize(x: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
     Introduced in Chapter 3.
     """
     spec = _check_spec(spec)
+    if not isinstance(spec, QuantSpec):
+        return spec.quantize(x)
     x = check_tensor("x", x)
     g = _grouped(x.detach().to(_work_dtype(x)), spec)
     scale, zero = compute_params(g, spec)
@@ -269,6 +295,8 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec | None) -> torch.Tensor:
     if spec is None:
         return x
     spec = _check_spec(spec)
+    if not isinstance(spec, QuantSpec):
+        return spec.fake_quantize(x)
     x = check_tensor("x", x)
     g = _grouped(x.detach().to(_work_dtype(x)), spec)
     scale, zero = compute_params(g, spec)
@@ -336,6 +364,8 @@ def storage_bytes(shape: tuple[int, ...] | torch.Size, spec: QuantSpec | None, d
     if spec is None:
         return math.ceil(n * dtype_bytes)
     spec = _check_spec(spec)
+    if not isinstance(spec, QuantSpec):
+        return spec.storage_bytes(shape)
     cols = shape[-1]
     rows = n // cols
     if spec.granularity == "tensor":
@@ -359,6 +389,8 @@ def bits_per_weight(spec: QuantSpec | None, group_size: int | None = None, dtype
     if spec is None:
         return float(dtype_bits)
     spec = _check_spec(spec)
+    if not isinstance(spec, QuantSpec):
+        return spec.bits_per_weight(group_size)
     if spec.granularity == "group":
         g = spec.group_size
     elif group_size is None:

@@ -1,4 +1,7 @@
-"""A whole generation in closed form: one prefill plus every decode step, summed without a per-token loop.
+"""The roofline's estimate of a whole generation: one prefill plus every decode step, summed in closed form.
+
+This is an estimate of time, not text: :func:`estimate_generation` says how long a device would take to
+generate ``gen_len`` tokens; :func:`unveiled.generation.generate` samples them from a real model.
 
 Each decode operator's FLOPs and bytes are affine in the KV-cache length L (constant past a sliding window),
 so its roofline time ``max(flops(L)/peak, bytes(L)/bandwidth)`` is the maximum of two affine functions:
@@ -16,11 +19,12 @@ import pandas as pd
 
 from .._validate import check_int
 from ..hardware import Device
-from .analysis import Analysis, MemoryFootprint, analyze, evaluate, resolve_device
-from .configs import ModelSpec, model
+from .analysis import Analysis, MemoryFootprint, analyze, evaluate, resolve_device, setting
+from .configs import ModelSpec, model_spec
 from .costs import Setting
+from .precision import Precision
 
-__all__ = ["Generation", "generate", "sum_max_affine"]
+__all__ = ["Generation", "GenerationEstimate", "estimate_generation", "generate", "sum_max_affine"]
 
 
 def sum_max_affine(p1, q1, p2, q2, lo, hi):
@@ -45,8 +49,8 @@ def sum_max_affine(p1, q1, p2, q2, lo, hi):
 
 
 @dataclass(frozen=True)
-class Generation:
-    """Timing of one generation: ``batch`` prompts of ``prompt_len`` tokens, ``gen_len`` new tokens each.
+class GenerationEstimate:
+    """The roofline's timing of one generation: ``batch`` prompts of ``prompt_len`` tokens, ``gen_len`` new tokens each.
 
     ``ttft_s`` is the prefill (time to first token); ``tpot_s`` the mean time per output token after it;
     ``total_s = ttft_s + decode_s``; ``tokens_per_s`` counts generated tokens of all sequences per second of
@@ -86,7 +90,7 @@ class Generation:
                           "memory_bytes": self.memory.total, "fits": self.memory.fits})
 
     def __repr__(self) -> str:
-        return (f"Generation({self.prefill.model.name} on {self.prefill.device.display_name}, batch {self.batch}, "
+        return (f"GenerationEstimate({self.prefill.model.name} on {self.prefill.device.display_name}, batch {self.batch}, "
                 f"{self.prompt_len}+{self.gen_len} tokens: TTFT {self.ttft_s * 1e3:.4g} ms, "
                 f"TPOT {self.tpot_s * 1e3:.4g} ms, total {self.total_s:.4g} s, {self.tokens_per_s:.4g} tokens/s)")
 
@@ -114,22 +118,26 @@ def decode_time_sum(spec: ModelSpec, device: Device, st: Setting, lo: int, hi: i
     return total
 
 
-def generate(m: str | ModelSpec, hw: str | Device, *, batch: int = 1, prompt_len: int = 1024, gen_len: int = 128,
-             w_bits: int = 16, a_bits: int = 16, kv_bits: int | None = None, flash_attention: bool = False,
-             conventions: str = "exact", check_context: bool | None = None, group_size: int | None = None,
-             head_bits: int | None = None) -> Generation:
-    """Time a generation: prefill ``prompt_len`` tokens, then decode until ``gen_len`` tokens are out.
+def estimate_generation(m: str | ModelSpec, hw: str | Device, *, batch: int = 1, prompt_len: int = 1024,
+                        gen_len: int = 128, precision: Precision | str | None = None, w_bits: int | None = None,
+                        a_bits: int | None = None, kv_bits: int | None = None, flash_attention: bool = False,
+                        conventions: str = "exact", check_context: bool | None = None,
+                        group_size: int | None = None, head_bits: int | None = None) -> GenerationEstimate:
+    """Estimate the time of a generation: prefill ``prompt_len`` tokens, then decode until ``gen_len`` are out.
 
     The prefill produces the first token (its time is the TTFT); each of the ``gen_len - 1`` decode steps
     processes one token, the ``prompt_len + 1``-th to the ``prompt_len + gen_len - 1``-th (the last token
     generated is never fed back), with a KV cache of that many tokens. Their times are summed
     in closed form (see the module docstring), so the cost does not grow with ``gen_len``. With
     ``conventions="paper"`` it follows LLM-Viewer's ``analyze_generate_task``: ``gen_len`` decode steps at
-    cache lengths ``prompt_len .. prompt_len + gen_len - 1`` [Yuan et al. 2024]. Introduced in Chapter 2.
+    cache lengths ``prompt_len .. prompt_len + gen_len - 1`` [Yuan et al. 2024]. The precision is given as
+    in :func:`unveiled.analyze` (``precision="W4A16"`` or the flat keywords). Introduced in Chapter 2.
     """
-    spec = model(m)
+    spec = model_spec(m)
     prompt_len = check_int("prompt_len", prompt_len)
     gen_len = check_int("gen_len", gen_len)
+    p = Precision.resolve(precision, w_bits=w_bits, a_bits=a_bits, kv_bits=kv_bits, head_bits=head_bits,
+                          group_size=group_size)
     exact = conventions == "exact"
     if check_context is None:
         check_context = exact
@@ -138,19 +146,23 @@ def generate(m: str | ModelSpec, hw: str | Device, *, batch: int = 1, prompt_len
             f"a prompt of {prompt_len} tokens plus {gen_len} generated tokens exceeds the context of {spec.name} "
             f"({spec.max_context} tokens); pass check_context=False to analyse it anyway"
         )
-    pre = analyze(spec, hw, stage="prefill", batch=batch, seq_len=prompt_len, w_bits=w_bits, a_bits=a_bits,
-                  kv_bits=kv_bits, flash_attention=flash_attention, conventions=conventions,
-                  check_context=check_context, group_size=group_size, head_bits=head_bits)
+    common = dict(batch=batch, precision=p, flash_attention=flash_attention, conventions=conventions)
+    pre = analyze(spec, hw, stage="prefill", seq_len=prompt_len, check_context=check_context, **common)
     device = resolve_device(hw, conventions)
     lo = prompt_len + (1 if exact else 0)
     hi = prompt_len + gen_len - 1
-    st = Setting("decode", float(pre.batch), 0.0, float(pre.w_bits), float(pre.a_bits), float(pre.kv_bits),
-                 pre.flash_attention, conventions, "last", group_size, head_bits)
+    st = setting("decode", pre.batch, 0, p, pre.flash_attention, conventions)
     decode_s = decode_time_sum(spec, device, st, lo, hi)
     steps = max(hi - lo + 1, 0)
     memory = pre.memory
     if steps:
-        memory = analyze(spec, hw, stage="decode", batch=batch, seq_len=hi, w_bits=w_bits, a_bits=a_bits,
-                         kv_bits=kv_bits, flash_attention=flash_attention, conventions=conventions,
-                         check_context=False, group_size=group_size, head_bits=head_bits).memory
-    return Generation(pre, decode_s, steps, pre.batch, prompt_len, gen_len, memory)
+        memory = analyze(spec, hw, stage="decode", seq_len=hi, check_context=False, **common).memory
+    return GenerationEstimate(pre, decode_s, steps, pre.batch, prompt_len, gen_len, memory)
+
+
+# ---- deprecated spellings ------------------------------------------------------------------------------
+#: Deprecated alias of :func:`estimate_generation`: ``uv.generate`` read like text generation
+#: (:func:`unveiled.generation.generate`); kept so that older notebooks run.
+generate = estimate_generation
+#: Deprecated alias of :class:`GenerationEstimate`.
+Generation = GenerationEstimate

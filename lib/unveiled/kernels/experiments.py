@@ -1,0 +1,188 @@
+"""The cached experiments of Chapter 8: SmolLM2-135M's decode step eager against compiled, and where it goes.
+
+Compiling SmolLM2's whole decode step costs more than a chapter's time budget (inductor generates C++ kernels
+and the system compiler builds each); these experiments run it once and the chapter shows the tables,
+re-running small cases (elementwise chains, the tiny model's step) live. Each is
+registered with :func:`unveiled.results.experiment`::
+
+    python -m unveiled.results run kernels.experiments.smollm2_decode
+
+:func:`decode_step_speed` is also what ``benchmarks/kernels.py`` runs: the decode step of a model as the book's
+``Decoder`` runs it, as :class:`~unveiled.kernels.decode_step.StaticDecodeStep` runs it eagerly, and compiled,
+timed in one run next to this machine's memory bandwidth measured with the same threads and clock.
+Introduced in Chapter 8.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from ..measure import measure_bandwidth, measure_machine
+from ..models import Decoder
+from ..results import experiment
+from ..threads import torch_threads
+from .decode_step import StaticDecodeStep, best_and_median, decode_step_bytes, profile_decode_step
+from .fusion import compile_function, fusion_cases, measure_fusion
+
+__all__ = ["PATHS", "decode_step_speed", "fusion_chains", "memory_streams", "smollm2_decode", "smollm2_profile",
+           "stream_rates", "tiny_decode"]
+
+#: The ways of running a decode step that :func:`decode_step_speed` times: the book's Decoder, the static step
+#: run eagerly, and the static step compiled with its projections left to the matrix library or written as
+#: multiply-and-reduce loops that inductor generates itself (see :class:`StaticDecodeStep`).
+PATHS = ("eager Decoder", "eager static step", "compiled, library GEMV", "compiled, generated GEMV")
+CONTEXT = 64  # tokens the measured step attends to
+
+
+def decode_step_speed(model: Decoder, *, threads: tuple[int, ...] = (1, 2), clocks: dict | None = None,
+                 context: int = CONTEXT, repeats: int = 10, compile: bool = True, seed: int = 0,
+                 budget_s: float | None = None, gemvs: tuple[str, ...] = StaticDecodeStep.GEMVS) -> pd.DataFrame:
+    """Time one decode step in each of the ways of :data:`PATHS`, per thread count, next to the bandwidth.
+
+    For each thread count (and each clock in ``clocks[threads]``, default ``"wall"``): the triad bandwidth
+    (best of 7, :func:`~unveiled.measure.measure_bandwidth`), then the best of ``repeats`` steps of each path.
+    ``bytes`` is the analyzer's count for the step (fp32), ``achieved_bytes_s = bytes / step_s`` and
+    ``fraction_of_roof = achieved / bandwidth``: how close the step comes to the memory roof. The compiled
+    paths are compiled once per thread count (inductor sizes its parallel loops for the threads it sees), with
+    the weights frozen as constants;
+    ``compile_s`` is its wall time, ``compile_cpu_s`` the CPU time of this process and the C++ compiler. Where
+    torch.compile is unavailable the compiled rows are missing and ``note`` says why. ``budget_s`` caps the
+    timing of each path (compiling excluded); ``gemvs`` picks the compiled variants. Introduced in Chapter 8.
+    """
+    clocks = clocks or {}
+    nbytes = decode_step_bytes(model, context)
+    gen = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, model.config.vocab_size, (1, context), generator=gen)
+    token, position = prompt[:, -1:], torch.tensor([context - 1])
+    rows, note = [], ""
+    for n in threads:
+        with torch_threads(n), torch.no_grad():
+            step = StaticDecodeStep(model, context).eval()
+            step.prefill(prompt[:, :-1])
+            cache = model.new_cache()
+            model(prompt[:, :-1], cache=cache)
+
+            def decoder_step(cache=cache) -> None:
+                model(token, cache=cache)
+                cache.crop(-1)
+
+            runners = {"eager Decoder": decoder_step, "eager static step": lambda s=step: s(token, position)}
+            compiled = {}
+            for gemv in gemvs if compile else ():
+                variant = StaticDecodeStep(model, context, gemv=gemv).eval()
+                variant.prefill(prompt[:, :-1])
+                comp = compile_function(variant, token, position)
+                if comp.compiled:
+                    compiled[f"compiled, {gemv} GEMV"] = comp
+                    runners[f"compiled, {gemv} GEMV"] = lambda f=comp.fn: f(token, position)
+                else:
+                    note = comp.reason
+            for clock in clocks.get(n, ("wall",)):
+                bw = measure_bandwidth(repeats=7, clock=clock)
+                triad = float((bw.loc[bw.benchmark == "triad", "bytes"] / bw.loc[bw.benchmark == "triad", "time_s"]).max())
+                for path, fn in runners.items():
+                    best, median = best_and_median(fn, repeats, clock, budget_s)
+                    comp = compiled.get(path)
+                    rows.append({"threads": n, "clock": clock, "path": path, "step_s": best, "step_median_s": median,
+                                 "tokens_per_s": 1 / best, "bytes": nbytes, "achieved_bytes_s": nbytes / best,
+                                 "bandwidth_bytes_s": triad, "fraction_of_roof": nbytes / best / triad,
+                                 "compile_s": comp.compile_s if comp else float("nan"),
+                                 "compile_cpu_s": comp.compile_cpu_s if comp else float("nan"),
+                                 "kernels": len(comp.kernels) if comp else float("nan"),
+                                 "library_calls": len(comp.extern_calls) if comp else float("nan"), "note": note})
+    return pd.DataFrame(rows)
+
+
+@experiment("smollm2_decode", "SmolLM2-135M decode step (64 keys): eager Decoder, eager static step, compiled "
+            "with library or generated GEMVs, 1 and 2 threads, vs the triad bandwidth")
+def smollm2_decode() -> pd.DataFrame:
+    """:func:`decode_step_speed` for SmolLM2-135M (fp32), one thread (wall and CPU-time clocks) and two (wall).
+    Chapter 8."""
+    from ..smollm2 import load_smollm2
+
+    return decode_step_speed(load_smollm2(progress=False), threads=(1, 2), clocks={1: ("wall", "thread")})
+
+
+@experiment("smollm2_profile", "SmolLM2-135M decode step per operator: counted bytes and measured time on one "
+            "thread, next to the analyzer's roofline prediction on this machine")
+def smollm2_profile() -> pd.DataFrame:
+    """:func:`~unveiled.kernels.decode_step.profile_decode_step` on one thread, CPU-time clock, against this
+    machine measured with the same thread count and clock. Chapter 8."""
+    from ..smollm2 import load_smollm2
+
+    model = load_smollm2(progress=False)
+    with torch_threads(1):
+        dev = measure_machine(progress=False, matmul_sizes=(1024,), dtypes=("fp32",), register=False,
+                              cache=False, clock="thread").device
+        out = profile_decode_step(model, dev, context=CONTEXT, repeats=7, clock="thread")
+    out["bandwidth_bytes_s"] = dev.bandwidth
+    out["peak_flop_s"] = dev.peak("fp32")
+    return out
+
+
+@experiment("fusion_chains", "Elementwise chains and linear + SiLU, eager vs torch.compile, one thread")
+def fusion_chains() -> pd.DataFrame:
+    """:func:`~unveiled.kernels.fusion.measure_fusion` on :func:`~unveiled.kernels.fusion.fusion_cases` (one
+    thread, CPU-time clock), against this machine measured the same way; shown where no compiler is available.
+    Chapter 8."""
+    with torch_threads(1):
+        dev = measure_machine(progress=False, matmul_sizes=(1024,), dtypes=("fp32",), register=False,
+                              cache=False, clock="thread").device
+        out = measure_fusion(fusion_cases(), dev, repeats=5, clock="thread")
+    out["bandwidth_bytes_s"] = dev.bandwidth
+    return out
+
+
+@experiment("tiny_decode", "Tiny model M decode step: eager Decoder, eager static step, compiled with library "
+            "or generated GEMVs, one thread")
+def tiny_decode() -> pd.DataFrame:
+    """:func:`decode_step_speed` for the tiny model M on one thread (CPU-time clock): the case the chapter compiles
+    live, cached for machines without a compiler. Chapter 8."""
+    from ..zoo import load
+
+    return decode_step_speed(load("M"), threads=(1,), clocks={1: ("thread",)}, repeats=20)
+
+
+
+def stream_rates(threads: int = 1, clock: str = "wall", *, array_bytes: int = 64 * 2**20, repeats: int = 9,
+                 seed: int = 0) -> pd.DataFrame:
+    """How fast different kernels stream memory on this machine, in one run: the triad and copy of the memory
+    roof, a pure read (``sum``), and matrix-vector products over a weight as large as the arrays, stored
+    ``[out, in]`` (``nn.Linear``'s layout) and ``[in, out]``. Columns: ``kernel``, ``bytes``, ``time_s`` (best),
+    ``bytes_s``, ``fraction_of_triad``. Evidence for how close a weight-streaming decode step can get to the
+    roof with the library's kernels. Introduced in Chapter 8.
+    """
+    from ..timing import time_repeats
+
+    n = array_bytes // 4
+    side = int(n ** 0.5)
+    gen = torch.Generator().manual_seed(seed)
+    a, b = torch.full((n,), 1.0), torch.full((n,), 0.5)
+    w = torch.rand(side, side, generator=gen)
+    w_t = w.t().contiguous()
+    x = torch.rand(1, side, generator=gen)
+    kernels = {
+        "triad a += s·b": (lambda: a.add_(b, alpha=1e-6), 3 * n * 4),
+        "copy a = b": (lambda: a.copy_(b), 2 * n * 4),
+        "read: sum(a)": (lambda: a.sum(), n * 4),
+        "GEMV, weight [out, in] (nn.Linear)": (lambda: torch.nn.functional.linear(x, w), side * side * 4),
+        "GEMV, weight [in, out]": (lambda: x @ w_t, side * side * 4),
+    }
+    rows = []
+    with torch_threads(threads), torch.no_grad():
+        for name, (fn, nbytes) in kernels.items():
+            best = min(time_repeats(fn, repeats, clock_name=clock))
+            rows.append({"kernel": name, "threads": threads, "clock": clock, "bytes": nbytes, "time_s": best,
+                         "bytes_s": nbytes / best})
+    out = pd.DataFrame(rows)
+    out["fraction_of_triad"] = out["bytes_s"] / out["bytes_s"].iloc[0]
+    return out
+
+
+@experiment("memory_streams", "Triad, copy, read and GEMV (two weight layouts) streaming rates, 1 thread "
+            "(wall and CPU time) and 2 threads")
+def memory_streams() -> pd.DataFrame:
+    """:func:`stream_rates` on one thread (wall and CPU-time clocks) and two (wall). Chapter 8."""
+    return pd.concat([stream_rates(1, "wall"), stream_rates(1, "thread"), stream_rates(2, "wall")],
+                     ignore_index=True)
