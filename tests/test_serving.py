@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import unveiled.serving as sv
+from claims import claim
 from unveiled.serving.costs import StepShape
 
 MODEL, DEVICE = "llama-2-7b", "a100-80gb"
@@ -181,7 +182,7 @@ def test_kv_pool_blocks_is_memory_left_over_block_bytes():
 
     blocks = sv.kv_pool_blocks(MODEL, DEVICE, block_size=16, max_batched_tokens=2048)
     a = uv.analyze(MODEL, DEVICE, stage="prefill", batch=1, seq_len=2048)
-    free = 0.9 * uv.hardware(DEVICE).memory_bytes - a.memory.weights - a.memory.activations
+    free = 0.9 * uv.get_device(DEVICE).memory_bytes - a.memory.weights - a.memory.activations
     assert blocks == math.floor(free / (16 * kv_bytes_per_token(MODEL)))
     assert sv.kv_pool_blocks("llama-2-70b", "a100-40gb") == 0  # 140 GB of weights do not fit 40 GB
 
@@ -254,6 +255,7 @@ def test_preemption_under_memory_pressure_keeps_every_request(preemption, cost):
         assert res.requests.recomputed_tokens.sum() > 0
 
 
+@claim("chapters/09_serving.ipynb", "check its bookkeeping with Little's law")
 def test_littles_law_holds_on_the_simulated_queue(cost):
     res = sv.simulate(MODEL, DEVICE, mixed_workload(600, 6.0, seed=5), "continuous", cost=cost)
     ll = sv.littles_law(res.requests, res.steps)

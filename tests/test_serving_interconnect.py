@@ -13,7 +13,7 @@ def test_interconnect_table_is_sourced_and_consistent():
     assert t.source_url.str.startswith("https://").all()
     assert ((t.per_direction_gb_s * 2 - t.bidirectional_gb_s).abs() < 1e-9).all()
     for dev in t.device.unique():
-        uv.hardware(dev)  # every device is in the hardware registry
+        uv.get_device(dev)  # every device is in the hardware registry
         assert "host" in set(t.link[t.device == dev])
 
 
@@ -36,7 +36,7 @@ def test_ring_allreduce_moves_two_p_minus_one_over_p():
 
 def test_shard_splits_heads_mlp_and_vocabulary():
     s = sv.shard("llama-3-8b", 4)
-    full = uv.model("llama-3-8b")
+    full = uv.model_spec("llama-3-8b")
     assert (s.num_heads, s.num_kv_heads, s.intermediate_size) == (8, 2, 3584)
     assert s.hidden_size == full.hidden_size and s.head_dim == full.head_dim
     assert sv.shard("llama-3-8b", 16).num_kv_heads == 1  # 8 KV heads over 16 GPUs: replicated

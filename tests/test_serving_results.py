@@ -7,8 +7,11 @@ import pandas as pd
 import pytest
 
 import unveiled.serving as sv
+from claims import claim
 from unveiled import results
 from unveiled.serving import experiments as sx
+
+PAGE = "chapters/09_serving.ipynb"
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +34,9 @@ def test_engine_table_covers_both_models_and_every_scenario(engine):
     assert (engine.repeats >= 2).all() and (engine.step_repeats >= 3).all()
 
 
+@claim(PAGE, "the simulator predicts a real engine's throughput and median time per token within 15 % when no request "
+             "is preempted; with preemption, two runs of the engine itself differ in median time per token by more "
+             "than the simulator's error")
 def test_simulated_throughput_and_median_tpot_within_the_tolerance(engine):
     """The issue's goal: simulated vs measured output throughput and median TPOT within 15 %. Why 15 % is the
     right width (single-step error of the cost table, run-to-run drift of a shared machine) is written next to
@@ -46,6 +52,7 @@ def test_simulated_throughput_and_median_tpot_within_the_tolerance(engine):
     churn = engine[engine.measured_preemptions > 0]
     assert (churn.throughput_err.abs() <= tol + churn.throughput_spread).all()
     assert (churn.tpot_err.abs() <= tol + churn.tpot_spread).all()
+    assert len(churn) >= 1 and (churn.tpot_spread > churn.tpot_err.abs()).all()  # the summary's last words
     # the errors are recomputed from the measured and simulated columns, not copied
     assert (engine.throughput_err - (engine.simulated_tokens_per_s / engine.measured_tokens_per_s - 1)).abs().max() < 1e-12
     assert (engine.tpot_err - (engine.simulated_tpot_p50_s / engine.measured_tpot_p50_s - 1)).abs().max() < 1e-12

@@ -15,6 +15,7 @@ from ..hardware import device_names
 from ..serving.experiments import SWEEP_TPOT_SLO_S, SWEEP_TTFT_SLO_S, sweep_workload
 from ..serving.scheduler import POLICIES
 from ..serving.simulator import simulate
+from .live import control_row, labelled, live_or_still, slider_layout
 
 __all__ = ["serving_explorer", "serving_summary_html"]
 
@@ -39,18 +40,37 @@ def serving_summary_html(result, ttft_slo_s: float = SWEEP_TTFT_SLO_S, tpot_slo_
 def serving_explorer(m: str = "llama-2-7b", device: str = "a100-80gb", requests: int = 300):
     """A live explorer (ipywidgets) of one serving replica: model, device, policy, arrival rate, maximum batch
     and token budget; the read-out and the memory/queue chart redraw on every change. The workload is the
-    Azure conversation trace's lengths with Poisson arrivals. Introduced in Chapter 9."""
+    Azure conversation trace's lengths with Poisson arrivals. In the book build it returns a still of its
+    initial state (:func:`.live.live_or_still`). Introduced in Chapter 9."""
+    first = {"policy": "continuous", "rate": 4.0, "max_batch": 256, "budget": 512}
+
+    def still() -> str:
+        res = simulate(m, device, sweep_workload(first["rate"], requests), first["policy"],
+                       max_batch=first["max_batch"])
+        return serving_summary_html(res)
+
+    return live_or_still(
+        lambda: _serving_widget(m, device, requests, first), still,
+        title="Serving explorer", call=f"uv.serving_explorer(requests={requests})",
+        settings={"model": m, "device": device, "policy": first["policy"], "requests/s": first["rate"],
+                  "max batch": first["max_batch"], "requests": requests},
+        description=f"Simulated serving of {m} on {device}: throughput, latency, goodput and memory of one run")
+
+
+def _serving_widget(m: str, device: str, requests: int, first: dict):
     import ipywidgets as w
     from IPython.display import display
 
     from ..plots.serving import memory_chart
 
-    model_w = w.Dropdown(options=model_names(), value=m, description="model")
-    device_w = w.Dropdown(options=device_names(), value=device, description="device")
-    policy_w = w.ToggleButtons(options=list(POLICIES), value="continuous", description="policy")
-    rate_w = w.FloatLogSlider(value=4.0, base=2, min=-2, max=6, step=0.25, description="requests/s")
-    batch_w = w.SelectionSlider(options=[8, 16, 32, 64, 128, 256, 512], value=256, description="max batch")
-    budget_w = w.SelectionSlider(options=[256, 512, 1024, 2048, 4096, 8192], value=512, description="chunk budget")
+    model_w = w.Dropdown(options=model_names(), value=m)
+    device_w = w.Dropdown(options=device_names(), value=device)
+    policy_w = w.ToggleButtons(options=list(POLICIES), value=first["policy"])
+    rate_w = w.FloatLogSlider(value=first["rate"], base=2, min=-2, max=6, step=0.25, layout=slider_layout())
+    batch_w = w.SelectionSlider(options=[8, 16, 32, 64, 128, 256, 512], value=first["max_batch"],
+                                layout=slider_layout())
+    budget_w = w.SelectionSlider(options=[256, 512, 1024, 2048, 4096, 8192], value=first["budget"],
+                                 layout=slider_layout())
     out = w.Output()
 
     def redraw(*_):
@@ -69,4 +89,7 @@ def serving_explorer(m: str = "llama-2-7b", device: str = "a100-80gb", requests:
     for widget in (model_w, device_w, policy_w, rate_w, batch_w, budget_w):
         widget.observe(redraw, names="value")
     redraw()
-    return w.VBox([w.HBox([model_w, device_w]), policy_w, w.HBox([rate_w, batch_w]), budget_w, out])
+    return w.VBox([control_row([labelled("model", model_w, "60px"), labelled("device", device_w, "60px")]),
+                   labelled("policy", policy_w, "60px"),
+                   control_row([labelled("requests/s", rate_w, "90px"), labelled("max batch", batch_w, "90px")]),
+                   labelled("chunk budget", budget_w, "110px"), out])

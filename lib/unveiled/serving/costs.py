@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from .._validate import check_int, check_positive
-from ..analyzer import analyze, attention_cost, flash_tile, model
+from ..analyzer import analyze, attention_cost, flash_tile, model_spec
 from ..analyzer.configs import ModelSpec
-from ..hardware import Device, hardware
+from ..hardware import Device, get_device
 
 __all__ = [
     "FEATURES",
@@ -72,7 +72,7 @@ def _device(device: str | Device) -> Device:
         return device
     if not isinstance(device, str):
         raise TypeError(f"device must be a name such as 'a100-80gb' or a Device, got {type(device).__name__}")
-    return hardware(device)
+    return get_device(device)
 
 
 def _grid(max_tokens: int) -> np.ndarray:
@@ -125,7 +125,7 @@ class RooflineStepCost:
     def __init__(self, m: str | ModelSpec, device: str | Device, *, w_bits: int = 16, a_bits: int = 16,
                  kv_bits: int | None = None, flash_attention: bool = True, group_size: int | None = None,
                  max_tokens: int = 1 << 16) -> None:
-        self.spec = model(m)
+        self.spec = model_spec(m)
         self.device = _device(device)
         if self.spec.is_mla:
             raise ValueError(f"{self.spec.name} uses multi-head latent attention, which the serving cost model does "
@@ -361,7 +361,7 @@ def kv_pool_blocks(m: str | ModelSpec, device: str | Device, *, block_size: int 
     """
     from ..kvcache.sizing import kv_bytes_per_token
 
-    spec = model(m)
+    spec = model_spec(m)
     dev = _device(device)
     if not dev.memory_bytes:
         raise ValueError(f"{dev.display_name} has no memory capacity in the hardware table")

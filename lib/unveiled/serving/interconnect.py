@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from .._validate import check_choice, check_int, check_positive
-from ..analyzer import analyze, model
+from ..analyzer import analyze, model_spec
 from ..analyzer.configs import ModelSpec
 from ..datafiles import data_file
-from ..hardware import Device
+from ..hardware import Device, get_device
 
 __all__ = ["allreduce_time", "interconnect_table", "link_bandwidth", "shard", "tensor_parallel_decode"]
 
@@ -41,9 +41,7 @@ def _name(device: str | Device) -> str:
         return device.name
     if not isinstance(device, str):
         raise TypeError(f"device must be a name or a Device, got {type(device).__name__}")
-    from ..hardware import hardware
-
-    return hardware(device).name
+    return get_device(device).name
 
 
 def link_bandwidth(device: str | Device, link: str = "host") -> float:
@@ -82,7 +80,7 @@ def shard(m: str | ModelSpec, gpus: int) -> ModelSpec:
     heads, of the key/value heads (at least one: smaller groups are replicated), of the MLP width (and each
     expert's) and of the vocabulary (a vocabulary-parallel head); norms and the residual stream stay whole.
     Introduced in Chapter 9."""
-    spec = model(m)
+    spec = model_spec(m)
     p = check_int("gpus", gpus)
     if spec.num_heads % p:
         raise ValueError(f"{spec.name} has {spec.num_heads} query heads, which {p} GPUs cannot split evenly")
@@ -108,7 +106,7 @@ def tensor_parallel_decode(m: str | ModelSpec, device: str | Device, gpus: Seque
     GPU) and ``allreduce_bytes`` per step. ``latency_s`` adds a fixed cost per all-reduce hop.
     Introduced in Chapter 9.
     """
-    spec = model(m)
+    spec = model_spec(m)
     table = interconnect_table()
     name = _name(device)
     rows = []

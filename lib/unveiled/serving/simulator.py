@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .._validate import check_positive
-from ..analyzer import model
+from ..analyzer import model_spec
 from ..analyzer.configs import ModelSpec
 from ..hardware import Device
 from .costs import RooflineStepCost, kv_pool_blocks
@@ -85,7 +85,7 @@ def simulate(m: str | ModelSpec | None, device: str | Device | None, workload: p
     rule (:func:`~unveiled.serving.scheduler.can_admit`). Deterministic: no randomness beyond the workload.
     Introduced in Chapter 9.
     """
-    spec = model(m) if m is not None else None
+    spec = model_spec(m) if m is not None else None
     if cost is None:
         if spec is None or device is None:
             raise ValueError("simulate needs a model and a device (for the roofline step cost) or cost=")
