@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 
 import unveiled.serving as sv
-from claims import claim
 from unveiled.serving import experiments as sx
 
 MODEL, DEVICE = "llama-2-7b", "a100-80gb"
@@ -27,7 +26,6 @@ def test_9_1_nobody_waits_for_someone_elses_answer(cost):
     assert demo["continuous"].latency_s.mean() < demo["static"].latency_s.mean()
 
 
-@claim(PAGE, "iteration-level scheduling multiplies the goodput")
 def test_9_2_continuous_batching_multiplies_goodput_and_drains_the_queue(cost):
     rate = 4.0
     wl = sx.sweep_workload(rate=rate, n=500)
