@@ -73,7 +73,8 @@ _LAZY: dict[str, str] = {
 # Sub-packages reachable as attributes (``uv.labs.roofline.check_attainable``) without an explicit import.
 _SUBMODULES = ("labs", "plots", "explorers", "text", "models", "generation", "evaluation", "zoo", "smollm2",
                "calibration", "kvcache", "decoding", "quant", "results", "analyzer", "distill", "measure", "threads",
-               "training", "timing", "matmul_probe", "tables", "session", "kernels", "survey_map")
+               "training", "timing", "matmul_probe", "tables", "session", "kernels", "survey_map",
+               "accelerators")
 
 __all__ = [
     "DTYPES",
