@@ -76,7 +76,7 @@ _LAZY: dict[str, str] = {
 _SUBMODULES = ("labs", "plots", "explorers", "text", "models", "generation", "evaluation", "zoo", "smollm2",
                "calibration", "kvcache", "decoding", "quant", "results", "analyzer", "distill", "measure", "threads",
                "training", "timing", "matmul_probe", "tables", "session", "kernels", "survey_map",
-               "serving")
+               "accelerators", "serving")
 
 __all__ = [
     "DTYPES",

@@ -17,6 +17,7 @@ from ..analyzer.configs import model_names
 from ..analyzer.number_formats import NUMBER_FORMATS
 from ..hardware import device_names, get_device
 from .analyzer import operator_roofline_svg
+from .live import ExplorerStill, control_row, fit_svg, live_or_still
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -43,13 +44,32 @@ def format_html(runs: dict[str, Analysis], base: dict[str, Analysis]) -> str:
 
 
 def format_explorer(model: str = "llama-2-70b", device: str = "h100-sxm", *, number_format: str = "nvfp4",
-                    batch: int = 1, seq_len: int = 4096) -> ipywidgets.VBox:
+                    batch: int = 1, seq_len: int = 4096) -> ipywidgets.VBox | ExplorerStill:
     """The live explorer: dropdowns for model, device, number format, batch and sequence length.
 
+    In the book build it returns a still of its initial state (:func:`.live.live_or_still`).
     Introduced in Chapter 10."""
+    get_device(device)  # fail early on an unknown name
+
+    def still() -> str:
+        kw = dict(batch=batch, seq_len=seq_len, check_context=False)
+        runs = {s: analyze(model, device, stage=s, number_format=number_format, **kw) for s in ("prefill", "decode")}
+        base = {s: analyze(model, device, stage=s, **kw) for s in ("prefill", "decode")}
+        return format_html(runs, base) + fit_svg(operator_roofline_svg(runs["decode"]),
+                                                 f"The decode operators of {model} on {device}'s roofline")
+
+    return live_or_still(
+        lambda: _format_widget(model, device, number_format, batch, seq_len), still,
+        title="Number-format explorer", call=f"uv.format_explorer({model!r}, {device!r})",
+        settings={"model": model, "device": device, "format": number_format, "batch": batch,
+                  "sequence": f"{seq_len:,} tokens"},
+        description=f"{model} on {device} in {number_format}: prefill and decode times against BF16, and the "
+                    "decode operators on the roofline")
+
+
+def _format_widget(model: str, device: str, number_format: str, batch: int, seq_len: int) -> ipywidgets.VBox:
     import ipywidgets as w
 
-    get_device(device)  # fail early on an unknown name
     c = {
         "model": w.Dropdown(options=model_names(), value=model, layout=w.Layout(width="170px")),
         "device": w.Dropdown(options=device_names("datasheet"), value=device, layout=w.Layout(width="150px")),
@@ -80,7 +100,8 @@ def format_explorer(model: str = "llama-2-70b", device: str = "h100-sxm", *, num
     for widget in c.values():
         widget.observe(update, names="value")
     controls = w.VBox([
-        w.HBox([label("model"), c["model"], label("device"), c["device"]]),
-        w.HBox([label("format"), c["format"], label("batch"), c["batch"], label("sequence", "70px"), c["seq_len"]]),
+        control_row([label("model"), c["model"], label("device"), c["device"]]),
+        control_row([label("format"), c["format"], label("batch"), c["batch"], label("sequence", "70px"),
+                     c["seq_len"]]),
     ])
     return w.VBox([controls, table, roof])

@@ -13,6 +13,7 @@ import html
 
 from ..hardware import device_names, get_device
 from ..kernels.io import attention_traffic
+from .live import control_row, live_or_still, slider_layout
 
 __all__ = ["flash_explorer", "flash_summary_html"]
 
@@ -42,18 +43,32 @@ def flash_summary_html(seq_len: int, head_dim: int, buffer_kb: float, device: st
 def flash_explorer(device: str = "a6000"):
     """A live explorer (ipywidgets): sequence length, head width, on-chip buffer, heads, causal, device.
 
+    In the book build it returns a still of its initial state (:func:`.live.live_or_still`).
     Introduced in Chapter 8.
     """
+    gpus = [n for n in device_names() if get_device(n).kind == "gpu"]
+    start = device if device in gpus else gpus[0]
+    return live_or_still(
+        lambda: _flash_widget(start, gpus),
+        lambda: flash_summary_html(4096, 128, 100, start),
+        title="FlashAttention traffic explorer", call=f"uv.flash_explorer({device!r})",
+        settings={"N": "4,096 tokens", "head width": 128, "buffer": "100 KB", "heads": 1, "causal": "yes",
+                  "device": start},
+        description=f"Attention traffic, naive against tiled, and roofline times on {start}")
+
+
+def _flash_widget(device: str, gpus: list[str]):
     import ipywidgets as w
 
-    seq_w = w.SelectionSlider(options=[2**k for k in range(8, 18)], value=4096, description="N (tokens)")
-    dim_w = w.ToggleButtons(options=[64, 128, 256], value=128, description="head width")
+    seq_w = w.SelectionSlider(options=[2**k for k in range(8, 18)], value=4096, description="N (tokens)",
+                              layout=slider_layout())
+    dim_w = w.ToggleButtons(options=[64, 128, 256], value=128, description="head width",
+                            style={"button_width": "48px"})
     buf_w = w.SelectionSlider(options=[4, 8, 16, 32, 64, 100, 164, 228, 512, 1024, 4096], value=100,
-                              description="buffer (KB)")
-    heads_w = w.SelectionSlider(options=[1, 8, 32, 64], value=1, description="heads")
+                              description="buffer (KB)", layout=slider_layout())
+    heads_w = w.SelectionSlider(options=[1, 8, 32, 64], value=1, description="heads", layout=slider_layout())
     causal_w = w.Checkbox(value=True, description="causal")
-    gpus = [n for n in device_names() if get_device(n).kind == "gpu"]
-    dev_w = w.Dropdown(options=gpus, value=device if device in gpus else gpus[0], description="device")
+    dev_w = w.Dropdown(options=gpus, value=device, description="device")
     out = w.HTML()
 
     def redraw(*_):
@@ -63,4 +78,5 @@ def flash_explorer(device: str = "a6000"):
     for widget in (seq_w, dim_w, buf_w, heads_w, causal_w, dev_w):
         widget.observe(redraw, names="value")
     redraw()
-    return w.VBox([w.HBox([seq_w, buf_w]), w.HBox([dim_w, causal_w]), w.HBox([heads_w, dev_w]), out])
+    return w.VBox([control_row([seq_w, buf_w]), control_row([dim_w, causal_w]), control_row([heads_w, dev_w]),
+                   out])

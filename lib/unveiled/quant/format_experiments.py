@@ -30,6 +30,7 @@ from torch import nn
 
 from ..hardware import device_features
 from ..models import Decoder
+from ..session import progress_bar
 from ..threads import torch_threads
 from .experiments import LIVE_TOKENS, Recipe, _experiment, calibration_batch, eval_tokens, perplexities
 from .formats import FormatSpec, code_entropy, get_format
@@ -154,12 +155,7 @@ def run_format_recipes(model: Decoder, recipes: Sequence[Recipe], tokens: Sequen
     ``delta_pct`` is the change against the first ``method="none"`` row. Introduced in Chapter 10."""
     model = _check_model(model)
     rows = []
-    it = recipes
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(recipes, desc="formats", leave=False)
-    for r in it:
+    for r in progress_bar(recipes, desc="formats", enabled=progress):
         t0 = time.perf_counter()
         q = r.apply(model)
         took = time.perf_counter() - t0
