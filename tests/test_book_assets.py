@@ -70,3 +70,18 @@ def test_pages_drop_unused_theme_scripts():
             '<script src="_static/searchtools.js"></script><script src="searchindex.js"></script>')
     assert book_assets.FONTAWESOME_JS.sub("", html).count("<script") == 2
     assert book_assets.SEARCH_JS.sub("", html).count("<script") == 1
+
+
+def test_the_bibliography_parses_entry_by_entry():
+    # A missing closing brace swallows the next entry (and stops the book build): every `@type{key,` line must
+    # come out of the parser as its own entry.
+    import pathlib
+    import re
+
+    from pybtex.database import parse_file
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "references.bib"
+    keys = re.findall(r"^@\w+\{([^,\s]+),", path.read_text(), flags=re.M)
+    parsed = parse_file(str(path)).entries
+    assert len(keys) == len(set(keys)), "duplicate keys in references.bib"
+    assert sorted(parsed.keys()) == sorted(keys)

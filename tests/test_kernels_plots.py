@@ -11,6 +11,7 @@ import pytest
 
 from unveiled import results
 from unveiled.explorers.kernels import flash_explorer, flash_summary_html
+from unveiled.kernels.experiments import ROOF_GOAL
 from unveiled.kernels.io import attention_traffic, traffic_sweep
 from unveiled.plots import kernels as kp
 
@@ -48,7 +49,7 @@ def test_fusion_decode_and_profile_charts_from_cached_tables():
     chains = results.cached("kernels.experiments.fusion_chains")
     assert kp.fusion_chart(chains, title="fusion").to_dict()["title"] == "fusion"
     decode = results.cached("kernels.experiments.smollm2_decode")
-    spec = kp.decode_speed_chart(decode, title="decode").to_dict()
+    spec = kp.decode_speed_chart(decode, goal=ROOF_GOAL, title="decode").to_dict()
     assert spec["title"] == "decode"
     profile = results.cached("kernels.experiments.smollm2_profile")
     chart = kp.profile_chart(profile, title="profile")

@@ -322,3 +322,24 @@ def test_cached_results_say_what_the_chapter_says():
     for base in ("int3 g32", "int2 g32"):
         assert qlora.perplexity_before["FP"] < qlora.perplexity_after[base] < qlora.perplexity_before[base]
     assert qlora.perplexity_after["FP"] > 0.99 * qlora.perplexity_before["FP"]
+
+
+def test_outlier_profiles_transform_only_the_blocks_before_the_layer():
+    # The profile of block 0's input must not depend on the blocks after it: the first-blocks view that
+    # outlier_profiles transforms gives the same input statistics as the whole model, and the model is untouched.
+    from unveiled.quant.experiments import _first_blocks
+    from unveiled.quant.layers import collect_input_stats
+
+    model = uv.zoo.load("S")
+    tokens = torch.randint(0, model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    view = _first_blocks(model, 1)
+    assert len(view.layers) == view.config.num_layers == 1 < len(model.layers) == model.config.num_layers
+    name = "layers.0.self_attn.q_proj"
+    full = collect_input_stats(model, tokens, [name])[name]["absmax"]
+    assert torch.equal(collect_input_stats(view, tokens, [name])[name]["absmax"], full)
+    profiles = uq.outlier_profiles(model, tokens, layer=name)
+    assert set(profiles["transform"]) == {"as is", "SmoothQuant (α = 0.5)", "Hadamard rotation"}
+    assert torch.equal(torch.as_tensor(profiles[profiles["transform"] == "as is"].absmax.to_numpy().copy()),
+                       torch.sort(full, descending=True).values)
+    with pytest.raises(ValueError, match="blocks"):
+        uq.outlier_profiles(model, tokens, layer=f"layers.{model.config.num_layers}.self_attn.q_proj")

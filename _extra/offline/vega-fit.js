@@ -128,7 +128,17 @@
   function drawnWidth(el) {  // the chart's own width (a flex container may shrink its SVG on screen)
     var svg = el.querySelector("svg.marks, canvas.marks");
     if (!svg) { return 0; }
-    return parseFloat(svg.getAttribute("width")) || svg.getBoundingClientRect().width;
+    var width = parseFloat(svg.getAttribute("width")) || svg.getBoundingClientRect().width;
+    // A "container"-wide chart fits its plot to the column, but a long title or a legend laid out in one row
+    // can still reach past the SVG's edge: count what is drawn, not only the SVG's declared width.
+    if (svg.tagName.toLowerCase() === "svg") {
+      var left = svg.getBoundingClientRect().left;
+      Array.prototype.forEach.call(svg.children, function (g) {
+        var box = g.getBoundingClientRect();
+        if (box.width > 0) { width = Math.max(width, box.right - left); }
+      });
+    }
+    return width;
   }
 
   function fit(el, spec, opt, result, step) {

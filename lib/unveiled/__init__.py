@@ -54,6 +54,8 @@ _LAZY: dict[str, str] = {
     "decoding_explorer": "explorers.decoding",
     # Pruning, sparsity and low-rank factorization (Chapter 5)
     "pruning_explorer": "explorers.pruning",
+    # Serving (Chapter 9)
+    "serving_explorer": "explorers.serving",
     # Measuring this machine (Chapter 1)
     "measure_machine": "measure",
     "measure_bandwidth": "measure",
@@ -76,7 +78,7 @@ _LAZY: dict[str, str] = {
 _SUBMODULES = ("labs", "plots", "explorers", "text", "models", "generation", "evaluation", "zoo", "smollm2",
                "calibration", "kvcache", "decoding", "quant", "results", "analyzer", "distill", "measure", "threads",
                "training", "timing", "matmul_probe", "tables", "session", "kernels", "survey_map",
-               "accelerators", "pruning")
+               "accelerators", "serving", "pruning")
 
 __all__ = [
     "DTYPES",

@@ -138,7 +138,10 @@ def survey_map_html(table: pd.DataFrame | None = None, sections: Mapping[str, st
                                               "Reproduced (survey → book figure)"))
     out = ["<style>table.survey-map{border-collapse:collapse;font-size:90%}"
            "table.survey-map td,table.survey-map th{padding:2px 6px;vertical-align:top;text-align:left;"
-           "border-bottom:1px solid #e0e0e0}table.survey-map th.level{padding-top:10px}</style>",
+           "border-bottom:1px solid #e0e0e0}table.survey-map th.level{padding-top:10px}"
+           # on a phone the five columns fit only if a long word may break (names such as unveiled.quant)
+           "@media (max-width:600px){table.survey-map{font-size:80%}table.survey-map td{overflow-wrap:anywhere}}"
+           "</style>",
            '<div style="overflow-x:auto"><table class="survey-map">', f"<thead><tr>{head}</tr></thead><tbody>"]
     for level in LEVELS:
         rows = table[table.level == level]

@@ -25,7 +25,7 @@ from ..threads import torch_threads
 from .decode_step import StaticDecodeStep, best_and_median, decode_step_bytes, profile_decode_step
 from .fusion import compile_function, fusion_cases, measure_fusion
 
-__all__ = ["PATHS", "decode_step_speed", "fusion_chains", "memory_streams", "smollm2_decode", "smollm2_profile",
+__all__ = ["PATHS", "ROOF_GOAL", "decode_step_speed", "fusion_chains", "memory_streams", "smollm2_decode", "smollm2_profile",
            "stream_rates", "tiny_decode"]
 
 #: The ways of running a decode step that :func:`decode_step_speed` times: the book's Decoder, the static step
@@ -33,6 +33,9 @@ __all__ = ["PATHS", "decode_step_speed", "fusion_chains", "memory_streams", "smo
 #: multiply-and-reduce loops that inductor generates itself (see :class:`StaticDecodeStep`).
 PATHS = ("eager Decoder", "eager static step", "compiled, library GEMV", "compiled, generated GEMV")
 CONTEXT = 64  # tokens the measured step attends to
+#: The book's performance goal for a compiled decode step (``benchmarks/kernels.py``, Chapter 8): the step's
+#: bytes per second as a share of the triad bandwidth measured in the same run with the same threads and clock.
+ROOF_GOAL = 0.60
 
 
 def decode_step_speed(model: Decoder, *, threads: tuple[int, ...] = (1, 2), clocks: dict | None = None,

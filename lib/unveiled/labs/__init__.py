@@ -382,7 +382,7 @@ def run_cases(fn: Callable, cases: Sequence[Case] | Iterable[Case], title: str, 
 
 
 # Each chapter's checks live in a sub-module; make them reachable as ``uv.labs.<name>`` without an import.
-_LAB_MODULES = ("roofline", "analyzer", "quant", "distill", "kvcache", "decoding", "kernels", "formats", "pruning")
+_LAB_MODULES = ("roofline", "analyzer", "quant", "distill", "kvcache", "decoding", "kernels", "formats", "serving", "pruning")
 
 
 def __getattr__(name: str):

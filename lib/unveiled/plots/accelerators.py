@@ -68,9 +68,15 @@ def pim_chart(table: pd.DataFrame, *, title: str = "", height: int | None = None
               .agg(intensity=("intensity", "median"), speedup=("speedup", "median"),
                    op=("name", lambda n: ", ".join(dict.fromkeys(n))))
               .reset_index(drop=True))
-    text = alt.Chart(labels).mark_text(align="left", dx=6, dy=-6, fontSize=9, color="#333").encode(
-        x=x, y=y, text="op:N")
-    return _svg(alt.layer(line, one, pts, text).properties(width="container", height=height or 280, title=title))
+    # Labels point into the plot (left of points in its right half) and list one operator per line, so that
+    # no label reaches past a phone's column.
+    middle = float(np.sqrt(lo * hi))
+    texts = [alt.Chart(labels[side]).mark_text(align=align, dx=dx, dy=-6, fontSize=9, color="#333", lineBreak=", ")
+             .encode(x=x, y=y, text="op:N")
+             for side, align, dx in ((labels["intensity"] <= middle, "left", 6), (labels["intensity"] > middle,
+                                                                                  "right", -6))
+             if side.any()]
+    return _svg(alt.layer(line, one, pts, *texts).properties(width="container", height=height or 280, title=title))
 
 
 def decode_explorer_chart(grid: pd.DataFrame, *, device: str | None = None, fmt: str | None = None,
@@ -100,8 +106,8 @@ def decode_explorer_chart(grid: pd.DataFrame, *, device: str | None = None, fmt:
         tooltip=["device:N", "format:N", "batch:Q", "seq_len:Q", "bound:N", alt.Tooltip("time_ms:Q", format=".4g")])
     text = base.transform_filter("datum.bound == 'memory'").transform_calculate(
         line="format(datum.total_ms, '.3~g') + ' ms per step · ' + format(datum.tokens_per_s, ',.0f') + "
-             "' tokens/s · compute roof ' + upper(datum.compute_dtype) + ' (' + datum.support + ')'"
-    ).mark_text(align="left", fontSize=12, x=0).encode(text="line:N")
-    chart = alt.vconcat(bars.properties(width="container", height=90), text.properties(width="container",
-                                                                                          height=24))
+             "' tokens/s|compute roof ' + upper(datum.compute_dtype) + ' (' + datum.support + ')'"
+    ).mark_text(align="left", baseline="top", fontSize=12, x=0, y=0, lineBreak="|").encode(text="line:N")
+    # Fixed widths that fit the page column; the book's chart fitting narrows them on a phone.
+    chart = alt.vconcat(bars.properties(width=330, height=90), text.properties(width=330, height=36))
     return _svg(chart.add_params(p_dev, p_fmt, p_b, p_s).properties(title=title))

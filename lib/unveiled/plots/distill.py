@@ -12,7 +12,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from .style import color_scale
+from .style import color_scale, legible_scale
 
 __all__ = [
     "DIVERGENCE_COLORS",
@@ -105,7 +105,8 @@ def divergence_fit_chart(fits: pd.DataFrame, title: str = "", x_range: tuple[flo
     return alt.layer(*layers).properties(width=560, height=260, title=title, usermeta=_SVG)
 
 
-def curves_chart(curves: pd.DataFrame, runs: dict[str, str], title: str = "") -> alt.Chart:
+def curves_chart(curves: pd.DataFrame, runs: dict[str, str],
+                 title: str = "Tiny student S distilled from M: validation loss by objective") -> alt.Chart:
     """Validation loss (first 16,384 characters) against training step for the given runs (``run → label``).
 
     Introduced in Chapter 4.
@@ -121,7 +122,8 @@ def curves_chart(curves: pd.DataFrame, runs: dict[str, str], title: str = "") ->
     ).properties(width=520, height=260, title=title, usermeta=_SVG)
 
 
-def cost_quality_chart(points: pd.DataFrame, x: str = "cost_plain_steps", title: str = "") -> alt.LayerChart:
+def cost_quality_chart(points: pd.DataFrame, x: str = "cost_plain_steps",
+                       title: str = "Tiny student S: validation loss against training cost") -> alt.LayerChart:
     """Final validation loss against training cost, one point per run (``method``, ``run``, ``val_loss``, ``x``).
 
     The "data only" runs are joined by a line: the frontier plain training reaches for each cost. A
@@ -141,7 +143,8 @@ def cost_quality_chart(points: pd.DataFrame, x: str = "cost_plain_steps", title:
     return alt.layer(frontier, dots, text).properties(width=520, height=280, title=title, usermeta=_SVG)
 
 
-def acceptance_chart(report: pd.DataFrame, column: str = "acceptance_samples", title: str = "") -> alt.Chart:
+def acceptance_chart(report: pd.DataFrame, column: str = "acceptance_samples",
+                     title: str = "How often the target accepts each student's draft tokens") -> alt.Chart:
     """Draft acceptance α of each student for the teacher (bars), from :func:`unveiled.distill.student_report`.
 
     Introduced in Chapter 4.
@@ -173,6 +176,7 @@ def speedup_chart(costs: pd.DataFrame, device: str, seq_len: int, title: str = "
     )
     chart = alt.layer(base.mark_line(), base.mark_point(size=60).encode(
         fill=alt.condition("datum.fits", alt.Color("role:N", scale=color_scale(ROLE_COLORS)), alt.value("white"))))
+    title = title or f"Decode step time of teacher and student against batch ({device}, {seq_len:,}-token context)"
     return chart.properties(width=210, height=170).facet(facet=alt.Facet("pair:N", title=None), columns=2).properties(
         title=title, usermeta=_SVG)
 
@@ -236,7 +240,7 @@ def teacher_student_explorer_chart(costs: pd.DataFrame, limits: pd.DataFrame, ti
             .transform_calculate(metric=f"{metric_of}[datum.k]").mark_text(align="left").encode(
         y=alt.Y("metric:N", sort=list(cells), title=None),
         x=alt.X("role:N", sort=["teacher", "student"], title=None, axis=alt.Axis(orient="top", labelAngle=0)),
-        text="value:N", color=colour,
+        text="value:N", color=alt.Color("role:N", scale=legible_scale(ROLE_COLORS), legend=None),
     ).properties(width=300, height=130))
     top = alt.hconcat(time_chart, mem_chart)
     return alt.vconcat(top, text).add_params(pair, device, ctx).properties(title=title, usermeta=_SVG)

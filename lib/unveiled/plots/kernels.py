@@ -209,10 +209,11 @@ def profile_chart(profile: pd.DataFrame, *, title: str = "", height: int = 380) 
     return _svg(alt.layer(bars, ticks).properties(width="container", height=height, title=title))
 
 
-def decode_speed_chart(table: pd.DataFrame, *, goal: float = 0.6, title: str = "", height: int = 200) -> alt.LayerChart:
+def decode_speed_chart(table: pd.DataFrame, *, goal: float, title: str = "", height: int = 200) -> alt.LayerChart:
     """Fraction of the measured memory roof each decode path reaches, per thread count, with the goal.
 
-    ``table`` comes from :func:`unveiled.kernels.experiments.decode_speed` (wall-clock rows).
+    ``table`` comes from :func:`unveiled.kernels.experiments.decode_step_speed` (wall-clock rows); ``goal`` is the
+    share of the roof drawn as a dashed rule (the book's is ``unveiled.kernels.experiments.ROOF_GOAL``).
     Introduced in Chapter 8.
     """
     t = table[table["clock"] == "wall"].copy()

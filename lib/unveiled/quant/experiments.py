@@ -15,6 +15,7 @@ SmolLM2, which never saw it as such). Calibration text: random windows of the tr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -387,6 +388,23 @@ def loss_recovered(table: pd.DataFrame, reference: str = "rtn") -> pd.DataFrame:
                ].reset_index(drop=True)
 
 
+def _block_index(model: Decoder, layer: str) -> int:
+    parts = layer.split(".")
+    if len(parts) < 2 or parts[0] != "layers" or not parts[1].isdigit() or int(parts[1]) >= len(model.layers):
+        raise ValueError(f"layer must name a linear of one of the model's {len(model.layers)} blocks "
+                         f"('layers.<i>.self_attn.q_proj'), got {layer!r}")
+    return int(parts[1])
+
+
+def _first_blocks(model: Decoder, n: int) -> Decoder:
+    """A view of ``model`` with only its first ``n`` blocks (weights shared, nothing copied)."""
+    view = copy.copy(model)
+    view._modules = dict(model._modules)
+    view.layers = torch.nn.ModuleList(list(model.layers[:n]))
+    view.config = dataclasses.replace(model.config, num_layers=n)
+    return view
+
+
 def outlier_profiles(model: Decoder, calibration: torch.Tensor, layer: str = "layers.10.self_attn.q_proj",
                      alpha: float = 0.5) -> pd.DataFrame:
     """The per-channel max |x| of one linear layer's input, sorted, as is / after SmoothQuant / after rotation.
@@ -403,6 +421,9 @@ def outlier_profiles(model: Decoder, calibration: torch.Tensor, layer: str = "la
     kind = kinds.get(layer.rsplit(".", 1)[-1])
     if kind is None:
         raise ValueError(f"layer must be a q/k/v, gate/up or down projection, got {layer!r}")
+    # The layer's input depends only on the blocks before it: transform just those (rotating all of SmolLM2's
+    # weights in float64 costs tens of seconds on a CPU without AVX-512).
+    model = _first_blocks(model, _block_index(model, layer) + 1)
     variants = {
         "as is": (model, layer),
         f"SmoothQuant (α = {alpha})": (smooth_model(model, calibration, alpha, kinds=(kind,)), layer),

@@ -155,10 +155,7 @@ def run_format_recipes(model: Decoder, recipes: Sequence[Recipe], tokens: Sequen
     ``delta_pct`` is the change against the first ``method="none"`` row. Introduced in Chapter 10."""
     model = _check_model(model)
     rows = []
-    it = recipes
-    if progress:
-        it = progress_bar(recipes, desc="formats", leave=False)
-    for r in it:
+    for r in progress_bar(recipes, desc="formats", enabled=progress):
         t0 = time.perf_counter()
         q = r.apply(model)
         took = time.perf_counter() - t0
