@@ -26,6 +26,13 @@
   function stack(spec) {
     var s = clone(spec), changed = false;
     if (s.hconcat) { s.vconcat = s.hconcat; delete s.hconcat; changed = true; }
+    // Side-by-side panels nested in a stack (a row of charts above a table) stack too.
+    (function walk(node, top) {
+      if (Array.isArray(node)) { node.forEach(function (n) { walk(n, false); }); return; }
+      if (!node || typeof node !== "object") { return; }
+      if (!top && node.hconcat) { node.vconcat = node.hconcat; delete node.hconcat; changed = true; }
+      ["vconcat", "concat", "layer"].forEach(function (k) { if (k in node) { walk(node[k], false); } });
+    })(s, true);
     if (s.concat && s.columns !== 1) { s.columns = 1; changed = true; }
     if (s.repeat && !Array.isArray(s.repeat) && s.repeat.column) {
       s.repeat.row = (s.repeat.row || []).concat(s.repeat.column); delete s.repeat.column; changed = true;

@@ -243,4 +243,6 @@ def teacher_student_explorer_chart(costs: pd.DataFrame, limits: pd.DataFrame, ti
         text="value:N", color=alt.Color("role:N", scale=legible_scale(ROLE_COLORS), legend=None),
     ).properties(width=300, height=130))
     top = alt.hconcat(time_chart, mem_chart)
-    return alt.vconcat(top, text).add_params(pair, device, ctx).properties(title=title, usermeta=_SVG)
+    # the text's darker role colours are a scale of their own (merged with the lines' scale, Vega warns)
+    return (alt.vconcat(top, text).add_params(pair, device, ctx).resolve_scale(color="independent")
+            .properties(title=title, usermeta=_SVG))
