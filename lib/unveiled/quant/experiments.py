@@ -379,10 +379,14 @@ def loss_recovered(table: pd.DataFrame, reference: str = "rtn") -> pd.DataFrame:
         raise ValueError(f"the table needs exactly one unquantized row (method 'none'), found {len(full)}")
     keys = [c for c in ("w_bits", "granularity", "a_bits", "act_granularity", "rotate") if c in table.columns]
     rows = table[table.method != "none"].assign(loss=lambda d: d.perplexity - full.item())
-    ref = rows[rows.method == reference].set_index(keys).loss.rename("reference_loss")
+    # One text key per setting: weight-only rows leave the activation columns empty (NaN), and a join on a
+    # MultiIndex with an all-NaN level fails in some pandas versions (Colab's 2.2).
+    rows = rows.assign(setting=["|".join("-" if pd.isna(v) else str(v) for v in r)
+                                for r in rows[keys].itertuples(index=False)])
+    ref = rows[rows.method == reference].set_index("setting").loss.rename("reference_loss")
     if not ref.index.is_unique:
         raise ValueError(f"several {reference!r} rows share a setting {keys}: pass one model's table")
-    out = rows[rows.method != reference].join(ref, on=keys, how="inner")
+    out = rows[rows.method != reference].join(ref, on="setting", how="inner")
     out["recovered_pct"] = 100 * (out.reference_loss - out.loss) / out.reference_loss
     return out[["method", "w_bits", "granularity", "perplexity", "loss", "reference_loss", "recovered_pct"]
                ].reset_index(drop=True)
