@@ -96,6 +96,8 @@ class Visit:
         self.page.goto(url, wait_until="load")
         with contextlib.suppress(Exception):  # a page that keeps polling still gets checked
             self.page.wait_for_load_state("networkidle", timeout=15_000)
+        with contextlib.suppress(Exception):  # charts re-fitted to the column (vega-fit.js) are drawn again
+            self.page.wait_for_function("() => !window.vegaFitPending", timeout=20_000)
         self.page.wait_for_timeout(800)  # let Vega, MathJax and the chart fitting settle
 
     def _console(self, m):

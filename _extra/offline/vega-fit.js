@@ -139,11 +139,12 @@
     // A "container"-wide chart fits its plot to the column, but a long title or a legend laid out in one row
     // can still reach past the SVG's edge: count what is drawn, not only the SVG's declared width.
     if (svg.tagName.toLowerCase() === "svg") {
-      var left = svg.getBoundingClientRect().left;
+      var left = svg.getBoundingClientRect().left, lo = left, hi = left + width;
       Array.prototype.forEach.call(svg.children, function (g) {
         var box = g.getBoundingClientRect();
-        if (box.width > 0) { width = Math.max(width, box.right - left); }
+        if (box.width > 0) { lo = Math.min(lo, box.left); hi = Math.max(hi, box.right); }
       });
+      width = hi - lo;  // an axis title drawn left of the SVG's origin counts too
     }
     return width;
   }
@@ -158,16 +159,22 @@
   }
 
   var charts = [];
+  // Charts still being drawn or fitted: whoever checks the page (the site tests) waits for zero.
+  window.vegaFitPending = 0;
   window.vegaEmbed = function (el, spec, opt) {
     if (typeof el === "string") { el = document.querySelector(el); }
     spec = named(spec);
     // On a phone the "..." menu would take 38 px of the column (and it links to an online editor).
     if (el && room(el) < 600) { opt = Object.assign({}, opt, {actions: false}); }
-    return embed(el, spec, opt).then(function (result) {
+    window.vegaFitPending += 1;
+    function done() { window.vegaFitPending -= 1; }
+    var drawn = embed(el, spec, opt).then(function (result) {
       var entry = {el: el, spec: spec, opt: opt, result: result, width: room(el)};
       charts.push(entry);
       return fit(el, spec, opt, result, 0).then(function (r) { entry.result = r; return r; });
     });
+    drawn.then(done, done);
+    return drawn;
   };
   for (var key in embed) { if (Object.prototype.hasOwnProperty.call(embed, key)) { window.vegaEmbed[key] = embed[key]; } }
 

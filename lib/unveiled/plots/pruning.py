@@ -209,7 +209,8 @@ def decode_speed_chart(df: pd.DataFrame, *, title: str = "", height: int | None 
         yOffset=alt.YOffset("source:N"),
         x=alt.X("speedup:Q", title="decode speedup over dense"),
         color=alt.Color("source:N", title=None, scale=color_scale({"measured": "#d62728",
-                                                                   "roofline prediction": "#1f77b4"})),
+                                                                   "roofline prediction": "#1f77b4"}),
+                        legend=alt.Legend(orient="bottom")),  # a side legend would not fit a phone
         tooltip=["model:N", "source:N", alt.Tooltip("speedup:Q", format=".3g")],
     ).properties(width="container", height=height or 36 * len(df), title=title)
     return _svg(chart, "Grouped bar chart: decode speedup over the dense model of each compressed SmolLM2, "
