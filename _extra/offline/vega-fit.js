@@ -50,6 +50,7 @@
   // A title longer than the column would widen the chart: break it into lines of at most `chars` characters.
   function wrapTitle(title, chars) {
     function lines(text) {
+      if (Array.isArray(text)) { text = text.join(" "); }  // wrapped by an earlier attempt: wrap again
       if (typeof text !== "string" || text.length <= chars) { return text; }
       var out = [], line = "";
       text.split(" ").forEach(function (w) {
@@ -58,7 +59,7 @@
       if (line) { out.push(line); }
       return out;
     }
-    if (typeof title === "string") { return lines(title); }
+    if (typeof title === "string" || Array.isArray(title)) { return lines(title); }
     if (title && typeof title === "object" && !Array.isArray(title)) {
       var t = Object.assign({}, title);
       t.text = lines(t.text);
@@ -68,8 +69,10 @@
     return title;
   }
 
-  function narrow(spec, by, width) {
-    var s = clone(spec), changed = false, chars = Math.max(20, Math.floor(width / 8.5));
+  function narrow(spec, by, width, step) {
+    // Characters per title line: a guess from the column's width, tighter on each further attempt (bold
+    // titles with capitals and digits run wider than the first guess).
+    var s = clone(spec), changed = false, chars = Math.max(16, Math.floor(width / (8.5 + 1.5 * (step || 0))));
     // Legends go under the chart, one entry per line: the plot keeps the width a side legend would take.
     s.config = s.config || {};
     s.config.legend = Object.assign({}, s.config.legend, {orient: "bottom", direction: "vertical"});
@@ -78,6 +81,8 @@
     s.config.facet = Object.assign({spacing: 8}, s.config.facet);
     s.config.axis = Object.assign({labelFontSize: 10, titleFontSize: 10}, s.config.axis);  // a little smaller
     s.config.concat = Object.assign({spacing: 12}, s.config.concat);
+    // A title centred over the plot starts right of the axis labels; from the left it has the whole width.
+    s.config.title = Object.assign({}, s.config.title, {anchor: "start"});
     (function walk(node) {
       if (Array.isArray(node)) { node.forEach(walk); return; }
       if (!node || typeof node !== "object") { return; }
@@ -152,7 +157,7 @@
   function fit(el, spec, opt, result, step) {
     var over = drawnWidth(el) - room(el);
     if (over <= 1 || step >= 4) { return Promise.resolve(result); }
-    var next = (step === 0 && stack(spec)) || narrow(spec, over, room(el));
+    var next = (step === 0 && stack(spec)) || narrow(spec, over, room(el), step);
     if (!next) { return Promise.resolve(result); }
     if (result && typeof result.finalize === "function") { result.finalize(); }
     return embed(el, next, opt).then(function (r) { return fit(el, next, opt, r, step + 1); });
