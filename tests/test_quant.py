@@ -512,3 +512,16 @@ def test_spec_labels_and_unquantized_bits():
     assert QuantSpec(4, granularity="group", group_size=128).label == "int4 g128 asym"
     assert QuantSpec(8, symmetric=True).label == "int8 channel sym"
     assert np.isclose(bits_per_weight(None), 16)
+
+
+def test_int8_products_are_exact_on_every_cpu():
+    # torch._int_mm saturates 16-bit intermediates on CPUs without AVX-512 VNNI (large codes come out wrong);
+    # the library checks the kernel once and falls back to an exact product where it is not exact.
+    from unveiled.quant.outliers import _int_matmul, int_mm_is_exact
+
+    g = torch.Generator().manual_seed(1)
+    a = (torch.randint(0, 2, (48, 96), generator=g) * 254 - 127).to(torch.int8)
+    b = (torch.randint(0, 2, (40, 96), generator=g) * 254 - 127).to(torch.int8)
+    exact = a.to(torch.int64) @ b.to(torch.int64).T
+    assert torch.equal(_int_matmul(a, b).to(torch.int64), exact)
+    assert isinstance(int_mm_is_exact(), bool)

@@ -12,6 +12,7 @@ point and everything else in int8. Introduced in Chapter 3.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -36,13 +37,33 @@ def absmax_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x / scale).clamp(-127, 127).to(torch.int8), scale
 
 
-def _int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ bᵀ`` for int8 matrices with int32 accumulation (torch._int_mm where available)."""
+@functools.cache
+def int_mm_is_exact() -> bool:
+    """Whether this CPU's ``torch._int_mm`` returns the exact int32 product of int8 codes.
+
+    On CPUs without AVX-512 VNNI the int8 kernel multiplies through 16-bit intermediates that saturate, so
+    products of large codes come out wrong (the book's AVX2 check found it). One small worst-case product,
+    compared with an exact int64 one, decides once per process. Introduced in Chapter 3.
+    """
     int_mm = getattr(torch, "_int_mm", None)
-    if int_mm is not None:
+    if int_mm is None:
+        return False
+    g = torch.Generator().manual_seed(0)
+    a = (torch.randint(0, 2, (32, 64), generator=g) * 254 - 127).to(torch.int8)  # codes of ±127 only
+    b = (torch.randint(0, 2, (64, 32), generator=g) * 254 - 127).to(torch.int8)
+    try:
+        fast = int_mm(a, b)
+    except RuntimeError:  # shape or platform limits of the private kernel
+        return False
+    return bool(torch.equal(fast.to(torch.int64), a.to(torch.int64) @ b.to(torch.int64)))
+
+
+def _int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ bᵀ`` for int8 matrices with int32 accumulation (torch._int_mm where it is exact on this CPU)."""
+    if int_mm_is_exact():
         try:
-            return int_mm(a.contiguous(), b.T.contiguous())
-        except RuntimeError:  # shape or platform limits of the private kernel: fall back below
+            return torch._int_mm(a.contiguous(), b.T.contiguous())
+        except RuntimeError:  # shape limits of the private kernel: fall back below
             pass
     return (a.to(torch.int64) @ b.to(torch.int64).T).to(torch.int32)
 
