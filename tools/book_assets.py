@@ -102,7 +102,8 @@ def _resolve_notebook_times(app: Any, doctree: Any, docname: str) -> None:
     path = pathlib.Path(app.srcdir) / LIMITED_TIMES
     limited = json.loads(path.read_text()) if path.exists() else None
     for node in list(doctree.findall(NotebookTimes)):
-        times = [d["exec_data"]["runtime"] for doc, d in sorted(data.items())
+        # rounded as the status page prints them (0.01 s), so that the phrase and the table always agree
+        times = [float(f'{d["exec_data"]["runtime"]:.2f}') for doc, d in sorted(data.items())
                  if doc.startswith(node["prefix"]) and d.get("exec_data") and d["exec_data"].get("runtime")]
         node.replace_self(nodes.Text(notebook_times_phrase(times, limited, node["prefix"])))
 
