@@ -1,13 +1,8 @@
 """Paged KV memory: a block allocator, per-sequence block tables, copy-on-write sharing, paged attention.
 
-PagedAttention [Kwon et al. 2023] stores the KV cache the way an operating system stores a process's pages:
-the memory is a pool of fixed-size *blocks* of ``block_size`` tokens, and each sequence owns a *block table*
-that maps its logical block ``i`` (tokens ``i·B .. i·B + B - 1``) to a physical block anywhere in the pool.
-Token ``t`` lives at ``(table[t // B], t % B)``. Blocks are handed out only when a sequence grows into them,
-so at most ``B - 1`` slots per sequence are wasted (instead of reserving the maximum length up front), and
-blocks are reference-counted so sequences can *share* them: a forked sample shares its parent's prompt, and
-requests with a common prefix share its full blocks. Writing into a shared block first copies it
-(copy-on-write). Attention then gathers each sequence's keys and values through its table.
+PagedAttention [Kwon et al. 2023]: the cache is a pool of fixed-size blocks, and each sequence reaches its
+keys and values through a block table (the idea is explained in :mod:`.blocks`). Attention gathers them
+through that table.
 
 Three layers, from bookkeeping to tensors: :class:`BlockAllocator` (free list and reference counts) and
 :class:`BlockManager` (block tables, growth, forking, prefix caching, swapping, statistics) live in
