@@ -138,6 +138,64 @@ def test_compiled_chain_is_one_kernel_at_compulsory_traffic():
     assert comp.compiled and len(comp.extern_calls) == 1 and len(comp.kernels) == 1
 
 
+def test_largest_disagreement_separates_rounding_from_wrong_values():
+    ref = torch.linspace(-3, 3, 100)
+    assert fusion.largest_disagreement(ref, ref) == 0
+    assert fusion.largest_disagreement(ref * (1 + 1e-6), ref) < fusion.AGREEMENT  # another summation order
+    wrong = ref.clone()
+    wrong[-8:] = 4.6e-41  # what uninitialised memory looked like
+    assert fusion.largest_disagreement(wrong, ref) > fusion.AGREEMENT
+    assert fusion.largest_disagreement((ref, ref[:3]), (ref, ref[:4])) == float("inf")
+    assert fusion.largest_disagreement(torch.full((3,), float("nan")), torch.zeros(3)) == float("inf")
+
+
+def test_a_compiled_function_that_disagrees_with_eager_is_not_timed(monkeypatch):
+    if not fusion.compiler_support().available:
+        pytest.skip(fusion.compiler_support().reason)
+    import torch._inductor.utils as iu
+
+    real = iu.run_and_get_code
+
+    def corrupt(fn, *args):
+        result, code = real(fn, *args)
+        return result + 1.0, code  # as if the generated kernel were wrong
+
+    monkeypatch.setattr(iu, "run_and_get_code", corrupt)
+    out = fusion.compile_function(lambda x: x * 2, torch.ones(3))
+    assert not out.compiled and "wrong values" in out.reason and out.code
+
+
+@pytest.mark.slow
+def test_compiled_code_is_right_with_the_cpu_capability_capped():
+    """The book's AVX2-limited check caps ATen with ATEN_CPU_CAPABILITY; inductor then writes AVX2 kernels, which
+    compiled with -march=native on an AVX-512 host returned wrong values (fixed by compiling for the chosen ISA
+    only). Run in a fresh process, as the cap is read at start-up."""
+    if not fusion.compiler_support().available:
+        pytest.skip(fusion.compiler_support().reason)
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from unveiled.kernels import fusion\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "for shape in ((64, 48), (10922, 1536)):\n"  # both were wrong, in different ways
+        "    a, b = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)\n"
+        "    out = fusion.compile_function(fusion._swiglu, a, b)\n"
+        "    assert out.compiled, out.reason\n"
+        "    assert torch.allclose(out.fn(a, b), fusion._swiglu(a, b), atol=1e-6)\n"
+        "import torch._inductor.config as cfg\n"
+        "assert cfg.cpp.march is None  # restored\n"
+        "print(torch.backends.cpu.get_cpu_capability())\n"
+    )
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    env.pop("TORCHINDUCTOR_CPP_MARCH", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("AVX2")
+
+
 # ---- FlashAttention's IO, counted -----------------------------------------------------------------------------
 def test_tile_for_buffer_is_the_largest_that_fits():
     for M, d in ((1e5, 128), (2.28e5, 64), (1e3, 64), (4e6, 128)):

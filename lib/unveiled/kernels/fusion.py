@@ -14,7 +14,14 @@ The inductor settings are set here, in one place, and restored afterwards (:func
 * a fresh, temporary cache directory and no FX-graph cache, so a compile never depends on what an earlier
   run left on disk (a warm cache would hide the compile time a reader pays, and skip the byte count);
 * inductor's metrics logger on, so its per-kernel byte count (``GraphLowering.count_bytes``) is recorded;
-* ``freezing`` on for modules (weights become constants that the compiler may pre-pack), configurable.
+* ``freezing`` on for modules (weights become constants that the compiler may pre-pack), configurable;
+* where ``ATEN_CPU_CAPABILITY`` caps PyTorch's vector instructions (as the book's AVX2-limited check does),
+  C++ compiled for exactly the instruction set inductor generates code for, not ``-march=native``: inductor
+  honours the cap when it writes the kernels, but the compiler, told to use every instruction of the host,
+  built them against a wider vector type, and the kernels returned wrong values.
+
+Every compile is checked against eager PyTorch on the same inputs; a compiled function that disagrees is
+reported as not compiled (with the difference), so a chapter never times a wrong kernel.
 
 Where no C++ compiler (or no inductor) is available, :func:`compiler_support` says why and the functions
 here return results marked as not compiled, never an error, so a chapter can show cached numbers instead.
@@ -46,6 +53,7 @@ from .decode_step import best_and_median
 from .traffic import ByteCounter, unique_bytes
 
 __all__ = [
+    "AGREEMENT",
     "CompiledFunction",
     "CompilerSupport",
     "FusionCase",
@@ -55,6 +63,7 @@ __all__ = [
     "fusion_cases",
     "inductor_session",
     "kernel_excerpt",
+    "largest_disagreement",
     "measure_fusion",
 ]
 
@@ -103,12 +112,15 @@ def inductor_session(*, freezing: bool = True) -> Iterator[None]:
     import torch._inductor.config as cfg
 
     saved = {k: getattr(cfg, k) for k in ("fx_graph_cache", "autotune_local_cache", "freezing")}
+    saved_march = cfg.cpp.march
     saved_env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory(prefix="unveiled-inductor-") as tmp:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tmp
         cfg.fx_graph_cache = False
         cfg.autotune_local_cache = False
         cfg.freezing = freezing
+        if os.environ.get("ATEN_CPU_CAPABILITY") and saved_march is None:
+            cfg.cpp.march = ""  # no -march=native: only the flags of the vector ISA inductor picked
         torch._logging.set_logs(inductor_metrics=True)  # inductor counts bytes only when this log is on
         metrics_log = logging.getLogger("torch._inductor.compile_fx.__inductor_metrics")
         metrics_log.addFilter(_drop_record)  # enabled (so inductor counts) but printed nowhere
@@ -119,6 +131,7 @@ def inductor_session(*, freezing: bool = True) -> Iterator[None]:
             torch._logging.set_logs()
             for k, v in saved.items():
                 setattr(cfg, k, v)
+            cfg.cpp.march = saved_march
             if saved_env is None:
                 os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
             else:
@@ -156,12 +169,40 @@ _KERNEL = re.compile(r"^(cpp_fused_\w+) = async_compile", re.M)
 _EXTERN = re.compile(r"(extern_kernels\.\w+|torch\.ops\.\w+\.\w+(?:\.\w+)?)\(")
 
 
+def largest_disagreement(result, reference) -> float:
+    """How far ``result`` is from ``reference`` (tensors or tuples of them), relative to the reference's scale:
+    ``max |result - reference| / max(1, max |reference|)``, infinite where shapes differ or only one side is
+    NaN. A compiled kernel with a different summation order lands near float32's rounding (about 1e-6); a wrong
+    one lands near 1 or far beyond. Introduced in Chapter 8."""
+    outs, refs = _outputs(result), _outputs(reference)
+    if len(outs) != len(refs):
+        return float("inf")
+    worst = 0.0
+    for out, ref in zip(outs, refs, strict=True):
+        if out.shape != ref.shape:
+            return float("inf")
+        out, ref = out.detach().double(), ref.detach().double()
+        if not torch.equal(out.isnan(), ref.isnan()):
+            return float("inf")
+        keep = ~ref.isnan()
+        if keep.any():
+            scale = max(1.0, float(ref[keep].abs().max()))
+            worst = max(worst, float((out[keep] - ref[keep]).abs().max()) / scale)
+    return worst
+
+
+#: Largest :func:`largest_disagreement` a compiled function may show against eager and still be timed.
+AGREEMENT = 1e-3
+
+
 def compile_function(fn: Callable, *args, freezing: bool = True) -> CompiledFunction:
     """Compile ``fn`` for ``args`` with inductor (one graph, static shapes) and report what it generated.
 
-    The first call compiles and runs; its wall time is the compile time a reader waits for. Never raises
-    for a missing compiler or a failed compile: the result then has ``fn=None`` and a ``reason``.
-    Introduced in Chapter 8.
+    The first call compiles and runs; its wall time is the compile time a reader waits for. Its result is
+    compared with eager ``fn(*args)`` (so ``fn`` must give the same result when called twice on ``args``): a
+    disagreement beyond :data:`AGREEMENT` means the compiled code is wrong on this machine, and it is reported
+    as not compiled. Never raises for a missing compiler or a failed compile: the result then has ``fn=None``
+    and a ``reason``. Introduced in Chapter 8.
     """
     support = compiler_support()
     if not support.available:
@@ -175,16 +216,23 @@ def compile_function(fn: Callable, *args, freezing: bool = True) -> CompiledFunc
         compiled = torch.compile(fn, fullgraph=True, dynamic=False)
         c0, t0 = _cpu_seconds(), time.perf_counter()
         try:
-            _, codes = run_and_get_code(compiled, *args)
+            result, codes = run_and_get_code(compiled, *args)
         except Exception as exc:  # compiler errors surface as many exception types
             return CompiledFunction(None, reason=f"torch.compile failed: {type(exc).__name__}: {str(exc)[:300]}")
         wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
         fused = int(metrics.num_bytes_accessed)
+        off = largest_disagreement(result, fn(*args))
     code = "\n".join(codes)
+    if not off <= AGREEMENT:
+        return CompiledFunction(None, wall, cpu, code=code,
+                                reason=f"torch.compile's code gave wrong values on this machine (off by {off:.3g} "
+                                       f"of the result's scale against eager PyTorch), so it is not timed")
     kernels = _KERNEL.findall(code)
     call = code[code.find("def call("):] if "def call(" in code else code
     externs = [e for e in _EXTERN.findall(call) if not e.startswith("torch.ops.inductor")]
-    return CompiledFunction(compiled, wall, cpu, kernels, externs, fused, code)
+    # Called with gradients on, the compiled function would fail its grad-mode guard and be compiled again,
+    # outside this session's settings; keep every call on the graph compiled (and checked) here.
+    return CompiledFunction(torch.no_grad()(compiled), wall, cpu, kernels, externs, fused, code)
 
 
 def kernel_excerpt(code: str, kernel: str | None = None, lines: int = 14) -> str:
