@@ -46,15 +46,15 @@ def test_static_step_gives_the_decoders_logits(kv_heads):
             assert torch.allclose(got, ref, atol=1e-5), pos
 
 
-def test_generated_gemv_form_computes_the_same_step():
-    m = _model(2)
+def test_generated_gemv_forms_compute_the_same_step():
+    m = _model(2)  # widths 64, 32 and 160 split into blocks of 16; the 97-word head does not (plain form)
     tokens = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        steps = [ds.StaticDecodeStep(m, 12, gemv=g) for g in ("library", "generated")]
+        steps = [ds.StaticDecodeStep(m, 12, gemv=g) for g in ds.StaticDecodeStep.GEMVS]
         for s in steps:
             s.prefill(tokens[:, :9])
-        a, b = (s(tokens[:, 9:], torch.tensor([9])) for s in steps)
-    assert torch.allclose(a, b, atol=1e-5)
+        a, b, c = (s(tokens[:, 9:], torch.tensor([9])) for s in steps)
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
     with pytest.raises(ValueError, match="gemv"):
         ds.StaticDecodeStep(m, 12, gemv="blas")
 
@@ -194,6 +194,31 @@ def test_compiled_code_is_right_with_the_cpu_capability_capped():
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("AVX2")
+
+
+@pytest.mark.slow
+def test_blocked_layout_is_folded_into_constants_when_compiled():
+    """Frozen, the relayout of the weights runs once at compile time: the compiled step holds the blocks as
+    constants of shape [out/16, in, 16] (unfrozen, inductor reads the stored weight with strides instead), and
+    its kernels move no more bytes than the plain generated form's."""
+    if not fusion.compiler_support().available:
+        pytest.skip(fusion.compiler_support().reason)
+    m = _model(2)
+    tokens = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(1))
+    token, position = tokens[:, 9:], torch.tensor([9])
+    comps = {}
+    for gemv in ("generated", "blocked"):
+        step = ds.StaticDecodeStep(m, 12, gemv=gemv).eval()
+        step.prefill(tokens[:, :9])
+        comps[gemv] = fusion.compile_function(step, token, position)
+        assert comps[gemv].compiled, comps[gemv].reason
+    weight_bytes = sum(p.numel() * 4 for p in m.parameters())
+    assert comps["blocked"].fused_bytes < comps["generated"].fused_bytes + weight_bytes / 2
+    gate_blocks = "torch.float32 (10, 64, 16) (1024, 16, 1)"  # gate_proj, 160 x 64, in blocks of 16 outputs
+    assert gate_blocks in comps["blocked"].code and gate_blocks not in comps["generated"].code
+    step = ds.StaticDecodeStep(m, 12, gemv="blocked").eval()
+    step.prefill(tokens[:, :9])
+    assert gate_blocks not in fusion.compile_function(step, token, position, freezing=False).code
 
 
 # ---- FlashAttention's IO, counted -----------------------------------------------------------------------------

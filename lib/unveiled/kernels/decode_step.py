@@ -51,11 +51,19 @@ class StaticDecodeStep(nn.Module):
     Attention uses ``scaled_dot_product_attention`` with ``enable_gqa`` (no repeated K/V) over the buffer,
     masked past ``position``. ``gemv="library"`` computes the projections with ``nn.Linear`` (a call to the
     CPU's matrix library); ``gemv="generated"`` writes each one as ``(x · W).sum(-1)``, a multiply and a
-    reduction that a compiler turns into its own matrix-vector loop, fused with its neighbours. That form is
-    only meant to be compiled: run eagerly it materialises the product. Introduced in Chapter 8.
+    reduction that a compiler turns into its own matrix-vector loop, fused with its neighbours.
+    ``gemv="blocked"`` is the same product over the weight laid out in blocks of :attr:`BLOCK` output rows,
+    ``[out/BLOCK, in, BLOCK]``: the generated loop then keeps ``BLOCK`` outputs in a vector register and
+    streams each block as one contiguous run, with no horizontal sum per output (the layout that CPU GEMV
+    kernels pre-pack their weights into). The relayout is written in the step, so a compiler that freezes the
+    weights folds it into a constant once. The generated and blocked forms are only meant to be compiled: run
+    eagerly they materialise the product (and the blocked one copies the weights every call).
+    Introduced in Chapter 8.
     """
 
-    GEMVS = ("library", "generated")
+    GEMVS = ("library", "generated", "blocked")
+    #: Output rows per block of the ``"blocked"`` layout: one AVX-512 vector of fp32, two of AVX2.
+    BLOCK = 16
 
     def __init__(self, model: Decoder, max_len: int, batch: int = 1, gemv: str = "library"):
         super().__init__()
@@ -91,7 +99,12 @@ class StaticDecodeStep(nn.Module):
     def _linear(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         if self.gemv == "library":
             return layer(x)
-        return (x[..., None, :] * layer.weight).sum(-1)
+        w = layer.weight
+        out, b = w.shape[0], self.BLOCK
+        if self.gemv == "generated" or out % b:
+            return (x[..., None, :] * w).sum(-1)
+        blocks = w.view(out // b, b, -1).transpose(1, 2).contiguous()  # [out/b, in, b]: one stream per block
+        return (x[..., None, :, None] * blocks).sum(-2).reshape(*x.shape[:-1], out)
 
     def forward(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         m, cfg = self.model, self.model.config

@@ -30,8 +30,10 @@ __all__ = ["PATHS", "ROOF_GOAL", "decode_step_speed", "fusion_chains", "memory_s
 
 #: The ways of running a decode step that :func:`decode_step_speed` times: the book's Decoder, the static step
 #: run eagerly, and the static step compiled with its projections left to the matrix library or written as
-#: multiply-and-reduce loops that inductor generates itself (see :class:`StaticDecodeStep`).
-PATHS = ("eager Decoder", "eager static step", "compiled, library GEMV", "compiled, generated GEMV")
+#: multiply-and-reduce loops that inductor generates itself, over the weights as stored or laid out in blocks
+#: of output rows (see :class:`StaticDecodeStep`).
+PATHS = ("eager Decoder", "eager static step", "compiled, library GEMV", "compiled, generated GEMV",
+         "compiled, blocked GEMV")
 CONTEXT = 64  # tokens the measured step attends to
 #: The book's performance goal for a compiled decode step (``benchmarks/kernels.py``, Chapter 8): the step's
 #: bytes per second as a share of the triad bandwidth measured in the same run with the same threads and clock.
@@ -98,7 +100,7 @@ def decode_step_speed(model: Decoder, *, threads: tuple[int, ...] = (1, 2), cloc
 
 
 @experiment("smollm2_decode", "SmolLM2-135M decode step (64 keys): eager Decoder, eager static step, compiled "
-            "with library or generated GEMVs, 1 and 2 threads, vs the triad bandwidth")
+            "with library, generated or blocked GEMVs, 1 and 2 threads, vs the triad bandwidth")
 def smollm2_decode() -> pd.DataFrame:
     """:func:`decode_step_speed` for SmolLM2-135M (fp32), one thread (wall and CPU-time clocks) and two (wall).
     Chapter 8."""
