@@ -46,8 +46,9 @@ def test_static_step_gives_the_decoders_logits(kv_heads):
             assert torch.allclose(got, ref, atol=1e-5), pos
 
 
-def test_generated_gemv_forms_compute_the_same_step():
-    m = _model(2)  # widths 64, 32 and 160 split into blocks of 16; the 97-word head does not (plain form)
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_generated_forms_compute_the_same_step(kv_heads):
+    m = _model(kv_heads)  # widths 64, 32 and 160 split into blocks of 16; the 97-word head does not (plain form)
     tokens = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         steps = [ds.StaticDecodeStep(m, 12, gemv=g) for g in ds.StaticDecodeStep.GEMVS]

@@ -48,8 +48,10 @@ class StaticDecodeStep(nn.Module):
     ``step.prefill(tokens)`` runs the Decoder on a prompt ``[B, T]`` and stores its keys and values;
     ``step(token, position)`` appends the token ``[B, 1]`` at ``position`` (a 1-element LongTensor, so the
     shapes never change) and returns the logits ``[B, 1, V]``, equal to ``Decoder.forward`` with a cache.
-    Attention uses ``scaled_dot_product_attention`` with ``enable_gqa`` (no repeated K/V) over the buffer,
-    masked past ``position``. ``gemv="library"`` computes the projections with ``nn.Linear`` (a call to the
+    Attention runs over the buffer, masked past ``position``, with no repeated K/V: ``scaled_dot_product_attention``
+    with ``enable_gqa`` in the library form, and written out (scores, softmax, weighted sum of values, each
+    query head grouped with its KV head) in the generated forms, so that the compiler generates it too instead of
+    calling a library kernel per layer. ``gemv="library"`` computes the projections with ``nn.Linear`` (a call to the
     CPU's matrix library); ``gemv="generated"`` writes each one as ``(x · W).sum(-1)``, a multiply and a
     reduction that a compiler turns into its own matrix-vector loop, fused with its neighbours.
     ``gemv="blocked"`` is the same product over the weight laid out in blocks of :attr:`BLOCK` output rows,
@@ -121,12 +123,26 @@ class StaticDecodeStep(nn.Module):
             k = _rotate(lin(attn.k_proj, h).view(B, 1, K, d).transpose(1, 2), cos, sin)
             k_buf.index_copy_(2, position, k)
             v_buf.index_copy_(2, position, lin(attn.v_proj, h).view(B, 1, K, d).transpose(1, 2))
-            o = F.scaled_dot_product_attention(q, k_buf, v_buf, attn_mask=visible, enable_gqa=H != K)
+            if self.gemv == "library":
+                o = F.scaled_dot_product_attention(q, k_buf, v_buf, attn_mask=visible, enable_gqa=H != K)
+            else:
+                o = _grouped_attention(q, k_buf, v_buf, visible)
             x = x + lin(attn.o_proj, o.transpose(1, 2).reshape(B, 1, H * d))
             h = _rms(x, block.post_attention_layernorm.weight, eps)
             mlp = block.mlp
             x = x + lin(mlp.down_proj, F.silu(lin(mlp.gate_proj, h)) * lin(mlp.up_proj, h))
         return lin(m.lm_head, _rms(x, m.norm.weight, eps))
+
+
+def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """One query per head ``[B, H, 1, d]`` over keys and values ``[B, K, L, d]`` (H = K·G: query head h reads KV
+    head h // G, as ``enable_gqa``), with key positions where ``visible`` ``[1, L]`` is False masked out."""
+    B, H, _, d = q.shape
+    K = k.shape[1]
+    qg = q.reshape(B, K, H // K, 1, d)
+    scores = (qg * k[:, :, None]).sum(-1) * d ** -0.5  # [B, K, G, L]
+    p = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+    return (p[..., None] * v[:, :, None]).sum(-2).reshape(B, H, 1, d)
 
 
 def best_and_median(fn, repeats: int = 5, clock: str = "wall", budget_s: float | None = None) -> tuple[float, float]:

@@ -150,7 +150,7 @@ def tiny_decode() -> pd.DataFrame:
 
 
 
-def stream_rates(threads: int = 1, clock: str = "wall", *, array_bytes: int = 64 * 2**20, repeats: int = 9,
+def stream_rates(threads: int = 1, clock: str = "wall", *, array_bytes: int | None = None, repeats: int = 9,
                  seed: int = 0) -> pd.DataFrame:
     """How fast different kernels stream memory on this machine, in one run: the triad and copy of the memory
     roof, a pure read (``sum``), and matrix-vector products over a weight as large as the arrays, stored
@@ -158,9 +158,10 @@ def stream_rates(threads: int = 1, clock: str = "wall", *, array_bytes: int = 64
     ``bytes_s``, ``fraction_of_triad``. Evidence for how close a weight-streaming decode step can get to the
     roof with the library's kernels. Introduced in Chapter 8.
     """
+    from ..measure import default_array_bytes
     from ..timing import time_repeats
 
-    n = array_bytes // 4
+    n = (array_bytes or default_array_bytes()) // 4
     side = int(n ** 0.5)
     gen = torch.Generator().manual_seed(seed)
     a, b = torch.full((n,), 1.0), torch.full((n,), 0.5)

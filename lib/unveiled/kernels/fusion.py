@@ -272,9 +272,9 @@ def fusion_cases(tokens: int | None = None, *, hidden: int = 576, intermediate: 
                  seed: int = 0, max_tensor_bytes: int = 128 * 2**20) -> list[FusionCase]:
     """The elementwise chains of a LLaMA block and the survey's Fig. 14 example, on ``tokens`` rows.
 
-    ``tokens`` defaults to enough rows that the SwiGLU inputs exceed twice this machine's last-level cache
-    (so the traffic goes to DRAM, as in a real model), at least 64 MiB and at most ``max_tensor_bytes`` per
-    tensor (a CPU with a huge cache keeps the chapter's memory and time in bounds). The cases:
+    ``tokens`` defaults to enough rows that each SwiGLU input is as large as the bandwidth benchmark's arrays
+    (:func:`unveiled.measure.default_array_bytes`, well beyond the caches, so the traffic goes to DRAM as in a
+    real model), at most ``max_tensor_bytes`` (which keeps the chapter's memory and time in bounds). The cases:
     residual add + RMSNorm, SwiGLU's SiLU(gate)·up, and a linear layer followed by SiLU (on one token, as
     in decode, whose weight is ``intermediate × hidden``). Widths default to SmolLM2-135M's.
     Introduced in Chapter 8.
