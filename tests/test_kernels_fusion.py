@@ -215,6 +215,14 @@ def test_blocked_layout_is_folded_into_constants_when_compiled():
         assert comps[gemv].compiled, comps[gemv].reason
     weight_bytes = sum(p.numel() * 4 for p in m.parameters())
     assert comps["blocked"].fused_bytes < comps["generated"].fused_bytes + weight_bytes / 2
+    from unveiled.kernels.experiments import skip_guards
+
+    with torch.no_grad():
+        ref = ds.StaticDecodeStep(m, 12, gemv="library").eval()
+        ref.prefill(tokens[:, :9])
+        expected = ref(token, position)
+        with skip_guards():  # how the experiments time it: the one graph, no guard checks
+            assert torch.allclose(comps["blocked"].fn(token, position), expected, atol=1e-5)
     gate_blocks = "torch.float32 (10, 64, 16) (1024, 16, 1)"  # gate_proj, 160 x 64, in blocks of 16 outputs
     assert gate_blocks in comps["blocked"].code and gate_blocks not in comps["generated"].code
     step = ds.StaticDecodeStep(m, 12, gemv="blocked").eval()
