@@ -92,6 +92,52 @@ def test_profile_rows_carry_the_counted_bytes():
 
 
 # ---- compiling: support, fallback, and one real compile -----------------------------------------------------
+def test_step_weights_are_what_one_decode_step_reads_whole():
+    from unveiled.kernels.experiments import step_weights
+
+    for tied in (True, False):
+        cfg = DecoderConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                            intermediate_size=160, tie_embeddings=tied)
+        m = Decoder(cfg, seed=1)
+        ws = step_weights(m)
+        block = m.layers[0]
+        assert [w.data_ptr() for w in ws[:7]] == [lin.weight.data_ptr() for lin in (
+            block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj, block.self_attn.o_proj,
+            block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj)]  # in the order the step reads them
+        assert len(ws) == 7 * 2 + 1 and ws[-1].data_ptr() == m.lm_head.weight.data_ptr()
+        assert m.embed_tokens.weight.data_ptr() not in {w.data_ptr() for w in ws[:-1]}  # looked up, not read
+        assert sum(w.numel() for w in ws) == sum(p.numel() for p in m.parameters() if p.dim() == 2) - (
+            0 if tied else m.embed_tokens.weight.numel())
+    with pytest.raises(TypeError, match="Decoder"):
+        step_weights(torch.nn.Linear(2, 2))
+
+
+def test_decode_step_speed_interleaves_rounds_and_reports_the_read(monkeypatch):
+    import pandas as pd
+
+    from unveiled.kernels import experiments as kx
+
+    calls = []
+
+    def fake_bandwidth(repeats, clock):  # a triad of exactly 1e11 B/s, counted per round
+        calls.append(clock)
+        return pd.DataFrame({"benchmark": ["copy", "triad"], "bytes": [2e9, 3e9], "time_s": [1.0, 0.03]})
+
+    monkeypatch.setattr(kx, "measure_bandwidth", fake_bandwidth)
+    m = _model()
+    table = kx.decode_step_speed(m, threads=(1,), clocks={1: ("wall", "thread")}, context=8, repeats=4, rounds=2,
+                                 compile=False)
+    assert calls == ["wall", "wall", "thread", "thread"]  # one triad per round and clock
+    assert list(table.path) == ["eager Decoder", "eager static step"] * 2
+    assert (table.bandwidth_bytes_s == 1e11).all()
+    assert table.groupby("clock").read_bytes_s.nunique().eq(1).all() and (table.read_bytes_s > 0).all()
+    assert np.allclose(table.fraction_of_read, table.achieved_bytes_s / table.read_bytes_s)
+    assert np.allclose(table.fraction_of_roof, table.achieved_bytes_s / 1e11)
+    assert (table.step_s <= table.step_median_s).all()
+    with pytest.raises(ValueError, match="rounds"):
+        kx.decode_step_speed(m, threads=(1,), rounds=0, compile=False)
+
+
 def test_missing_compiler_is_reported_not_raised(monkeypatch):
     fusion.compiler_support.cache_clear()
     monkeypatch.setenv("CXX", "/nonexistent/c++-compiler")

@@ -30,7 +30,7 @@ from ..timing import time_repeats
 from .decode_step import StaticDecodeStep, decode_step_bytes, profile_decode_step
 from .fusion import compile_function, fusion_cases, measure_fusion
 
-__all__ = ["PATHS", "ROOF_GOAL", "decode_step_speed", "fusion_chains", "memory_streams", "skip_guards", "smollm2_decode",
+__all__ = ["PATHS", "REPEATS", "ROOF_GOAL", "ROUNDS", "decode_step_speed", "fusion_chains", "memory_streams", "skip_guards", "smollm2_decode",
            "smollm2_profile", "step_weights", "stream_rates", "tiny_decode", "weights_read"]
 
 #: The ways of running a decode step that :func:`decode_step_speed` times: the book's Decoder, the static step
@@ -40,13 +40,15 @@ __all__ = ["PATHS", "ROOF_GOAL", "decode_step_speed", "fusion_chains", "memory_s
 PATHS = ("eager Decoder", "eager static step", "compiled, library GEMV", "compiled, generated GEMV",
          "compiled, blocked GEMV")
 CONTEXT = 64  # tokens the measured step attends to
+#: Steps timed per path, and the rounds they are spread over, in :func:`decode_step_speed` by default.
+REPEATS, ROUNDS = 12, 3
 #: The book's performance goal for a compiled decode step (``benchmarks/kernels.py``, Chapter 8): the step's
 #: bytes per second as a share of the triad bandwidth measured in the same run with the same threads and clock.
 ROOF_GOAL = 0.60
 
 
 def decode_step_speed(model: Decoder, *, threads: tuple[int, ...] = (1, 2), clocks: dict | None = None,
-                 context: int = CONTEXT, repeats: int = 12, rounds: int = 3, compile: bool = True, seed: int = 0,
+                 context: int = CONTEXT, repeats: int = REPEATS, rounds: int = ROUNDS, compile: bool = True, seed: int = 0,
                  budget_s: float | None = None, gemvs: tuple[str, ...] = StaticDecodeStep.GEMVS) -> pd.DataFrame:
     """Time one decode step in each of the ways of :data:`PATHS`, per thread count, next to two memory rates.
 

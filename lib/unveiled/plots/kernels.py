@@ -17,6 +17,7 @@ from .style import BOUND_COLORS, color_scale
 
 __all__ = [
     "DEVICE_BUFFERS",
+    "READ_PATH",
     "decode_speed_chart",
     "figure14_chart",
     "fusion_chart",
@@ -25,6 +26,8 @@ __all__ = [
     "traffic_explorer_chart",
 ]
 
+#: The reference bar of :func:`decode_speed_chart`: a plain read of the step's weights, measured in the same run.
+READ_PATH = "plain read of the weights"
 _SVG = {"embedOptions": {"renderer": "svg"}}
 _DECADES = "abs(log(datum.value) / log(10) - round(log(datum.value) / log(10))) < 1e-6 ? datum.label : ''"
 _KIND_COLORS = {"matrix-vector (weights)": "#4c78a8", "attention": "#f58518", "elementwise": "#54a24b",
@@ -213,20 +216,27 @@ def decode_speed_chart(table: pd.DataFrame, *, goal: float, title: str = "", hei
     """Fraction of the measured memory roof each decode path reaches, per thread count, with the goal.
 
     ``table`` comes from :func:`unveiled.kernels.experiments.decode_step_speed` (wall-clock rows); ``goal`` is the
-    share of the roof drawn as a dashed rule (the book's is ``unveiled.kernels.experiments.ROOF_GOAL``).
-    Introduced in Chapter 8.
+    share of the roof drawn as a dashed rule (the book's is ``unveiled.kernels.experiments.ROOF_GOAL``). Where the
+    table has the plain read of the step's weights measured in the same run (``read_bytes_s``), a last bar per
+    thread count shows its share of the roof: the most a step that only reads could reach. Introduced in Chapter 8.
     """
     t = table[table["clock"] == "wall"].copy()
-    t["label"] = t["threads"].astype(int).astype(str) + " thread" + t["threads"].map(lambda n: "s" if n > 1 else "")
     t["pct"] = 100 * t["fraction_of_roof"]
     t["tok_s"] = t["tokens_per_s"]
-    df = _round(t[["label", "path", "pct", "tok_s"]], ["pct", "tok_s"], 3)
+    if "read_bytes_s" in t:
+        read = t.drop_duplicates("threads").assign(path=READ_PATH)
+        read["pct"] = 100 * read["read_bytes_s"] / read["bandwidth_bytes_s"]
+        t = pd.concat([t, read], ignore_index=True)
+    t["label"] = t["threads"].astype(int).astype(str) + " thread" + t["threads"].map(lambda n: "s" if n > 1 else "")
+    t["tokens_per_s"] = [f"{v:.3g}" if p != READ_PATH else "(a read, not a step)" for p, v in zip(t["path"], t["tok_s"],
+                                                                                            strict=True)]
+    df = _round(t[["label", "path", "pct", "tokens_per_s"]], ["pct"], 3)
     bars = alt.Chart(df).mark_bar().encode(
         y=alt.Y("path:N", title=None, sort=list(dict.fromkeys(t["path"]))), yOffset="label:N",
         x=alt.X("pct:Q", title="achieved / measured bandwidth (%)", scale=alt.Scale(domain=[0, 100])),
         color=alt.Color("label:N", title=None, scale=alt.Scale(range=[BOUND_COLORS["memory"], "#4c78a8"]),
                         legend=alt.Legend(orient="bottom")),
         tooltip=["path:N", "label:N", alt.Tooltip("pct:Q", title="% of roof"),
-                 alt.Tooltip("tok_s:Q", title="tokens/s")])
+                 alt.Tooltip("tokens_per_s:N", title="tokens/s")])
     rule = alt.Chart(pd.DataFrame({"x": [100 * goal]})).mark_rule(strokeDash=[4, 3], color="#333").encode(x="x:Q")
     return _svg(alt.layer(bars, rule).properties(width="container", height=height, title=title))
