@@ -36,6 +36,19 @@ def test_run_writes_table_and_provenance(tmp_path):
     assert len(meta["git"]["commit"]) == 40 and isinstance(meta["git"]["dirty"], bool)
 
 
+def test_provenance_is_taken_before_the_table_is_written(tmp_path, monkeypatch):
+    """Re-running an experiment overwrites its own cached table: the git state must be read before that, or
+    every re-run would record a dirty tree."""
+    name = f"{__name__}.tiny_table"
+    table = tmp_path / f"{name}.csv"
+    # a stand-in for git: the tree is dirty once the table is there
+    monkeypatch.setattr("unveiled.environment.git_revision", lambda *a, **k: {"commit": "a" * 40,
+                                                                               "dirty": table.exists()})
+    results.run(name, tmp_path)
+    meta = json.loads((tmp_path / f"{name}.json").read_text())
+    assert meta["git"]["dirty"] is False and meta["rows"] == 2 and meta["duration_s"] >= 0
+
+
 def test_unknown_names_are_explained():
     with pytest.raises(ValueError, match="unknown experiment"):
         results.run("quant.no_such_experiment")

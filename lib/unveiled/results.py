@@ -101,14 +101,16 @@ def run(name: str, out_dir: pathlib.Path | None = None) -> pd.DataFrame:
     _load_module_of(name)
     if name not in _REGISTRY:
         raise unknown_name("experiment", name, registered())
+    # The record (git state included) is taken before the run: it describes the code that runs, and a table
+    # written over its own earlier version would otherwise mark every re-run as coming from a dirty tree.
+    meta = provenance_record(f"python -m unveiled.results run {name}", name=name,
+                             description=_REGISTRY[name].description, duration_s=None, rows=None)
     start = time.perf_counter()
     df = _REGISTRY[name].fn()
-    took = time.perf_counter() - start
+    meta.update(duration_s=round(time.perf_counter() - start, 1), rows=len(df))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         df.to_csv(out_dir / f"{name}.csv", index=False)
-        meta = provenance_record(f"python -m unveiled.results run {name}", name=name,
-                                 description=_REGISTRY[name].description, duration_s=round(took, 1), rows=len(df))
         (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
     return df
 
