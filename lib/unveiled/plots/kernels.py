@@ -218,7 +218,7 @@ def decode_speed_chart(table: pd.DataFrame, *, goal: float, title: str = "", hei
     ``table`` comes from :func:`unveiled.kernels.experiments.decode_step_speed` (wall-clock rows); ``goal`` is the
     share of the roof drawn as a dashed rule (the book's is ``unveiled.kernels.experiments.ROOF_GOAL``). Where the
     table has the plain read of the step's weights measured in the same run (``read_bytes_s``), a last bar per
-    thread count shows its share of the roof: the most a step that only reads could reach. Introduced in Chapter 8.
+    thread count shows its share of the roof. Introduced in Chapter 8.
     """
     t = table[table["clock"] == "wall"].copy()
     t["pct"] = 100 * t["fraction_of_roof"]
