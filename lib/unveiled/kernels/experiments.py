@@ -30,8 +30,9 @@ from ..timing import time_repeats
 from .decode_step import StaticDecodeStep, decode_step_bytes, profile_decode_step
 from .fusion import compile_function, fusion_cases, measure_fusion
 
-__all__ = ["PATHS", "REPEATS", "ROOF_GOAL", "ROUNDS", "decode_step_speed", "fusion_chains", "memory_streams", "skip_guards", "smollm2_decode",
-           "smollm2_profile", "step_weights", "stream_rates", "tiny_decode", "weights_read"]
+__all__ = ["PATHS", "REPEATS", "ROOF_GOAL", "ROUNDS", "decode_step_speed", "fusion_chains", "memory_streams",
+           "skip_guards", "smollm2_decode", "smollm2_profile", "step_weights", "stream_rates", "tiny_decode",
+           "weights_read"]
 
 #: The ways of running a decode step that :func:`decode_step_speed` times: the book's Decoder, the static step
 #: run eagerly, and the static step compiled with its projections left to the matrix library or written as
@@ -48,8 +49,9 @@ ROOF_GOAL = 0.60
 
 
 def decode_step_speed(model: Decoder, *, threads: tuple[int, ...] = (1, 2), clocks: dict | None = None,
-                 context: int = CONTEXT, repeats: int = REPEATS, rounds: int = ROUNDS, compile: bool = True, seed: int = 0,
-                 budget_s: float | None = None, gemvs: tuple[str, ...] = StaticDecodeStep.GEMVS) -> pd.DataFrame:
+                      context: int = CONTEXT, repeats: int = REPEATS, rounds: int = ROUNDS, compile: bool = True,
+                      seed: int = 0, budget_s: float | None = None,
+                      gemvs: tuple[str, ...] = StaticDecodeStep.GEMVS) -> pd.DataFrame:
     """Time one decode step in each of the ways of :data:`PATHS`, per thread count, next to two memory rates.
 
     For each thread count (and each clock in ``clocks[threads]``, default ``"wall"``), in ``rounds`` rounds: the
@@ -59,8 +61,8 @@ def decode_step_speed(model: Decoder, *, threads: tuple[int, ...] = (1, 2), cloc
     measurement the same chances of a quiet moment on a shared machine, so the ratios between them hold.
     ``bytes`` is the analyzer's count for the step (fp32), ``achieved_bytes_s = bytes / step_s``,
     ``fraction_of_roof = achieved / bandwidth`` (the book's goal, :data:`ROOF_GOAL`), and
-    ``fraction_of_read = achieved / read_bytes_s``: how close the step comes to the fastest a kernel reads the
-    same weights here. The compiled paths are compiled once per thread count (inductor sizes its parallel loops
+    ``fraction_of_read = achieved / read_bytes_s``: the step against a plain read of the same weights, in the
+    same pieces, on the same machine at the same time. The compiled paths are compiled once per thread count (inductor sizes its parallel loops
     for the threads it sees), with the weights frozen as constants, and timed without dynamo's guard checks
     (:func:`skip_guards`): the static step's inputs never change, so its one graph always applies and checking
     costs only Python time; ``compile_s`` is its wall time, ``compile_cpu_s`` the CPU time of this process and
@@ -136,7 +138,7 @@ def step_weights(model: Decoder) -> list[torch.Tensor]:
 
 def weights_read(weights: list[torch.Tensor]) -> None:
     """A plain read of ``weights``, tensor by tensor (``sum``: one pass, nothing written but a number): the
-    fastest a kernel streams the same bytes as a decode step here, in the same pieces. Chapter 8."""
+    bytes a decode step streams, in the same pieces, with no arithmetic to speak of. Chapter 8."""
     for w in weights:
         w.sum()
 

@@ -222,14 +222,13 @@ def decode_speed_chart(table: pd.DataFrame, *, goal: float, title: str = "", hei
     """
     t = table[table["clock"] == "wall"].copy()
     t["pct"] = 100 * t["fraction_of_roof"]
-    t["tok_s"] = t["tokens_per_s"]
     if "read_bytes_s" in t:
         read = t.drop_duplicates("threads").assign(path=READ_PATH)
         read["pct"] = 100 * read["read_bytes_s"] / read["bandwidth_bytes_s"]
         t = pd.concat([t, read], ignore_index=True)
     t["label"] = t["threads"].astype(int).astype(str) + " thread" + t["threads"].map(lambda n: "s" if n > 1 else "")
-    t["tokens_per_s"] = [f"{v:.3g}" if p != READ_PATH else "(a read, not a step)" for p, v in zip(t["path"], t["tok_s"],
-                                                                                            strict=True)]
+    t["tokens_per_s"] = [f"{v:.3g}" if p != READ_PATH else "(a read, not a step)"
+                         for p, v in zip(t["path"], t["tokens_per_s"], strict=True)]
     df = _round(t[["label", "path", "pct", "tokens_per_s"]], ["pct"], 3)
     bars = alt.Chart(df).mark_bar().encode(
         y=alt.Y("path:N", title=None, sort=list(dict.fromkeys(t["path"]))), yOffset="label:N",
